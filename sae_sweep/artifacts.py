@@ -1,0 +1,242 @@
+"""Artifacts: one product (a GPT, a dictionary) = one folder with fixed file names, versioned in a local store.
+
+Layout of the store::
+
+    <store>/<name>/v0/ ... v1/ ...      each version: the product's files + artifact.json
+    <store>/<name>/latest               a one-line file naming the newest version ("v1")
+
+``artifact.json`` holds the name, type, version, metadata and the sha256 of every file, so a truncated or edited
+file is caught on load. A version is written under a temporary name and renamed into place, and ``latest`` moves
+only after that, so a reader never sees a partial version. Names never contain ``/`` and match W&B artifact names,
+so the same product can be logged to W&B and pulled back from either place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from sae_sweep import DataError
+from sae_sweep.data import TOKENIZER_FILE, sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "artifact.json"
+LATEST = "latest"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    version: int
+    type: str
+    path: Path
+    metadata: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise DataError(
+            f"artifact name {name!r} is invalid: use letters, digits, '.', '_' and '-' (no '/'), "
+            "as W&B artifact names do"
+        )
+    return name
+
+
+def verify(path: Path) -> dict:
+    """Read ``path/artifact.json`` and check every file's sha256 against it; return the manifest."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is not a readable artifact ({MANIFEST}: {exc})") from None
+    for fname, digest in manifest["files"].items():
+        fpath = path / fname
+        if not fpath.is_file():
+            raise DataError(f"artifact {manifest['name']}: file {fpath} is missing")
+        if sha256_file(fpath) != digest:
+            raise DataError(
+                f"artifact {manifest['name']}: {fpath} does not match the sha256 recorded in {path / MANIFEST} "
+                "(truncated or edited). Delete that version folder, or train it again."
+            )
+    return manifest
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name[1:]) for p in folder.iterdir() if re.fullmatch(r"v\d+", p.name))
+
+    def save(self, name: str, type: str, write: Callable[[Path], None], metadata: dict | None = None) -> Artifact:
+        """Create a new version of ``name``: ``write(folder)`` fills a fresh folder, then it is sealed.
+
+        Sealing records the sha256 of each file in artifact.json, renames the folder to ``v<N>`` and moves
+        ``latest``. If ``write`` fails (a full disk, say), the previous versions are untouched.
+        """
+        check_name(name)
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            with FileLock(str(folder / ".lock")):
+                version = (self._versions(name) or [-1])[-1] + 1
+                manifest = {
+                    "name": name,
+                    "type": type,
+                    "version": version,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "metadata": metadata or {},
+                    "files": files,
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                final = folder / f"v{version}"
+                os.replace(tmp, final)
+                latest_tmp = folder / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
+                latest_tmp.write_text(f"v{version}\n")
+                os.replace(latest_tmp, folder / LATEST)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("saved artifact %s:v%d to %s", name, version, final)
+        return Artifact(name, version, type, final, manifest["metadata"])
+
+    def get(self, spec: str, verify_files: bool = True) -> Artifact:
+        """Resolve ``name``, ``name:latest``, ``name:v3`` or a folder path to a verified artifact."""
+        path = Path(spec).expanduser()
+        if (path / MANIFEST).is_file():
+            folder = path
+        else:
+            name, _, alias = spec.partition(":")
+            check_name(name)
+            versions = self._versions(name)
+            if not versions:
+                known = ", ".join(sorted(self.names())) or "none"
+                raise DataError(f"no artifact {name!r} in the store {self.root} (it holds: {known})")
+            alias = alias or LATEST
+            if alias == LATEST:
+                latest_file = self.root / name / LATEST
+                alias = latest_file.read_text().strip() if latest_file.exists() else f"v{versions[-1]}"
+            folder = self.root / name / alias
+            if not re.fullmatch(r"v\d+", alias) or not folder.is_dir():
+                have = ", ".join(f"v{v}" for v in versions)
+                raise DataError(f"artifact {name!r} has no version {alias!r} (it has {have}, and latest)")
+        manifest = verify(folder) if verify_files else json.loads((folder / MANIFEST).read_text())
+        return Artifact(manifest["name"], manifest["version"], manifest["type"], folder, manifest["metadata"])
+
+    def names(self, type: str | None = None) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for folder in sorted(self.root.iterdir()):
+            versions = self._versions(folder.name)
+            if not versions:
+                continue
+            if type is not None:
+                manifest = json.loads((folder / f"v{versions[-1]}" / MANIFEST).read_text())
+                if manifest["type"] != type:
+                    continue
+            out.append(folder.name)
+        return out
+
+    def latest_of_type(self, type: str) -> Artifact | None:
+        """The most recently created artifact of ``type`` across all names, or None."""
+        best = None
+        for name in self.names(type):
+            art = self.get(name, verify_files=False)
+            mtime = art.path.stat().st_mtime_ns
+            if best is None or mtime > best[0]:
+                best = (mtime, art)
+        return None if best is None else self.get(str(best[1].path))
+
+
+def log_to_wandb(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",)):
+    """Upload a store artifact to a W&B run under the same name and type, with its metadata."""
+    import wandb  # noqa: PLC0415
+
+    art = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata)
+    art.add_dir(str(artifact.path))
+    return run.log_artifact(art, aliases=list(aliases))
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where products live: ``cache/`` (tokens, activations), ``store/`` (artifacts), ``runs/`` (checkpoints, logs)."""
+
+    root: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+# ------------------------------------------------------------------------------ the GPT model folder
+
+MODEL_TYPE = "model"
+WEIGHTS_FILE, MODEL_CONFIG_FILE, DATA_FILE = "model.safetensors", "config.json", "data.json"
+
+
+def write_gpt(folder: Path, model, tokenizer_file: Path, data_meta: dict, train_info: dict) -> None:
+    """Fill ``folder`` with a self-describing GPT: weights, config, tokenizer and the corpus it was trained on."""
+    from safetensors.torch import save_model  # noqa: PLC0415 - keeps `import sae_sweep.artifacts` light
+
+    save_model(model, str(folder / WEIGHTS_FILE))  # drops the tied lm_head copy; load_model restores it
+    config = {"model": model.config.to_dict(), "train": train_info}
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(tokenizer_file, folder / TOKENIZER_FILE)
+    (folder / DATA_FILE).write_text(json.dumps(data_meta, indent=2) + "\n")
+
+
+@dataclass
+class LoadedGPT:
+    model: object  # sae_sweep.model.GPT, in eval mode
+    tokenizer: object
+    config: dict  # config.json: {"model": GPTConfig fields, "train": how it was trained}
+    data: dict  # the token cache's meta.json: corpus, key, token counts
+    path: Path
+
+
+def load_gpt(path: str | Path, verify_files: bool = True) -> LoadedGPT:
+    """Load a GPT folder (a store version, or any folder ``write_gpt`` filled) onto the CPU."""
+    from safetensors.torch import load_model  # noqa: PLC0415
+
+    from sae_sweep.data import load_tokenizer  # noqa: PLC0415
+    from sae_sweep.model import GPT, GPTConfig  # noqa: PLC0415
+
+    path = Path(path)
+    if verify_files and (path / MANIFEST).exists():
+        verify(path)
+    config = json.loads((path / MODEL_CONFIG_FILE).read_text())
+    model = GPT(GPTConfig(**config["model"]))
+    load_model(model, str(path / WEIGHTS_FILE))
+    model.eval()
+    data = json.loads((path / DATA_FILE).read_text())
+    return LoadedGPT(model, load_tokenizer(path / TOKENIZER_FILE), config, data, path)

@@ -1,0 +1,97 @@
+"""The one place a Hydra/OmegaConf config becomes the plain dataclasses the library takes.
+
+Every section is checked here: an unknown key, a value of the wrong type or a value out of range ends the run before
+any work, with a ConfigError that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sae_sweep import ConfigError
+from sae_sweep.artifacts import Paths
+from sae_sweep.data import DataConfig
+from sae_sweep.lit import LoggerConfig, PretrainConfig, TrainerConfig
+from sae_sweep.model import GPTConfig
+from sae_sweep.pretrain import PretrainJob
+
+STAGES = ("pretrain",)
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` and return it in that type (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (inner, _) = typing.get_args(tp)
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        Path: lambda v: isinstance(v, (str, Path)),
+    }[tp](value)
+    if not ok:
+        raise ConfigError(f"{key} must be {_TYPE_NAMES[tp]}, got {value!r}")
+    return tp(value)
+
+
+def build(cls, node, section: str):
+    """Make dataclass ``cls`` from the config section ``section`` (a DictConfig or dict)."""
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{section}: {exc}".splitlines()[0]) from None
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed keys: {fields}")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _section(cfg: DictConfig, name: str):
+    if name not in cfg:
+        raise ConfigError(f"the config has no '{name}' section; pick one with {name}=<choice>")
+    return cfg[name]
+
+
+def stage(cfg: DictConfig) -> str:
+    value = cfg.get("stage")
+    if value not in STAGES:
+        raise ConfigError(f"stage must be one of {STAGES}, got {value!r}")
+    return value
+
+
+def pretrain_job(cfg: DictConfig) -> PretrainJob:
+    return PretrainJob(
+        data=build(DataConfig, _section(cfg, "data"), "data"),
+        model=build(GPTConfig, _section(cfg, "model"), "model"),
+        pretrain=build(PretrainConfig, _section(cfg, "pretrain"), "pretrain"),
+        trainer=build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
+        logger=build(LoggerConfig, _section(cfg, "logger"), "logger"),
+        paths=Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve()),
+        ckpt_path=_coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
+        force=_coerce(cfg.get("force", False), bool, "force"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _PathsNode:
+    root: str

@@ -1,0 +1,185 @@
+"""Stage ``pretrain``: corpus -> tokens -> a tiny GPT trained with Lightning -> a ``model`` artifact.
+
+A run is identified by everything that shapes its result (corpus key, model, optimizer recipe, devices), so a rerun of
+the same command finds the same run folder: it resumes from ``last.ckpt`` when interrupted, and returns the finished
+artifact when complete (``force=true`` trains a new version instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sae_sweep import DataError
+from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, log_to_wandb, write_gpt
+from sae_sweep.data import TOKENIZER_FILE, DataConfig, TokenData, prepare
+from sae_sweep.lit import (
+    GPTModule,
+    LoggerConfig,
+    PretrainConfig,
+    RandomBlocks,
+    TokenDataModule,
+    TrainerConfig,
+    build_loggers,
+    build_trainer,
+    last_checkpoint,
+)
+from sae_sweep.model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+DONE_FILE = "done.json"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    data: DataConfig
+    model: GPTConfig
+    pretrain: PretrainConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    paths: Paths
+    ckpt_path: str | None = "last"  # "last": resume this run's last.ckpt if any; a path: that file; None: start over
+    force: bool = False  # train a new version even if this exact run has finished
+
+    @property
+    def name(self) -> str:
+        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
+
+
+def run_id(job: PretrainJob, data_key: str) -> str:
+    """Name + digest of every setting that changes the trained weights."""
+    ident = {
+        "data": data_key,
+        "model": asdict(job.model),
+        "pretrain": asdict(job.pretrain),
+        "world": job.trainer.devices * job.trainer.num_nodes,
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{job.name}-{digest}"
+
+
+@torch.no_grad()
+def evaluate(model: GPT, tokens: TokenData, cfg: PretrainConfig) -> float:
+    """Mean loss over the run's fixed validation batches (the ones Lightning validates on)."""
+    was_training = model.training
+    model.eval()
+    blocks = RandomBlocks(
+        tokens.path / "val.bin", model.config.block_size, cfg.batch_size, cfg.seed + 1, n_batches=cfg.val_batches
+    )
+    losses = [model(x, y)[1].item() for x, y in blocks]
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+def run(job: PretrainJob) -> Artifact:
+    tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+    model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
+    rid = run_id(replace(job, model=model_cfg), tokens.key)
+    run_dir = job.paths.runs / rid
+    store = ArtifactStore(job.paths.store)
+    done = run_dir / DONE_FILE
+    if done.exists() and not job.force:
+        ref = json.loads(done.read_text())["artifact"]
+        log.info("%s already finished as %s; pass force=true to train a new version", rid, ref)
+        return store.get(ref)
+    if job.force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
+    torch.manual_seed(job.pretrain.seed)
+    module = GPTModule(model_cfg, job.pretrain, compile=job.trainer.compile)
+    log.info(
+        "pretraining %s: %.2fM parameters (%.2fM without position embeddings) on %s, %d train tokens",
+        rid,
+        module.model.num_params(False) / 1e6,
+        module.model.num_params() / 1e6,
+        tokens.meta["config"]["corpus"],
+        tokens.train.size,
+    )
+    val_init = None if ckpt else evaluate(module.model, tokens, job.pretrain)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    loggers = build_loggers(job.logger, run_dir, name=rid, group="pretrain")
+    trainer = build_trainer(
+        job.trainer,
+        run_dir=run_dir,
+        max_steps=job.pretrain.max_steps,
+        loggers=loggers,
+        ckpt_every=job.pretrain.ckpt_every,
+        val_every=job.pretrain.val_every,
+        grad_clip=job.pretrain.grad_clip,
+    )
+    datamodule = TokenDataModule(tokens.path / "train.bin", tokens.path / "val.bin", model_cfg.block_size, job.pretrain)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return None  # type: ignore[return-value] - only rank 0 exports
+    if trainer.global_step < job.pretrain.max_steps:
+        raise DataError(f"pretraining stopped at step {trainer.global_step} of {job.pretrain.max_steps}")
+
+    model = module.model.cpu().float()
+    val_final = evaluate(model, tokens, job.pretrain)
+    train_info = {
+        "run_id": rid,
+        "steps": trainer.global_step,
+        "tokens_seen": trainer.global_step * job.pretrain.batch_size * model_cfg.block_size * trainer.world_size,
+        "val_loss_init": val_init,
+        "val_loss": val_final,
+        "unigram_entropy": tokens.meta["unigram_entropy"],
+        "pretrain": asdict(job.pretrain),
+        "trainer": asdict(job.trainer),
+    }
+    metadata = {"model": model_cfg.to_dict(), "data_key": tokens.key, **train_info}
+    artifact = store.save(
+        job.name,
+        MODEL_TYPE,
+        lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
+        metadata,
+    )
+    _finish_wandb(loggers, artifact)
+    done.write_text(json.dumps({"artifact": artifact.ref, "path": str(artifact.path)}) + "\n")
+    log.info(
+        "val loss %.3f nats/token (unigram entropy %.3f, at init %s); saved %s at %s",
+        val_final,
+        tokens.meta["unigram_entropy"],
+        f"{val_init:.3f}" if val_init else "n/a",
+        artifact.ref,
+        artifact.path,
+    )
+    return artifact
+
+
+def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        return last_checkpoint(run_dir)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"ckpt_path={ckpt_path!r} is not a file; use ckpt_path=last to resume this run, or null")
+    return path
+
+
+def _finish_wandb(loggers: list, artifact: Artifact) -> None:
+    """Upload the artifact to the W&B run (if any), close it, and say how to sync an offline run."""
+    from lightning.pytorch.loggers import WandbLogger  # noqa: PLC0415
+
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        run = lg.experiment
+        log_to_wandb(run, artifact)
+        offline = run.settings.mode in ("offline", "dryrun") or run.offline
+        run_dir = Path(run.dir).parent
+        run.finish()
+        if offline:
+            log.info("W&B run kept offline at %s; upload it with: wandb sync %s", run_dir, run_dir)

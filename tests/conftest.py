@@ -1,0 +1,56 @@
+"""Shared test set-up: offline W&B and HF, a tiny corpus on disk, and the real composed config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
+# Never reach a server from tests: W&B writes offline runs, HF libraries stay offline.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A small real text with repetition (so BPE learns merges) and non-ASCII characters (so round trips are tested).
+SAMPLE = (
+    "def add(a, b):\n    return a + b\n\n"
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
+    "# café, naïve, 東京, emoji 🙂 and tabs\t\tend\n"
+)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """Thirty small text files: enough documents for a document-level validation split."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"doc{i:02d}.txt").write_text(SAMPLE * (5 + i % 3) + f"doc number {i}\n")
+    return folder
+
+
+def compose(overrides: list[str]):
+    """The real train.yaml, composed with Hydra exactly as train.py composes it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def run_train(args: list[str], root: Path, timeout: float = 600, **kw):
+    """Run train.py in a subprocess, as a user would, with outputs under ``root``."""
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=kw.pop("cwd", REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )

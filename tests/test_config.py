@@ -1,0 +1,77 @@
+"""The real conf/ composed with Hydra, and its conversion to checked dataclasses."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from sae_sweep import ConfigError, config
+from sae_sweep.data import DataConfig
+from sae_sweep.lit import PretrainConfig
+
+from .conftest import CONF, compose
+
+GROUPS = ["data", "model", "pretrain", "trainer", "logger", "paths", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda x: str(x))
+def test_every_group_option_composes_and_converts(group, option):
+    overrides = [f"{group}={option}"]
+    if option == "text_files":
+        overrides.append("data.paths=[corpus/*.txt]")
+    cfg = compose(overrides)
+    job = config.pretrain_job(cfg)
+    assert job.model.n_embd == cfg.model.n_embd and job.trainer.devices == cfg.trainer.devices
+
+
+def test_defaults_are_the_notes_model():
+    job = config.pretrain_job(compose([]))
+    m = job.model
+    assert (m.n_layer, m.n_embd, m.n_head, m.d_mlp, m.block_size, m.bias, m.dropout) == (6, 32, 4, 128, 256, False, 0.0)
+    assert job.data == DataConfig()  # embedded corpus, byte-level BPE
+    assert job.pretrain == PretrainConfig() and (job.pretrain.lr, job.pretrain.beta2) == (6e-4, 0.95)
+    assert job.logger.kind == "wandb" and job.logger.mode == "offline"
+    assert job.trainer.accelerator == "cpu" and job.ckpt_path == "last"
+
+
+def test_smoke_experiment_is_tiny():
+    job = config.pretrain_job(compose(["experiment=smoke"]))
+    assert job.pretrain.max_steps <= 50 and job.data.max_bytes <= 1_000_000 and job.model.block_size <= 64
+
+
+def test_unknown_key_on_the_command_line_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="pretrain.lrr"):
+        compose(["pretrain.lrr=1"])
+
+
+def test_unknown_key_added_with_plus_fails_at_conversion():
+    with pytest.raises(ConfigError, match=r"pretrain: unknown key\(s\) \['lrr'\]; allowed keys: \['seed'"):
+        config.pretrain_job(compose(["+pretrain.lrr=1"]))
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("pretrain.lr=fast", "pretrain.lr must be a number, got 'fast'"),
+        ("pretrain.max_steps=1.5", "pretrain.max_steps must be an integer, got 1.5"),
+        ("pretrain.batch_size=0", "pretrain.batch_size must be a positive integer"),
+        ("model.n_head=5", "divisible"),
+        ("trainer.strategy=fsdp2", "trainer.strategy must be one of"),
+        ("logger.mode=sometimes", "logger.mode must be one of"),
+        ("stage=finetune", "stage must be one of"),
+        ("force=maybe", "force must be true or false"),
+        ("data.paths=3", "data.paths must be a list"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        cfg = compose([override])
+        config.stage(cfg)
+        config.pretrain_job(cfg)
+
+
+def test_missing_text_files_paths_is_named():
+    with pytest.raises(ConfigError, match="data.paths"):
+        config.pretrain_job(compose(["data=text_files"]))
