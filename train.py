@@ -14,12 +14,12 @@ log = logging.getLogger("sae_sweep")
 def run(cfg: DictConfig):
     """Compose-time config -> checked dataclasses -> the stage's work. Usable from tests and notebooks."""
     # torch and Lightning load here, after Hydra has checked the overrides: a typo fails in under a second.
-    from sae_sweep import config, pretrain  # noqa: PLC0415
+    from sae_sweep import config, pretrain, sweep  # noqa: PLC0415
 
     stage = config.stage(cfg)
     if stage == "pretrain":
         return pretrain.run(config.pretrain_job(cfg))
-    raise AssertionError(stage)  # config.stage() admits only known stages
+    return sweep.run(config.sae_job(cfg))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -20,3 +20,7 @@ class ConfigError(SaeSweepError, ValueError):
 
 class DataError(SaeSweepError):
     """A corpus, cache or artifact is missing, too small, corrupt or unreachable."""
+
+
+class TrainingError(SaeSweepError):
+    """Training diverged (a NaN or infinite loss); the last good checkpoint is kept."""

@@ -240,3 +240,85 @@ def load_gpt(path: str | Path, verify_files: bool = True) -> LoadedGPT:
     model.eval()
     data = json.loads((path / DATA_FILE).read_text())
     return LoadedGPT(model, load_tokenizer(path / TOKENIZER_FILE), config, data, path)
+
+
+# ------------------------------------------------------------------------------ the SAE dictionary folder
+
+DICTIONARY_TYPE = "sae-dictionary"
+SAE_WEIGHTS_FILE, SAE_CONFIG_FILE, COUNTS_FILE = "sae.safetensors", "config.json", "firing_counts.npy"
+DECODER_ORIENTATION = "decoder: (d_in, dict_size); column j is feature j, unit norm (the note's D)"
+
+
+def dictionary_name(layer: int, dict_size: int, seed: int) -> str:
+    return f"sae-L{layer}-J{dict_size}-s{seed}"
+
+
+def write_dictionary(folder: Path, sae, config: dict, firing_counts, extra_files: dict | None = None) -> None:
+    """Fill ``folder`` with one dictionary: weights (with the decoder at initialisation), config, firing counts.
+
+    ``extra_files`` maps a file name in the folder to a source path to copy (metrics.csv, a histogram).
+    """
+    import numpy as np  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    tensors = {
+        "decoder": sae.decoder.detach().cpu().contiguous(),
+        "decoder_init": sae.decoder_init.cpu().contiguous(),
+        "encoder.bias": sae.encoder_bias.detach().cpu().contiguous(),
+    }
+    if not sae.tied:
+        tensors["encoder.weight"] = sae.encoder.detach().cpu().contiguous()
+    if sae.decoder_bias is not None:
+        tensors["decoder_bias"] = sae.decoder_bias.detach().cpu().contiguous()
+    save_file(tensors, str(folder / SAE_WEIGHTS_FILE), metadata={"orientation": DECODER_ORIENTATION})
+    (folder / SAE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    np.save(folder / COUNTS_FILE, np.asarray(firing_counts, dtype=np.int64))
+    for name, src in (extra_files or {}).items():
+        shutil.copyfile(src, folder / name)
+
+
+@dataclass
+class Dictionary:
+    """A trained SAE as arrays: ``decoder`` is the note's D, (d_in, dict_size) with unit-norm columns."""
+
+    name: str
+    decoder: object  # torch.Tensor (d_in, dict_size)
+    tensors: dict  # every stored tensor, decoder_init and the encoder included
+    config: dict  # config.json: hyperparameters, digests, final metrics
+    firing_counts: object  # np.ndarray (dict_size,): held-out activations on which each feature fired
+    path: Path
+
+    @property
+    def d_in(self) -> int:
+        return self.decoder.shape[0]
+
+    @property
+    def dict_size(self) -> int:
+        return self.decoder.shape[1]
+
+    def to_sae(self):
+        """Rebuild the trained SparseAutoencoder module (CPU, eval mode)."""
+        from sae_sweep.sae import SAEConfig, SparseAutoencoder  # noqa: PLC0415
+
+        sae = SparseAutoencoder(self.d_in, SAEConfig(**self.config["sae"]))
+        state = {"decoder": self.tensors["decoder"], "encoder_bias": self.tensors["encoder.bias"]}
+        if "encoder.weight" in self.tensors:
+            state["encoder"] = self.tensors["encoder.weight"]
+        if "decoder_bias" in self.tensors:
+            state["decoder_bias"] = self.tensors["decoder_bias"]
+        sae.load_state_dict(state)
+        sae.decoder_init.copy_(self.tensors["decoder_init"])
+        return sae.eval()
+
+
+def load_dictionary(path: str | Path, verify_files: bool = True) -> Dictionary:
+    """Load a dictionary folder (a store version, or any folder ``write_dictionary`` filled)."""
+    import numpy as np  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    path = Path(path)
+    manifest = verify(path) if verify_files and (path / MANIFEST).exists() else {"name": path.name}
+    tensors = load_file(str(path / SAE_WEIGHTS_FILE))
+    config = json.loads((path / SAE_CONFIG_FILE).read_text())
+    counts = np.load(path / COUNTS_FILE)
+    return Dictionary(manifest["name"], tensors["decoder"], tensors, config, counts, path)

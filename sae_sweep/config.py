@@ -17,11 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 from sae_sweep import ConfigError
 from sae_sweep.artifacts import Paths
 from sae_sweep.data import DataConfig
+from sae_sweep.harvest import HarvestConfig
 from sae_sweep.lit import LoggerConfig, PretrainConfig, TrainerConfig
 from sae_sweep.model import GPTConfig
 from sae_sweep.pretrain import PretrainJob
+from sae_sweep.sae import SAEConfig
+from sae_sweep.sweep import SAEJob
 
-STAGES = ("pretrain",)
+STAGES = ("pretrain", "sae")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
 
 
@@ -79,16 +82,31 @@ def stage(cfg: DictConfig) -> str:
     return value
 
 
+def _common(cfg: DictConfig) -> dict:
+    return {
+        "trainer": build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
+        "logger": build(LoggerConfig, _section(cfg, "logger"), "logger"),
+        "paths": Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve()),
+        "ckpt_path": _coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
+        "force": _coerce(cfg.get("force", False), bool, "force"),
+    }
+
+
 def pretrain_job(cfg: DictConfig) -> PretrainJob:
     return PretrainJob(
         data=build(DataConfig, _section(cfg, "data"), "data"),
         model=build(GPTConfig, _section(cfg, "model"), "model"),
         pretrain=build(PretrainConfig, _section(cfg, "pretrain"), "pretrain"),
-        trainer=build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
-        logger=build(LoggerConfig, _section(cfg, "logger"), "logger"),
-        paths=Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve()),
-        ckpt_path=_coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
-        force=_coerce(cfg.get("force", False), bool, "force"),
+        **_common(cfg),
+    )
+
+
+def sae_job(cfg: DictConfig) -> SAEJob:
+    return SAEJob(
+        harvest=build(HarvestConfig, _section(cfg, "harvest"), "harvest"),
+        sae=build(SAEConfig, _section(cfg, "sae"), "sae"),
+        gpt=_coerce(cfg.get("gpt"), str | None, "gpt"),
+        **_common(cfg),
     )
 
 

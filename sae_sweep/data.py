@@ -398,3 +398,19 @@ def prepare(cfg: DataConfig, cache_dir: str | Path, min_tokens: int = 0) -> Toke
                 f"{min_tokens} + 1: use a larger corpus or a smaller model.block_size"
             )
     return data
+
+
+def open_prepared(meta: dict, cache_dir: str | Path) -> TokenData:
+    """The token cache a model was trained on, from the ``meta.json`` it recorded; rebuilt if it was deleted."""
+    path = Path(cache_dir) / "tokens" / meta["key"]
+    if (path / META_FILE).exists():
+        return _open(path)
+    config = dict(meta["config"])
+    config["paths"] = tuple(config.get("paths") or ())
+    data = prepare(DataConfig(**config), cache_dir)
+    if data.key != meta["key"]:
+        raise DataError(
+            f"the corpus the GPT was trained on (token cache {meta['key']}) has changed since: it now gives "
+            f"{data.key}. Restore the corpus, or pretrain again on the new one."
+        )
+    return data

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep import ConfigError
 from sae_sweep.model import GPT, GPTConfig
+
+# Lightning notices that are expected here and would only bury the useful lines of a run's output.
+warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")  # we checkpoint after steps
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # batches are built in-process
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -241,6 +248,13 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
     return loggers
 
 
+class _StepProgressBar(RichProgressBar):
+    """Rich progress over steps: runs here are step-based, so Lightning's "Epoch 0/-2" label would only confuse."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
+
+
 def build_trainer(
     tcfg: TrainerConfig,
     *,
@@ -251,16 +265,17 @@ def build_trainer(
     callbacks: tuple = (),
     val_every: int | None = None,
     grad_clip: float | None = None,
+    log_every: int | None = None,
 ) -> pl.Trainer:
     """One Trainer for every stage: step-based, checkpointing atomically to ``run_dir/checkpoints/last.ckpt``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar  # noqa: PLC0415
+    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
 
     callbacks = [
         *callbacks,
         ModelCheckpoint(dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every),
     ]
     if tcfg.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(_StepProgressBar(leave=True))
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
@@ -275,7 +290,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         gradient_clip_val=grad_clip or None,
         logger=loggers or False,
-        log_every_n_steps=tcfg.log_every_n_steps,
+        log_every_n_steps=log_every or tcfg.log_every_n_steps,
         enable_progress_bar=tcfg.progress_bar,
         enable_model_summary=False,
         default_root_dir=run_dir,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_sweep import DataError
+from sae_sweep import DataError, TrainingError
 from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, log_to_wandb, write_gpt
 from sae_sweep.data import TOKENIZER_FILE, DataConfig, TokenData, prepare
 from sae_sweep.lit import (
@@ -123,15 +123,16 @@ def run(job: PretrainJob) -> Artifact:
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 exports
-    if trainer.global_step < job.pretrain.max_steps:
-        raise DataError(f"pretraining stopped at step {trainer.global_step} of {job.pretrain.max_steps}")
+    if trainer.interrupted or not trainer.state.finished:  # global_step stays 0 here under ddp_spawn
+        raise TrainingError(f"pretraining of {rid} stopped early ({trainer.state.status}); rerun to resume")
+    steps = job.pretrain.max_steps
 
     model = module.model.cpu().float()
     val_final = evaluate(model, tokens, job.pretrain)
     train_info = {
         "run_id": rid,
-        "steps": trainer.global_step,
-        "tokens_seen": trainer.global_step * job.pretrain.batch_size * model_cfg.block_size * trainer.world_size,
+        "steps": steps,
+        "tokens_seen": steps * job.pretrain.batch_size * model_cfg.block_size * trainer.world_size,
         "val_loss_init": val_init,
         "val_loss": val_final,
         "unigram_entropy": tokens.meta["unigram_entropy"],
@@ -145,7 +146,7 @@ def run(job: PretrainJob) -> Artifact:
         lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
         metadata,
     )
-    _finish_wandb(loggers, artifact)
+    finish_wandb(loggers, artifact)
     done.write_text(json.dumps({"artifact": artifact.ref, "path": str(artifact.path)}) + "\n")
     log.info(
         "val loss %.3f nats/token (unigram entropy %.3f, at init %s); saved %s at %s",
@@ -169,16 +170,39 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def _finish_wandb(loggers: list, artifact: Artifact) -> None:
-    """Upload the artifact to the W&B run (if any), close it, and say how to sync an offline run."""
+def finish_wandb(
+    loggers: list, artifact: Artifact, summary: dict | None = None, uses: str | None = None, density=None
+) -> None:
+    """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
+
+    ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``density``: (firing
+    counts, n) for a histogram of log10 feature frequency. Logging failures are warned about, never fatal.
+    """
     from lightning.pytorch.loggers import WandbLogger  # noqa: PLC0415
 
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
             continue
         run = lg.experiment
-        log_to_wandb(run, artifact)
-        offline = run.settings.mode in ("offline", "dryrun") or run.offline
+        offline = bool(run.offline)
+        try:
+            if uses and not offline:
+                run.use_artifact(uses)
+            if summary:
+                run.summary.update(summary)
+            if density is not None:
+                import numpy as np  # noqa: PLC0415
+                import wandb  # noqa: PLC0415
+
+                counts, n = density
+                live = counts[counts > 0]
+                if live.size:
+                    run.log({"feature_density/log10_frequency": wandb.Histogram(np.log10(live / n))})
+            log_to_wandb(run, artifact)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
+            log.warning(
+                "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
+            )
         run_dir = Path(run.dir).parent
         run.finish()
         if offline:

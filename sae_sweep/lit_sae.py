@@ -1,0 +1,175 @@
+"""Lightning wrapper for SAE training: the step, dead-feature tracking, metrics, and shuffled activation batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from sae_sweep import TrainingError
+from sae_sweep.sae import SAEConfig, SparseAutoencoder
+
+CHUNK_ROWS = 1 << 18  # float16 -> float32 conversion happens per chunk of this many rows, not per batch
+
+
+class ActivationBatches(IterableDataset):
+    """Batches of a (N, d) float16 .npy file in a seeded random order, one permutation per epoch, as float32.
+
+    Step ``i`` of the run reads global batch ``i``; with ``world`` processes, rank ``r`` takes the r-th slice of
+    it. Rows are read and converted in chunks of ~CHUNK_ROWS (sorted reads, one big float16 -> float32 cast), and
+    a resumed run starting at step ``start`` yields exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        seed: int,
+        epochs: int = 1,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.path, self.batch_size, self.seed, self.epochs = str(path), batch_size, seed, epochs
+        self.start, self.rank, self.world = start, rank, world
+        n_rows = np.load(self.path, mmap_mode="r").shape[0]
+        self.global_batch = batch_size * world
+        self.steps_per_epoch = n_rows // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{n_rows} activations are fewer than one batch of {self.global_batch}")
+        self.batches_per_chunk = max(1, CHUNK_ROWS // self.global_batch)
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def _chunk(self, acts: np.ndarray, perm: np.ndarray, c: int) -> torch.Tensor:
+        rows = perm[c * self.batches_per_chunk * self.global_batch :][: self.batches_per_chunk * self.global_batch]
+        order = np.argsort(rows, kind="stable")
+        block = torch.from_numpy(np.ascontiguousarray(acts[rows[order]])).float()  # sorted read, one cast
+        out = torch.empty_like(block)
+        out[torch.from_numpy(order)] = block  # back to the permuted order
+        return out
+
+    def __iter__(self):
+        acts = np.load(self.path, mmap_mode="r")
+        epoch, chunk, perm, block = None, None, None, None
+        for step in range(self.start, self.n_steps):
+            e, within = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch, chunk = e, None
+                perm = np.random.default_rng([self.seed, e]).permutation(acts.shape[0])
+            c, b = divmod(within, self.batches_per_chunk)
+            if c != chunk:
+                chunk, block = c, self._chunk(acts, perm, c)
+            lo = (b * self.world + self.rank) * self.batch_size
+            yield block[lo : lo + self.batch_size]
+
+
+class ActivationDataModule(pl.LightningDataModule):
+    def __init__(self, path: Path, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.path, self.cfg = path, cfg
+
+    def dataset(self, start: int = 0, rank: int = 0, world: int = 1) -> ActivationBatches:
+        return ActivationBatches(
+            self.path, self.cfg.batch_size, self.cfg.order_seed, self.cfg.epochs, start=start, rank=rank, world=world
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer  # restored from the checkpoint by now, so global_step is where a killed run stopped
+        return DataLoader(self.dataset(t.global_step, t.global_rank, t.world_size), batch_size=None)
+
+
+class SAEModule(pl.LightningModule):
+    """One SAE, trained by hand-written steps (manual optimisation) so the fused gradient path can be used."""
+
+    def __init__(self, d_in: int, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.save_hyperparameters({"d_in": d_in, "sae": cfg.to_dict()})
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.sae = SparseAutoencoder(d_in, cfg)
+        # The step at which each feature last fired; saved in checkpoints so dead counts survive a resume.
+        self.register_buffer("last_fired", torch.zeros(cfg.dict_size, dtype=torch.long))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.sae.parameters(), lr=self.cfg.lr)
+
+    def training_step(self, x: torch.Tensor, batch_idx: int):
+        step = self.global_step
+        opt = self.optimizers()
+        fused = not self.cfg.tied and self.trainer.world_size == 1
+        if fused:
+            out = self.sae.fused_grads(x, self.cfg.l1_coeff)  # grads written in place, nothing to zero
+        else:
+            opt.zero_grad()
+            out = self.sae.loss(x, self.cfg.l1_coeff)
+            self.manual_backward(out["loss"])
+        mse = out["mse"].detach()
+        if not torch.isfinite(mse):
+            raise self._diverged(step, f"the SAE loss became {mse.item()}")
+        opt.step()
+        try:
+            self.sae.normalize_decoder_()
+        except FloatingPointError as exc:
+            raise self._diverged(step, str(exc)) from None
+        codes = out["codes"].detach()
+        self.last_fired[codes.amax(dim=0) > 0] = step
+        self.log("train/mse", mse)
+        if (step + 1) % self.cfg.log_every == 0 or step == 0:
+            metrics = self.metrics(x, codes, mse, step)
+            self.log_dict(metrics)
+            self.log_dict({"fvu": metrics["train/fvu"], "L0": metrics["train/l0"]}, prog_bar=True, logger=False)
+
+    def _diverged(self, step: int, what: str) -> TrainingError:
+        return TrainingError(
+            f"{what} at step {step}; the checkpoints written before it are kept, nothing after. "
+            "Lower sae.lr, or check the activations for inf/NaN."
+        )
+
+    @torch.no_grad()
+    def metrics(self, x: torch.Tensor, codes: torch.Tensor, mse: torch.Tensor, step: int) -> dict:
+        l1 = codes.sum(dim=1).mean()  # codes >= 0 after the ReLU
+        total_var = (x - x.mean(dim=0)).pow(2).sum()
+        return {
+            "train/loss": mse + self.cfg.l1_coeff * l1,
+            "train/l1": l1,
+            "train/l0": (codes > 0).sum(dim=1).float().mean(),
+            "train/fvu": mse * x.numel() / total_var.clamp_min(1e-12),
+            "train/dead_fraction": ((step - self.last_fired) >= self.cfg.dead_window).float().mean(),
+        }
+
+
+@torch.no_grad()
+def evaluate_sae(
+    sae: SparseAutoencoder, acts: np.ndarray, l1_coeff: float, chunk: int = 8192
+) -> tuple[dict, np.ndarray]:
+    """Held-out metrics and per-feature firing counts over ``acts`` ((N, d) float16), in chunks."""
+    counts = torch.zeros(sae.dict_size, dtype=torch.long)
+    sq_err = l1 = l0 = 0.0
+    total = torch.zeros(())
+    n = acts.shape[0]
+    mean = torch.from_numpy(np.asarray(acts[: min(n, 1 << 18)], dtype=np.float32)).mean(dim=0)
+    for lo in range(0, n, chunk):
+        x = torch.from_numpy(np.asarray(acts[lo : lo + chunk], dtype=np.float32))
+        recon, codes = sae(x)
+        active = codes > 0
+        counts += active.sum(dim=0)
+        sq_err += (recon - x).pow(2).sum().item()
+        l1 += codes.sum().item()
+        l0 += active.sum().item()
+        total += (x - mean).pow(2).sum()
+    mse = sq_err / (n * sae.d_in)
+    metrics = {
+        "val/mse": mse,
+        "val/l1": l1 / n,
+        "val/loss": mse + l1_coeff * l1 / n,
+        "val/l0": l0 / n,
+        "val/fvu": sq_err / max(total.item(), 1e-12),
+        "val/dead_fraction": (counts == 0).float().mean().item(),
+    }
+    return metrics, counts.numpy()

@@ -1,0 +1,130 @@
+"""SAE sweeps through the real entry point, in subprocesses: Hydra multirun, DDP on CPU, submitit_local, resume."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sae_sweep.artifacts import ArtifactStore, load_dictionary
+
+from .conftest import REPO, run_train
+
+pytestmark = pytest.mark.slow
+SMOKE = ["experiment=smoke"]
+
+
+@pytest.fixture(scope="module")
+def gpt_root(tmp_path_factory):
+    """A store holding one smoke GPT; each test copies nothing, but writes its own SAEs under its own root."""
+    root = tmp_path_factory.mktemp("gpt")
+    proc = run_train(["stage=pretrain", *SMOKE, "logger=none"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def fresh_root(gpt_root, tmp_path):
+    """A new paths.root whose store already holds the smoke GPT (and its token cache)."""
+    root = tmp_path / "root"
+    shutil.copytree(gpt_root, root)
+    return root
+
+
+def out(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    proc = run_train(["-m", *SMOKE, "sae.dict_size=64,128", "sae.seed=0,1"], root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    store = ArtifactStore(root / "store")
+    names = sorted(store.names("sae-dictionary"))
+    assert names == ["sae-L2-J128-s0", "sae-L2-J128-s1", "sae-L2-J64-s0", "sae-L2-J64-s1"]
+    for name in names:
+        d = load_dictionary(store.get(name).path)
+        assert d.decoder.shape == (128, d.config["dict_size"]) and d.config["l1_coeff"] == 1e-3
+        torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(d.dict_size))
+        assert d.firing_counts.shape == (d.dict_size,) and d.firing_counts.sum() > 0
+        assert 0 < d.config["metrics"]["val/fvu"] < 5
+        assert {"metrics.csv", "feature_density.png", "sae.safetensors"} <= {p.name for p in d.path.iterdir()}
+    seeds = {n: load_dictionary(store.get(n).path).decoder for n in names}
+    assert not torch.equal(seeds["sae-L2-J64-s0"], seeds["sae-L2-J64-s1"])
+    # The GPT was trained once (by the fixture) and the activations harvested once for all four jobs.
+    assert store.names("model") == ["gpt-embedded-s0"] and store.get("gpt-embedded-s0").version == 0
+    assert len(list((root / "cache" / "activations").glob("L2-*"))) == 1
+    assert out(proc).count("harvested ") == 1 and out(proc).count("reusing activation cache") == 3
+    # Every job wrote a real offline W&B run and uploaded its dictionary there.
+    assert len(list(root.glob("runs/sae-*/wandb/offline-run-*"))) == 4
+
+
+def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
+    proc = run_train(["-m", *SMOKE, *ddp, "logger=none", "sae.dict_size=64"], root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J64-s0").path)
+    assert d.config["steps"] == 20480 // (256 * 2)  # each step consumed one batch per process
+    torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(64))
+
+
+def test_submitit_local_launcher(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    args = ["-m", "hydra/launcher=submitit_local", *SMOKE, "logger=none", "sae.dict_size=64,128"]
+    proc = run_train(args, root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    assert sorted(ArtifactStore(root / "store").names("sae-dictionary")) == ["sae-L2-J128-s0", "sae-L2-J64-s0"]
+
+
+def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not list(root.glob("runs/sae-*/checkpoints/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(root.glob("runs/sae-*/checkpoints/last.ckpt")), "no checkpoint before the kill"
+    assert not ArtifactStore(root / "store").names("sae-dictionary"), "finished before the kill"
+    again = run_train(args, root)
+    assert again.returncode == 0, out(again)[-3000:]
+    assert "resuming from" in out(again)
+    d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert d.config["steps"] == 600000 // 256
+    third = run_train(args, root)
+    assert third.returncode == 0 and "already finished as sae-L2-J1024-s0:v0" in out(third)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sae.dict_size=0"], "sae.dict_size must be a positive integer, got 0"),
+        (["sae.dict_size=12.5"], "sae.dict_size must be an integer, got 12.5"),
+        (["sae.l1_coeff=-0.001"], "sae.l1_coeff must be >= 0, got -0.001"),
+        (["harvest.layer=7"], "harvest.layer=7 is outside the model: it has layers 0..5"),
+        (["gpt=nope"], "no artifact 'nope'"),
+    ],
+)
+def test_bad_input_ends_before_any_work(gpt_root, tmp_path, args, needle):
+    root = fresh_root(gpt_root, tmp_path)
+    proc = run_train([*SMOKE, "logger=none", *args], root)
+    assert proc.returncode == 2 and needle in out(proc), out(proc)[-3000:]
+    assert "Traceback" not in out(proc)
+    assert not (root / "cache" / "activations").exists() and not list(root.glob("runs/sae-*"))
+
+
+def test_no_gpt_says_to_pretrain(tmp_path):
+    proc = run_train([*SMOKE, "logger=none"], tmp_path)
+    assert proc.returncode == 2 and "run `python train.py stage=pretrain`" in out(proc)
