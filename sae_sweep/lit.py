@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -275,12 +276,19 @@ def build_trainer(
         ModelCheckpoint(dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every),
     ]
     if tcfg.progress_bar:
-        callbacks.append(_StepProgressBar(leave=True))
+        callbacks.append(_StepProgressBar(refresh_rate=10, leave=True))  # redraws cost ~0.1 ms each
+    strategy, plugins = tcfg.strategy, [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Requeueing is submitit's job (it catches USR2 and resubmits; the rerun resumes from last.ckpt), so
+        # Lightning's own USR1 requeue stays off: one requeue path, not two.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        if strategy.startswith("ddp") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            strategy = "ddp"  # SLURM started one process per device (tasks_per_node = devices): spawn no more
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
         num_nodes=tcfg.num_nodes,
-        strategy=tcfg.strategy,
+        strategy=strategy,
         precision=tcfg.precision,
         max_steps=max_steps,
         max_epochs=-1,
@@ -294,7 +302,7 @@ def build_trainer(
         enable_progress_bar=tcfg.progress_bar,
         enable_model_summary=False,
         default_root_dir=run_dir,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         callbacks=callbacks,
     )
 

@@ -96,7 +96,14 @@ class SparseAutoencoder(nn.Module):
         recon, codes = self(x)
         mse = (recon - x).pow(2).mean()
         l1 = codes.abs().sum(dim=1).mean()
-        return {"loss": mse + l1_coeff * l1, "mse": mse, "l1": l1, "codes": codes, "recon": recon}
+        return {
+            "loss": mse + l1_coeff * l1,
+            "mse": mse,
+            "l1": l1,
+            "codes": codes,
+            "recon": recon,
+            "code_sums": codes.detach().sum(dim=0),
+        }
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
@@ -106,47 +113,68 @@ class SparseAutoencoder(nn.Module):
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
             raise FloatingPointError(f"decoder columns lost unit norm (range {norms.min():.4g}..{norms.max():.4g})")
 
-    def _work_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _work_buffers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Buffers reused across steps of one batch shape; inputs get a column of ones (see fused_grads)."""
         key = (x.shape[0], x.dtype, x.device)
         if self._work_key != key:
-            B, J = x.shape[0], self.dict_size
-            self._codes = torch.empty(B, J, dtype=x.dtype, device=x.device)
-            self._grad_codes = torch.empty(B, J, dtype=x.dtype, device=x.device)
-            self._active = torch.empty(B, J, dtype=torch.bool, device=x.device)
+            B, J, d = x.shape[0], self.dict_size, self.d_in
+            new = lambda *shape: torch.empty(*shape, dtype=x.dtype, device=x.device)  # noqa: E731
+            self._work = {
+                "codes": new(B, J),
+                "grad_codes": new(B, J),
+                "x_ext": new(B, d + 1),  # [x, 1]
+                "d_recon_ext": new(B, d + 1),  # [d loss / d recon, 1]
+                "grad_dec_ext": new(d + 1, J),
+                "grad_enc_ext": new(J, d + 1),
+                "enc_ext": new(J, d + 1),  # [W_enc, b_enc]
+                "dec_ext": new(d + 1, J),  # [D^T ; l1 / B]
+            }
+            self._work["x_ext"][:, d] = 1.0
+            self._work["d_recon_ext"][:, d] = 1.0
             self._work_key = key
-        return self._codes, self._grad_codes, self._active
+        return self._work
 
     @torch.no_grad()
     def fused_grads(self, x: torch.Tensor, l1_coeff: float) -> dict[str, torch.Tensor]:
         """Write d(loss)/d(param) into each ``param.grad`` (untied weights) and return the loss's parts.
 
-        Five products of size B x d_in x dict_size, and elementwise passes done in place on reused buffers.
-        The L1 term is returned as a lazily summed tensor only when asked, since it costs a pass over the codes.
+        The five products of size B x d_in x dict_size a step needs, and only two elementwise passes over the
+        (B, dict_size) codes (ReLU, and the ReLU's backward fused with the gradient mask), all on reused buffers.
+        A column of ones appended to the (B, d) inputs makes the products carry the rest for free: the encoder
+        bias and the L1 gradient are added inside products 1 and 4 (no broadcast pass), and products 3 and 5 also
+        return each feature's total code (``code_sums``: the L1 term, and which features fired) and the encoder
+        bias gradient (no reduction pass). The returned tensors are views of buffers the next call overwrites.
         """
         if self.tied:
             raise ValueError("fused_grads supports untied weights; use loss() and autograd for tied ones")
-        B = x.shape[0]
-        codes, grad_codes, active = self._work_buffers(x)
-        x_in = x if self.decoder_bias is None else x - self.decoder_bias
-        torch.addmm(self.encoder_bias, x_in, self.encoder.t(), out=codes)  # 1: (B, J) pre-activations
+        B, d = x.shape[0], self.d_in
+        w = self._work_buffers(x)
+        codes, grad_codes = w["codes"], w["grad_codes"]
+        x_in, d_recon = w["x_ext"][:, :d], w["d_recon_ext"][:, :d]
+        torch.sub(x, self.decoder_bias, out=x_in) if self.decoder_bias is not None else x_in.copy_(x)
+        w["enc_ext"][:, :d].copy_(self.encoder)
+        w["enc_ext"][:, d].copy_(self.encoder_bias)
+        torch.mm(w["x_ext"], w["enc_ext"].t(), out=codes)  # 1: (B, J) pre-activations, bias via the ones column
         codes.relu_()
         recon = codes @ self.decoder.t()  # 2: (B, d)
         if self.decoder_bias is not None:
             recon += self.decoder_bias
-        err = recon.sub_(x)  # (B, d): x^ - x
-        mse = err.pow(2).mean()
-        d_recon = err.mul_(2.0 / err.numel())  # d mse / d x^
+        torch.sub(recon, x, out=d_recon)  # x^ - x
+        mse = d_recon.pow(2).mean()
+        d_recon.mul_(2.0 / d_recon.numel())  # d mse / d x^
         for p in self.parameters():
             if p.grad is None:
                 p.grad = torch.empty_like(p)
-        torch.mm(d_recon.t(), codes, out=self.decoder.grad)  # 3: (d, J)
-        torch.mm(d_recon, self.decoder, out=grad_codes)  # 4: (B, J)
-        grad_codes.add_(l1_coeff / B)  # d(l1 term)/d c, for c >= 0
-        torch.gt(codes, 0, out=active)
-        grad_codes.mul_(active)  # through the ReLU
-        torch.mm(grad_codes.t(), x_in, out=self.encoder.grad)  # 5: (J, d)
-        torch.sum(grad_codes, dim=0, out=self.encoder_bias.grad)
+        torch.mm(w["d_recon_ext"].t(), codes, out=w["grad_dec_ext"])  # 3: (d+1, J); last row: codes.sum(0)
+        self.decoder.grad.copy_(w["grad_dec_ext"][:d])
+        w["dec_ext"][:d].copy_(self.decoder)
+        w["dec_ext"][d].fill_(l1_coeff / B)  # d(l1 term)/d c for c >= 0, added via the ones column
+        torch.mm(w["d_recon_ext"], w["dec_ext"], out=grad_codes)  # 4: (B, J)
+        torch.ops.aten.threshold_backward.grad_input(grad_codes, codes, 0.0, grad_input=grad_codes)  # ReLU'
+        torch.mm(grad_codes.t(), w["x_ext"], out=w["grad_enc_ext"])  # 5: (J, d+1); last column: bias grad
+        self.encoder.grad.copy_(w["grad_enc_ext"][:, :d])
+        self.encoder_bias.grad.copy_(w["grad_enc_ext"][:, d])
         if self.decoder_bias is not None:
             # b_dec enters twice: added to x^, and subtracted from x before encoding.
             torch.sub(d_recon.sum(0), self.encoder_bias.grad @ self.encoder, out=self.decoder_bias.grad)
-        return {"mse": mse, "codes": codes}
+        return {"mse": mse, "codes": codes, "code_sums": w["grad_dec_ext"][d]}

@@ -1,6 +1,8 @@
 """The real conf/ composed with Hydra, and its conversion to checked dataclasses."""
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from sae_sweep import ConfigError, config
@@ -9,7 +11,7 @@ from sae_sweep.lit import PretrainConfig
 
 from .conftest import CONF, compose
 
-GROUPS = ["data", "model", "pretrain", "trainer", "logger", "paths", "experiment"]
+GROUPS = ["data", "model", "pretrain", "harvest", "sae", "trainer", "logger", "paths", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -24,6 +26,8 @@ def test_every_group_option_composes_and_converts(group, option):
     cfg = compose(overrides)
     job = config.pretrain_job(cfg)
     assert job.model.n_embd == cfg.model.n_embd and job.trainer.devices == cfg.trainer.devices
+    sae_job = config.sae_job(cfg)
+    assert sae_job.sae.dict_size == cfg.sae.dict_size and sae_job.harvest.layer == cfg.harvest.layer
 
 
 def test_defaults_are_the_notes_model():
@@ -75,3 +79,22 @@ def test_bad_values_name_the_key(override, needle):
 def test_missing_text_files_paths_is_named():
     with pytest.raises(ConfigError, match="data.paths"):
         config.pretrain_job(compose(["data=text_files"]))
+
+
+def test_sae_defaults_are_the_replications():
+    cfg = compose([])
+    assert config.stage(cfg) == "sae"
+    job = config.sae_job(cfg)
+    assert (job.sae.l1_coeff, job.sae.lr, job.sae.batch_size, job.sae.epochs) == (1e-3, 1e-3, 256, 1)
+    assert (job.sae.tied, job.sae.decoder_bias, job.harvest.layer, job.gpt) == (False, False, 2, None)
+    assert job.name == "sae-L2-J1024-s0"
+
+
+def test_bimodal_and_demo_experiments_sweep_the_notes_sizes():
+    sizes = "256,512,1024,2048,4096,8192"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        bimodal = hydra_compose("train", overrides=["experiment=bimodal"], return_hydra_config=True)
+        demo = hydra_compose("train", overrides=["experiment=demo"], return_hydra_config=True)
+    assert dict(bimodal.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
+    assert dict(demo.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0"}
+    assert bimodal.sae.l1_coeff == 1e-3 and bimodal.harvest.layer == 2

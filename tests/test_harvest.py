@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +76,48 @@ def test_layer_outside_model_fails_before_any_work(tokens, tmp_path):
     with pytest.raises(ConfigError, match=r"layer=6 is outside the model: it has layers 0\.\.5"):
         harvest(gpt(tokens.tokenizer.vocab_size), "d", tokens, HarvestConfig(layer=6), tmp_path)
     assert not (tmp_path / "activations").exists()
+
+
+HARVEST_SCRIPT = """
+import logging, sys, torch
+from sae_sweep.data import DataConfig, prepare
+from sae_sweep.harvest import HarvestConfig, harvest
+from sae_sweep.model import GPT, GPTConfig
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+corpus, cache = sys.argv[1], sys.argv[2]
+tokens = prepare(DataConfig(corpus="text_files", paths=(corpus,), vocab_size=300, val_fraction=0.1), cache)
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=tokens.tokenizer.vocab_size, block_size=32))
+acts = harvest(model, "digest", tokens, HarvestConfig(n_tokens=30000, n_val_tokens=3000, batch_size=8), cache)
+print("ROWS", acts.train.shape[0])
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_harvest_once_and_match_a_serial_run(corpus_dir, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(HARVEST_SCRIPT)
+    pattern = str(corpus_dir / "*.txt")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), pattern, str(tmp_path / "shared")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    logs = "".join(outs)
+    assert logs.count("harvested 30000") == 1 and logs.count("reusing activation cache") == 2, logs
+    assert logs.count("preparing tokens") == 1
+    serial = subprocess.run(
+        [sys.executable, str(script), pattern, str(tmp_path / "serial")], capture_output=True, text=True, timeout=300
+    )
+    assert serial.returncode == 0, serial.stdout + serial.stderr
+    (shared,) = (tmp_path / "shared" / "activations").glob("L2-*")
+    (alone,) = (tmp_path / "serial" / "activations").glob("L2-*")
+    for name in ("train.npy", "val.npy", "meta.json"):
+        a, b = (shared / name).read_bytes(), (alone / name).read_bytes()
+        assert a == b or name == "meta.json" and json.loads(a)["files"] == json.loads(b)["files"]
