@@ -97,8 +97,11 @@ def saelens(J: int, xs) -> float | None:
     sae = StandardTrainingSAE(cfg)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
 
+    coefficients = sae.get_coefficients() if hasattr(sae, "get_coefficients") else {"l1": L1}
+    coefficients = {k: (L1 if k == "l1" else v) for k, v in coefficients.items()}
+
     def step(x):
-        out = sae.training_forward_pass(step_input=_saelens_input(x))
+        out = sae.training_forward_pass(step_input=_saelens_input(x, coefficients))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -107,10 +110,13 @@ def saelens(J: int, xs) -> float | None:
     return timed(step, xs)
 
 
-def _saelens_input(x):
+def _saelens_input(x, coefficients):
     from sae_lens.saes.sae import TrainStepInput  # noqa: PLC0415
 
-    return TrainStepInput(sae_in=x, coefficients={"l1": L1}, dead_neuron_mask=None)
+    fields = {"sae_in": x, "coefficients": coefficients, "dead_neuron_mask": None}
+    optional = {"n_training_steps": 0, "is_logging_step": False}  # required by SAELens 6.x
+    names = TrainStepInput.__dataclass_fields__
+    return TrainStepInput(**fields, **{k: v for k, v in optional.items() if k in names})
 
 
 class _Timer(pl.Callback):

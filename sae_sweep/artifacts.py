@@ -228,8 +228,8 @@ def load_gpt(path: str | Path, verify_files: bool = True) -> LoadedGPT:
     """Load a GPT folder (a store version, or any folder ``write_gpt`` filled) onto the CPU."""
     from safetensors.torch import load_model  # noqa: PLC0415
 
-    from sae_sweep.data import load_tokenizer  # noqa: PLC0415
     from sae_sweep.model import GPT, GPTConfig  # noqa: PLC0415
+    from sae_sweep.tokenizer import load_tokenizer  # noqa: PLC0415
 
     path = Path(path)
     if verify_files and (path / MANIFEST).exists():

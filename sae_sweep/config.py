@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sae_sweep import ConfigError
+from sae_sweep.analysis import AnalysisConfig, SourceConfig
+from sae_sweep.analysis_job import AnalyzeJob
 from sae_sweep.artifacts import Paths
 from sae_sweep.data import DataConfig
 from sae_sweep.harvest import HarvestConfig
@@ -82,11 +84,16 @@ def stage(cfg: DictConfig) -> str:
     return value
 
 
-def _common(cfg: DictConfig) -> dict:
+def _paths(cfg: DictConfig) -> Paths:
+    return Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve())
+
+
+def _training(cfg: DictConfig) -> dict:
+    """What both training stages take: trainer, logger, paths and the rerun switches."""
     return {
         "trainer": build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
         "logger": build(LoggerConfig, _section(cfg, "logger"), "logger"),
-        "paths": Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve()),
+        "paths": _paths(cfg),
         "ckpt_path": _coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
         "force": _coerce(cfg.get("force", False), bool, "force"),
     }
@@ -97,7 +104,7 @@ def pretrain_job(cfg: DictConfig) -> PretrainJob:
         data=build(DataConfig, _section(cfg, "data"), "data"),
         model=build(GPTConfig, _section(cfg, "model"), "model"),
         pretrain=build(PretrainConfig, _section(cfg, "pretrain"), "pretrain"),
-        **_common(cfg),
+        **_training(cfg),
     )
 
 
@@ -106,7 +113,18 @@ def sae_job(cfg: DictConfig) -> SAEJob:
         harvest=build(HarvestConfig, _section(cfg, "harvest"), "harvest"),
         sae=build(SAEConfig, _section(cfg, "sae"), "sae"),
         gpt=_coerce(cfg.get("gpt"), str | None, "gpt"),
-        **_common(cfg),
+        **_training(cfg),
+    )
+
+
+def analyze_job(cfg: DictConfig) -> AnalyzeJob:
+    out_dir = _coerce(cfg.get("out_dir"), str | None, "out_dir")
+    return AnalyzeJob(
+        analysis=build(AnalysisConfig, _section(cfg, "analysis"), "analysis"),
+        source=build(SourceConfig, _section(cfg, "source"), "source"),
+        logger=build(LoggerConfig, _section(cfg, "logger"), "logger"),
+        paths=_paths(cfg),
+        out_dir=Path(out_dir).expanduser().resolve() if out_dir else None,
     )
 
 

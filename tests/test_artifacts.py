@@ -5,8 +5,8 @@ import torch
 
 from sae_sweep import DataError
 from sae_sweep.artifacts import ArtifactStore, load_gpt, write_gpt
-from sae_sweep.data import BPETokenizer
 from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.tokenizer import BPETokenizer
 
 from .conftest import SAMPLE
 

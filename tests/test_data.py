@@ -7,7 +7,9 @@ import pytest
 
 from sae_sweep import ConfigError, DataError
 from sae_sweep import data as D
-from sae_sweep.data import BPETokenizer, DataConfig, prepare
+from sae_sweep import tokenizer as T
+from sae_sweep.data import DataConfig, prepare
+from sae_sweep.tokenizer import BPETokenizer
 
 from .conftest import SAMPLE
 
@@ -23,13 +25,13 @@ def test_bpe_round_trip_is_lossless():
     ids = tok.encode(text)
     assert tok.decode(ids) == text
     assert len(ids) < len(text.encode())  # merges were learned and used
-    assert tok.vocab_size == 300 and tok.decode([tok.eot_id]) == D.EOT
+    assert tok.vocab_size == 300 and tok.decode([tok.eot_id]) == T.EOT
 
 
 def test_bpe_save_load_gives_same_ids(tmp_path):
     tok = BPETokenizer.train([SAMPLE] * 20, vocab_size=300)
     tok.save(tmp_path / "t.json")
-    again = D.load_tokenizer(tmp_path / "t.json")
+    again = T.load_tokenizer(tmp_path / "t.json")
     assert again.encode(SAMPLE) == tok.encode(SAMPLE)
 
 
@@ -54,7 +56,7 @@ def test_prepare_writes_tokens_and_reuses_cache(corpus_dir, tmp_path, monkeypatc
     assert first.train.dtype == np.uint16 and first.train.size > 100 and first.val.size > 10
     assert first.meta["n_docs"] == {"train": 27, "val": 3}  # 30 files, every 10th held out
     assert first.meta["n_tokens"]["train"] == first.train.size
-    assert first.tokenizer.decode(first.val[: first.val.size]).count(D.EOT) == 3
+    assert first.tokenizer.decode(first.val[: first.val.size]).count(T.EOT) == 3
     stamp = os.stat(first.path / "train.bin").st_mtime_ns
 
     calls = []

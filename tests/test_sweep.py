@@ -1,6 +1,7 @@
 """SAE sweeps through the real entry point, in subprocesses: Hydra multirun, DDP on CPU, submitit_local, resume."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,24 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert out(proc).count("harvested ") == 1 and out(proc).count("reusing activation cache") == 3
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
     assert len(list(root.glob("runs/sae-*/wandb/offline-run-*"))) == 4
+
+    # analyze.py on the sweep's output: every figure and table report.md links exists, and a W&B analysis run.
+    analysis = subprocess.run(
+        [sys.executable, str(REPO / "analyze.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAE_SWEEP_ROOT": str(root)},
+        timeout=300,
+    )
+    assert analysis.returncode == 0, out(analysis)[-4000:]
+    report = root / "analysis" / "report.md"
+    assert f"report: {report}" in out(analysis)
+    links = re.findall(r"\]\(([^)]+)\)", report.read_text())
+    assert {"fig03_mcs_hist.png", "fig07_emd_alt.png", "fig11_counts.png", "emd_J64.csv", "counts.csv"} <= set(links)
+    assert all((report.parent / link).is_file() for link in links)
+    assert "Figure 9 |" in report.read_text() and "skipped (needs" in report.read_text()  # 2 sizes: no scatter
+    assert list(root.glob("runs/analysis/wandb/offline-run-*"))
 
 
 def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):

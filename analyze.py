@@ -1,0 +1,31 @@
+"""Compare a sweep's SAE dictionaries and reproduce the note's figures. `python analyze.py --help` lists the options."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from sae_sweep import SaeSweepError
+
+log = logging.getLogger("sae_sweep")
+
+
+def run(cfg: DictConfig):
+    """Compose-time config -> checked dataclasses -> the report. Usable from tests and notebooks."""
+    from sae_sweep import analysis_job, config  # noqa: PLC0415 - heavy imports after Hydra checked the overrides
+
+    return analysis_job.run(config.analyze_job(cfg))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except SaeSweepError as exc:  # a problem the user can fix: say it plainly, no traceback
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

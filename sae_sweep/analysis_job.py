@@ -1,0 +1,142 @@
+"""Stage ``analyze``: collect a sweep's dictionaries, compute the note's numbers, write the report (and to W&B)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sae_sweep.analysis import AnalysisConfig, Results, SourceConfig, collect_local, collect_wandb, compute, counts
+from sae_sweep.artifacts import Paths
+from sae_sweep.lit import LoggerConfig
+from sae_sweep.report import write_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalyzeJob:
+    analysis: AnalysisConfig
+    source: SourceConfig
+    logger: LoggerConfig
+    paths: Paths
+    out_dir: Path | None = None  # None: <paths.root>/analysis
+
+    @property
+    def out(self) -> Path:
+        return self.out_dir or self.paths.root / "analysis"
+
+
+def _progress(iterable, total: int, description: str):
+    from rich.progress import track  # noqa: PLC0415
+
+    return track(iterable, total=total, description=description, transient=True)
+
+
+def run(job: AnalyzeJob, api=None) -> Path:
+    """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path."""
+    if job.source.kind == "local":
+        where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
+        dicts = collect_local(where, job.analysis.layer)
+    else:
+        dicts = collect_wandb(job.source, job.analysis.layer, job.paths.cache / "wandb", api=api)
+    log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
+    res = compute(dicts, job.analysis, progress=_progress)
+    out = job.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        figs = write_all(res, tmp)
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_summary(res)
+    if job.logger.kind == "wandb":
+        _to_wandb(job, res, out, {k: out / p.name for k, p in figs.items()})
+    report = out / "report.md"
+    log.info("report: %s", report)
+    return report
+
+
+def print_summary(res: Results) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"MCS against J={res.reference} (high: MCS >= {res.config.threshold})")
+    for col in (
+        "size",
+        "seed",
+        "features",
+        "mean MCS",
+        "high",
+        "low",
+        "high %",
+        "EMD(learned,rand1)",
+        "EMD(rand1,rand2)",
+    ):
+        table.add_column(col, justify="right")
+    for s in res.seeds:
+        for r in counts(res, s):
+            names, m = res.emd[r["dict_size"]]
+            learned = next(i for i, n in enumerate(names) if n.startswith("learned"))
+            r1, r2 = names.index("rand1"), names.index("rand2") if "rand2" in names else names.index("rand1")
+            table.add_row(
+                str(r["dict_size"]),
+                str(s),
+                str(r["n"]),
+                f"{r['mean_mcs']:.3f}",
+                str(r["high"]),
+                str(r["low"]),
+                f"{100 * r['high_fraction']:.1f}",
+                f"{m[learned, r1]:.4f}",
+                f"{m[r1, r2]:.4f}",
+            )
+    means = ", ".join(
+        f"M={M}: mean {res.null_mean[M]:.3f}, 99.9% {res.null_q999[M]:.3f}" for M in sorted(res.null_mean)
+    )
+    console = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI are not 80 columns wide
+    console.print(table)
+    console.print(f"analytic null (K={res.d_in}): {means}")
+
+
+def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -> None:
+    """An analysis run with every figure and table; a W&B failure is a warning, never a lost report."""
+    try:
+        import wandb  # noqa: PLC0415
+
+        run_dir = job.paths.runs / "analysis"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(
+            project=job.logger.project,
+            entity=job.logger.entity,
+            job_type="analysis",
+            dir=str(run_dir),
+            mode=job.logger.mode,
+            config=asdict(job.analysis),
+            tags=list(job.logger.tags),
+        )
+        run.log({key: wandb.Image(str(path)) for key, path in figs.items()})
+        for table in sorted(out.glob("*.csv")):
+            with open(table) as f:
+                rows = list(csv.reader(f))
+            if rows:
+                run.log({f"table/{table.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+        run.summary.update({f"null_mean_M{M}": v for M, v in res.null_mean.items()})
+        offline = run.settings.mode in ("offline", "dryrun")
+        wandb_dir = Path(run.dir).parent
+        run.finish()
+        if offline:
+            log.info("W&B analysis run kept offline; upload it with: wandb sync %s", wandb_dir)
+    except Exception as exc:  # noqa: BLE001
+        log.warning(
+            "W&B logging of the analysis failed (%s: %s); the report is complete at %s", type(exc).__name__, exc, out
+        )

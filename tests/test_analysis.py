@@ -1,0 +1,187 @@
+"""analyze.py's collection, computation and report, on small dictionaries made by hand."""
+
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sae_sweep import DataError
+from sae_sweep.analysis import AnalysisConfig, SourceConfig, collect_local, collect_wandb, compute, counts
+from sae_sweep.analysis_job import AnalyzeJob, run
+from sae_sweep.artifacts import ArtifactStore, Paths, dictionary_name, write_dictionary
+from sae_sweep.lit import LoggerConfig
+from sae_sweep.sae import SAEConfig, SparseAutoencoder
+
+
+def save_dict(store: ArtifactStore, J: int, seed: int, d_in: int = 16, layer: int = 2, decoder=None):
+    sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
+    if decoder is not None:
+        with torch.no_grad():
+            sae.decoder.copy_(decoder)
+    config = {
+        "name": dictionary_name(layer, J, seed),
+        "layer": layer,
+        "dict_size": J,
+        "seed": seed,
+        "sae": SAEConfig(dict_size=J, seed=seed).to_dict(),
+    }
+    return store.save(
+        dictionary_name(layer, J, seed),
+        "sae-dictionary",
+        lambda f: write_dictionary(f, sae, config, np.ones(J, dtype=np.int64)),
+        config,
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+def test_nothing_found_names_where_it_looked(tmp_path):
+    with pytest.raises(DataError, match=rf"no layer-2 dictionaries found in {re.escape(str(tmp_path))}"):
+        collect_local(tmp_path, layer=2)
+
+
+def test_different_widths_name_both(store):
+    save_dict(store, 32, 0, d_in=16)
+    save_dict(store, 64, 0, d_in=8)
+    with pytest.raises(DataError, match=r"different widths: .*sae-L2-J\d+-s0 \(d_in=16\) and .* \(d_in=8\)"):
+        collect_local(store.root, layer=2)
+
+
+def test_latest_version_wins_with_a_warning(store):
+    save_dict(store, 32, 0)
+    newer = save_dict(store, 32, 0, decoder=torch.eye(16, 32))
+    with pytest.warns(UserWarning, match=r"sae-L2-J32-s0 has 2 versions; using the latest, v1"):
+        dicts = collect_local(store.root, layer=2)
+    assert dicts[(32, 0)].path == newer.path and torch.equal(dicts[(32, 0)].decoder, torch.eye(16, 32))
+
+
+def test_corrupt_dictionary_is_named_and_refused(store):
+    art = save_dict(store, 32, 0)
+    with open(art.path / "sae.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(DataError, match=r"sae-L2-J32-s0/v0/sae\.safetensors does not match the sha256"):
+        collect_local(store.root, layer=2)
+
+
+def test_other_layers_are_left_out(store):
+    save_dict(store, 32, 0, layer=3)
+    save_dict(store, 64, 0, layer=2)
+    assert list(collect_local(store.root, layer=2)) == [(64, 0)]
+
+
+def test_compute_exact_on_planted_features(store):
+    # Reference: the 16 standard basis vectors plus 16 others. The small dictionary holds 4 of the basis vectors
+    # (MCS exactly 1) and 4 vectors orthogonal to all of the reference's... impossible in 16-d, so instead 4 copies
+    # of one random direction, whose MCS is below 1.
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([np.eye(16), rng.normal(size=(16, 16))]).T  # (d_in, 32)
+    small = np.concatenate([np.eye(16)[:, :4], np.tile(rng.normal(size=(16, 1)), (1, 4))], axis=1)
+    save_dict(store, 32, 0, decoder=torch.tensor(ref / np.linalg.norm(ref, axis=0), dtype=torch.float32))
+    save_dict(store, 8, 0, decoder=torch.tensor(small / np.linalg.norm(small, axis=0), dtype=torch.float32))
+    res = compute(collect_local(store.root, 2), AnalysisConfig(n_random=3, threshold=0.999, cutoff=0.999))
+    values, indices = res.mcs[(8, 0, 32, 0)]
+    np.testing.assert_allclose(values[:4], 1.0, atol=1e-6)
+    assert indices[:4].tolist() == [0, 1, 2, 3]
+    assert np.all(values[4:] < 0.999) and np.allclose(values[4:], values[4])
+    (row,) = counts(res, 0)
+    assert (row["high"], row["low"], row["n"]) == (4, 4, 8)
+    names, matrix = res.emd[8]
+    assert names == ["learned", "rand1", "rand2", "rand3", "alt params"]
+    np.testing.assert_allclose(matrix, matrix.T) and np.testing.assert_array_equal(np.diag(matrix), 0)
+    assert [r.shape for r in res.random[8]] == [(8,)] * 3 and res.alt[8].shape == (8,)
+    assert res.reference == 32 and res.null_mean[32] < res.null_mean[64]
+
+
+def test_pairs_within_and_across_seeds(store):
+    for J in (8, 16, 32):
+        for s in (0, 1):
+            save_dict(store, J, s)
+    res = compute(collect_local(store.root, 2), AnalysisConfig(n_random=2))
+    expected = {(a, sa, b, sb) for a in (8, 16, 32) for b in (8, 16, 32) if a < b for sa in (0, 1) for sb in (0, 1)}
+    assert set(res.mcs) == expected  # 3 size pairs x 4 seed pairs
+    assert res.emd[8][0][:2] == ["learned s0", "learned s1"]
+
+
+def test_single_size_skips_pairwise_parts_with_a_warning(store, tmp_path):
+    save_dict(store, 32, 0)
+    save_dict(store, 32, 1)
+    job = AnalyzeJob(AnalysisConfig(), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path), tmp_path / "out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = run(job)
+    assert any("only one dictionary size (32)" in str(w.message) for w in caught)
+    text = report.read_text()
+    assert "only one dictionary size" in text and "skipped" in text
+    assert (tmp_path / "out" / "analytic_null.csv").exists()
+
+
+def test_report_links_only_files_that_exist(store, tmp_path):
+    for J in (8, 16, 32, 64):
+        save_dict(store, J, 0)
+    out = tmp_path / "analysis"
+    run(AnalyzeJob(AnalysisConfig(n_random=2), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path), out))
+    text = (out / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) >= 20
+    for link in links:
+        assert (out / link).is_file(), link
+    for number in range(3, 13):
+        assert f"fig{number:02d}" in text
+    assert not list(tmp_path.glob(".analysis.*"))  # no temporary folder left behind
+
+
+class FakeArtifact:
+    def __init__(self, folder, name, version, metadata):
+        self.folder, self.name, self.metadata = folder, f"{name}:v{version}", metadata
+        self.downloads = 0
+
+    def download(self, root):
+        self.downloads += 1
+        shutil.copytree(self.folder, root, dirs_exist_ok=True)
+        return root
+
+
+class FakeApi:
+    """Stands in for wandb.Api (the W&B server cannot exist in tests): serves artifacts from a local store."""
+
+    def __init__(self, store):
+        self.by_name = {}
+        for name in store.names():
+            for version in (0, 1):
+                path = store.root / name / f"v{version}"
+                if path.exists():
+                    art = store.get(f"{name}:v{version}")
+                    self.by_name.setdefault(name, []).append(FakeArtifact(path, name, version, art.metadata))
+        self.calls = []
+
+    def artifact_collections(self, project_name, type_name):
+        self.calls.append(("collections", project_name, type_name))
+        return [type("C", (), {"name": n})() for n in self.by_name]
+
+    def artifacts(self, type_name, name):
+        self.calls.append(("artifacts", type_name, name))
+        return self.by_name[name.rsplit("/", 1)[1]]
+
+
+def test_wandb_source_downloads_once_and_uses_the_latest(store, tmp_path):
+    save_dict(store, 8, 0)
+    save_dict(store, 8, 0)  # v1
+    save_dict(store, 16, 0)
+    save_dict(store, 16, 0, layer=3)
+    api = FakeApi(store)
+    source = SourceConfig(kind="wandb", entity="team", project="proj")
+    with pytest.warns(UserWarning, match="sae-L2-J8-s0 has 2 versions"):
+        dicts = collect_wandb(source, 2, tmp_path / "cache", api=api)
+    assert sorted(dicts) == [(8, 0), (16, 0)]
+    assert dicts[(8, 0)].path == tmp_path / "cache" / "sae-L2-J8-s0" / "v1"
+    assert ("collections", "team/proj", "sae-dictionary") in api.calls
+    with pytest.warns(UserWarning):
+        collect_wandb(source, 2, tmp_path / "cache", api=api)
+    assert all(a.downloads <= 1 for arts in api.by_name.values() for a in arts)  # cached after the first pull

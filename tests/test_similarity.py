@@ -1,0 +1,213 @@
+"""Max cosine similarity, the analytic and sampled random nulls, EMD and Hungarian matching on hand-made inputs."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from sae_sweep import similarity
+from sae_sweep.similarity import (
+    analytic_null_cdf,
+    analytic_null_mean,
+    analytic_null_pdf,
+    analytic_null_quantile,
+    emd,
+    emd_matrix,
+    hungarian_match,
+    max_cosine_similarity,
+    random_dictionary,
+    sampled_null,
+)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_mcs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The naive float64 reference: normalise, full product, max and argmax."""
+    sim = unit(a) @ unit(b).T
+    return sim.max(axis=1), sim.argmax(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------------------------ MCS
+def test_permuted_copy_matches_itself_and_indices_invert_the_permutation():
+    a = random_dictionary(50, 16, seed=0)
+    perm = np.random.default_rng(1).permutation(50)
+    values, indices = max_cosine_similarity(a, a[perm])
+    assert values.dtype == np.float32 and indices.dtype == np.int64
+    np.testing.assert_allclose(values, 1.0, atol=1e-6)
+    assert values.max() <= 1.0  # clamped: rounding must not report a cosine above 1
+    np.testing.assert_array_equal(perm[indices], np.arange(50))  # b[indices[i]] = a[perm[indices[i]]] = a[i]
+
+
+def test_orthogonal_complement_gives_zero():
+    rng = np.random.default_rng(2)
+    a = np.zeros((7, 8), dtype=np.float32)
+    a[:, :3] = rng.standard_normal((7, 3))  # span(e1..e3)
+    b = np.zeros((11, 8), dtype=np.float32)
+    b[:, 3:] = rng.standard_normal((11, 5))  # span(e4..e8)
+    values, _ = max_cosine_similarity(a, b)
+    np.testing.assert_allclose(values, 0.0, atol=1e-6)
+
+
+def test_hand_computed_2d_case():
+    a = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], dtype=np.float32)
+    b = np.array([[1.0, 1.0], [3.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    # Row 0 is parallel to b[1]; row 1 is at 45 degrees to b[0] and orthogonal to the others;
+    # row 2 is at 45 degrees to b[2] (cos = 1/sqrt 2) and opposite to b[0] (cos = -1).
+    values, indices = max_cosine_similarity(a, b)
+    np.testing.assert_allclose(values, [1.0, 1 / np.sqrt(2), 1 / np.sqrt(2)], atol=1e-6)
+    np.testing.assert_array_equal(indices, [1, 0, 2])
+
+
+def test_accepts_torch_tensors_and_transposed_views():
+    decoder = torch.randn(12, 40, generator=torch.Generator().manual_seed(3))  # (d_in, dict_size): features are columns
+    values, indices = max_cosine_similarity(decoder.T, decoder.T.numpy())
+    np.testing.assert_allclose(values, 1.0, atol=1e-6)
+    np.testing.assert_array_equal(indices, np.arange(40))
+    reversed_view = decoder.T.numpy()[::-1]  # negative strides: torch cannot share it, so it is copied
+    values, indices = max_cosine_similarity(reversed_view, decoder.T)
+    np.testing.assert_array_equal(indices, np.arange(40)[::-1])
+
+
+@pytest.mark.parametrize("col_block", [4096, 7, 1])  # one block, ragged blocks, one column per block
+def test_chunked_equals_unchunked(monkeypatch, col_block):
+    monkeypatch.setattr(similarity, "_COL_BLOCK", col_block)
+    a, b = random_dictionary(40, 24, seed=4), random_dictionary(53, 24, seed=5)
+    whole_v, whole_i = max_cosine_similarity(a, b, chunk_size=10_000)
+    chunk_v, chunk_i = max_cosine_similarity(a, b, chunk_size=3)
+    ref_v, ref_i = brute_mcs(a, b)
+    np.testing.assert_allclose(chunk_v, whole_v, atol=1e-6)
+    np.testing.assert_allclose(whole_v, ref_v, atol=1e-6)
+    np.testing.assert_array_equal(chunk_i, ref_i)  # random data: no near-ties
+    np.testing.assert_array_equal(whole_i, ref_i)
+
+
+def test_zero_row_raises_naming_the_row():
+    a = np.ones((4, 3), dtype=np.float32)
+    a[2] = 0
+    with pytest.raises(ValueError, match="row 2 of a has zero norm"):
+        max_cosine_similarity(a, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="row 2 of b has zero norm"):
+        max_cosine_similarity(np.ones((2, 3)), a)
+
+
+def test_width_mismatch_raises_naming_both_widths():
+    with pytest.raises(ValueError, match="a has width 128 but b has width 64"):
+        max_cosine_similarity(np.ones((2, 128)), np.ones((3, 64)))
+    with pytest.raises(ValueError, match="a has width 5 but b has width 6"):
+        hungarian_match(np.ones((2, 5)), np.ones((2, 6)))
+
+
+# ------------------------------------------------------------------------------------------------------- analytic null
+def test_analytic_pdf_integrates_to_one_and_cdf_hits_its_ends():
+    x = np.linspace(-1, 1, 200_001)
+    for K, M in [(16, 32), (128, 1024), (4, 1)]:
+        assert np.trapezoid(analytic_null_pdf(x, K, M), x) == pytest.approx(1.0, abs=1e-6)
+        cdf = analytic_null_cdf(np.array([-1.0, 1.0]), K, M)
+        assert cdf[0] == 0.0 and cdf[1] == pytest.approx(1.0, abs=1e-12)
+    # The cdf is the running integral of the pdf.
+    grid = np.linspace(-1, 1, 20_001)
+    pdf = analytic_null_pdf(grid, 16, 32)
+    running = np.concatenate([[0.0], np.cumsum(np.diff(grid) * (pdf[1:] + pdf[:-1]) / 2)])  # trapezoid rule
+    np.testing.assert_allclose(running, analytic_null_cdf(grid, 16, 32), atol=1e-5)
+
+
+def test_analytic_null_matches_monte_carlo_maxima():
+    K, M, n = 16, 32, 100_000
+    s = (K - 1) / 2
+    cosines = 2 * np.random.default_rng(6).beta(s, s, size=(n, M)) - 1  # the exact single-cosine law
+    maxima = cosines.max(axis=1)
+    assert scipy.stats.kstest(maxima, lambda x: analytic_null_cdf(x, K, M)).pvalue > 0.01
+    # ... and the single-cosine law itself matches real random vectors.
+    u, v = random_dictionary(20_000, K, seed=7), random_dictionary(20_000, K, seed=8)
+    real = np.sum(u * v, axis=1) / np.linalg.norm(u, axis=1) / np.linalg.norm(v, axis=1)
+    assert scipy.stats.kstest(real, lambda x: analytic_null_cdf(x, K, 1)).pvalue > 0.01
+    # A wrong dimension is rejected.
+    assert scipy.stats.kstest(maxima, lambda x: analytic_null_cdf(x, K + 4, M)).pvalue < 1e-6
+
+
+def test_analytic_null_mean_at_k128():
+    assert round(analytic_null_mean(128, 1024), 3) == 0.283
+    assert round(analytic_null_mean(128, 8192), 3) == 0.328
+    assert analytic_null_mean(128, 1) == pytest.approx(0.0, abs=1e-9)  # one cosine is symmetric about 0
+
+
+def test_quantile_inverts_cdf():
+    for K, M in [(16, 32), (128, 1024), (128, 8192)]:
+        for q in [1e-6, 0.05, 0.5, 0.95, 1 - 1e-9]:
+            assert analytic_null_cdf(analytic_null_quantile(q, K, M), K, M) == pytest.approx(q, rel=1e-7)
+    assert analytic_null_quantile(0.0, 16, 32) == -1.0
+    assert analytic_null_quantile(1.0, 16, 32) == 1.0
+
+
+def test_sampled_null_mean_matches_analytic_mean():
+    values = sampled_null(2000, 1024, 128, seed=0)
+    assert values.shape == (2000,)
+    assert abs(values.mean() - analytic_null_mean(128, 1024)) < 0.005
+    np.testing.assert_array_equal(values, sampled_null(2000, 1024, 128, seed=0))  # reproducible
+
+
+def test_random_dictionary_is_seeded_standard_normal():
+    d = random_dictionary(1000, 64, seed=9)
+    assert d.shape == (1000, 64) and d.dtype == np.float32
+    np.testing.assert_array_equal(d, random_dictionary(1000, 64, seed=9))
+    assert abs(d.mean()) < 0.01 and abs(d.std() - 1) < 0.01
+
+
+# ---------------------------------------------------------------------------------------------------------------- EMD
+def test_emd_hand_cases():
+    x = np.random.default_rng(10).standard_normal(100)
+    assert emd(x, x) == 0.0
+    assert emd([0, 1], [1, 2]) == 1.0
+    assert emd([0, 3], [2, 1]) == 1.0  # sorted: |0-1| + |3-2| over 2
+
+
+def test_emd_fast_path_equals_scipy():
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        u, v = rng.standard_normal(1000), rng.exponential(size=1000)
+        assert emd(u, v) == pytest.approx(scipy.stats.wasserstein_distance(u, v), rel=1e-9)
+
+
+def test_emd_unequal_sizes_use_scipy():
+    rng = np.random.default_rng(12)
+    u, v = rng.standard_normal(300), rng.standard_normal(170) + 0.5
+    assert emd(u, v) == pytest.approx(scipy.stats.wasserstein_distance(u, v), rel=1e-12)
+    assert emd([0.0], [1.0, 3.0]) == 2.0  # mass 1/2 moves 1, mass 1/2 moves 3
+
+
+def test_emd_matrix_is_symmetric_and_matches_pairwise():
+    rng = np.random.default_rng(13)
+    samples = {"a": rng.standard_normal(200), "b": rng.standard_normal(200) + 1, "c": rng.uniform(size=150)}
+    names, dist = emd_matrix(samples)
+    assert names == ["a", "b", "c"]
+    np.testing.assert_array_equal(dist, dist.T)
+    np.testing.assert_array_equal(np.diag(dist), 0.0)
+    for i, j in itertools.combinations(range(3), 2):
+        assert dist[i, j] == pytest.approx(emd(samples[names[i]], samples[names[j]]), rel=1e-12)
+        assert dist[i, j] > 0
+
+
+# ----------------------------------------------------------------------------------------------------------- matching
+def test_hungarian_equals_brute_force_on_6x6():
+    a, b = random_dictionary(6, 5, seed=14), random_dictionary(6, 5, seed=15)
+    rows, cols, sims = hungarian_match(a, b)
+    sim = unit(a) @ unit(b).T
+    best = max(sum(sim[i, p[i]] for i in range(6)) for p in itertools.permutations(range(6)))
+    assert sims.sum() == pytest.approx(best, rel=1e-12)
+    np.testing.assert_allclose(sims, sim[rows, cols], atol=1e-12)
+    assert sorted(cols) == list(range(6))
+
+
+def test_hungarian_recovers_a_permutation_of_identical_dictionaries():
+    a = random_dictionary(30, 8, seed=16)
+    perm = np.random.default_rng(17).permutation(30)
+    rows, cols, sims = hungarian_match(a, a[perm])
+    np.testing.assert_array_equal(rows, np.arange(30))
+    np.testing.assert_array_equal(perm[cols], rows)
+    np.testing.assert_allclose(sims, 1.0, atol=1e-12)
