@@ -5,11 +5,15 @@ The models themselves live in model.py (and sae.py); nothing here is needed to u
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,8 +23,13 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_sweep import ConfigError
+from sae_sweep import ConfigError, DataError
 from sae_sweep.model import GPT, GPTConfig
+
+if TYPE_CHECKING:
+    from sae_sweep.artifacts import Artifact, ArtifactStore
+
+log = logging.getLogger(__name__)
 
 # Lightning notices that are expected here and would only bury the useful lines of a run's output.
 warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")  # we checkpoint after steps
@@ -310,3 +319,77 @@ def build_trainer(
 def last_checkpoint(run_dir: Path) -> Path | None:
     path = run_dir / CKPT_DIR / "last.ckpt"
     return path if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------- a run's folder
+
+DONE_FILE = "done.json"
+
+
+def finished_artifact(run_dir: Path, store: ArtifactStore, force: bool) -> Artifact | None:
+    """The artifact a finished run left (None if unfinished); with ``force``, forget the run and start afresh."""
+    done = run_dir / DONE_FILE
+    if done.exists() and not force:
+        ref = json.loads(done.read_text())["artifact"]
+        log.info("%s already finished as %s; pass force=true to train a new version", run_dir.name, ref)
+        return store.get(ref)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def mark_finished(run_dir: Path, artifact: Artifact) -> None:
+    (run_dir / DONE_FILE).write_text(json.dumps({"artifact": artifact.ref, "path": str(artifact.path)}) + "\n")
+
+
+def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        return last_checkpoint(run_dir)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"ckpt_path={ckpt_path!r} is not a file; use ckpt_path=last to resume this run, or null")
+    return path
+
+
+def finish_wandb(
+    loggers: list, artifact: Artifact, summary: dict | None = None, uses: str | None = None, density=None
+) -> None:
+    """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
+
+    ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``density``: (firing
+    counts, n) for a histogram of log10 feature frequency. Logging failures are warned about, never fatal.
+    """
+    from lightning.pytorch.loggers import WandbLogger  # noqa: PLC0415
+
+    from sae_sweep.artifacts import log_to_wandb  # noqa: PLC0415
+
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        run = lg.experiment
+        offline = bool(run.offline)
+        try:
+            if uses and not offline:
+                run.use_artifact(uses)
+            if summary:
+                run.summary.update(summary)
+            if density is not None:
+                import numpy as np  # noqa: PLC0415
+                import wandb  # noqa: PLC0415
+
+                counts, n = density
+                live = counts[counts > 0]
+                if live.size:
+                    run.log({"feature_density/log10_frequency": wandb.Histogram(np.log10(live / n))})
+            log_to_wandb(run, artifact)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
+            log.warning(
+                "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
+            )
+        run_dir = Path(run.dir).parent
+        run.finish()
+        if offline:
+            log.info("W&B run kept offline at %s; upload it with: wandb sync %s", run_dir, run_dir)

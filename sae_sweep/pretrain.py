@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from sae_sweep import DataError, TrainingError
-from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, log_to_wandb, write_gpt
+from sae_sweep import TrainingError
+from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, write_gpt
 from sae_sweep.data import TOKENIZER_FILE, DataConfig, TokenData, prepare
 from sae_sweep.lit import (
     GPTModule,
@@ -29,12 +27,14 @@ from sae_sweep.lit import (
     TrainerConfig,
     build_loggers,
     build_trainer,
-    last_checkpoint,
+    finish_wandb,
+    finished_artifact,
+    mark_finished,
+    resolve_checkpoint,
 )
 from sae_sweep.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
-DONE_FILE = "done.json"
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,8 @@ def run(job: PretrainJob) -> Artifact:
     rid = run_id(replace(job, model=model_cfg), tokens.key)
     run_dir = job.paths.runs / rid
     store = ArtifactStore(job.paths.store)
-    done = run_dir / DONE_FILE
-    if done.exists() and not job.force:
-        ref = json.loads(done.read_text())["artifact"]
-        log.info("%s already finished as %s; pass force=true to train a new version", rid, ref)
-        return store.get(ref)
-    if job.force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_artifact(run_dir, store, job.force)) is not None:
+        return finished
 
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     torch.manual_seed(job.pretrain.seed)
@@ -147,7 +141,7 @@ def run(job: PretrainJob) -> Artifact:
         metadata,
     )
     finish_wandb(loggers, artifact)
-    done.write_text(json.dumps({"artifact": artifact.ref, "path": str(artifact.path)}) + "\n")
+    mark_finished(run_dir, artifact)
     log.info(
         "val loss %.3f nats/token (unigram entropy %.3f, at init %s); saved %s at %s",
         val_final,
@@ -157,53 +151,3 @@ def run(job: PretrainJob) -> Artifact:
         artifact.path,
     )
     return artifact
-
-
-def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        return last_checkpoint(run_dir)
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise DataError(f"ckpt_path={ckpt_path!r} is not a file; use ckpt_path=last to resume this run, or null")
-    return path
-
-
-def finish_wandb(
-    loggers: list, artifact: Artifact, summary: dict | None = None, uses: str | None = None, density=None
-) -> None:
-    """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
-
-    ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``density``: (firing
-    counts, n) for a histogram of log10 feature frequency. Logging failures are warned about, never fatal.
-    """
-    from lightning.pytorch.loggers import WandbLogger  # noqa: PLC0415
-
-    for lg in loggers:
-        if not isinstance(lg, WandbLogger):
-            continue
-        run = lg.experiment
-        offline = bool(run.offline)
-        try:
-            if uses and not offline:
-                run.use_artifact(uses)
-            if summary:
-                run.summary.update(summary)
-            if density is not None:
-                import numpy as np  # noqa: PLC0415
-                import wandb  # noqa: PLC0415
-
-                counts, n = density
-                live = counts[counts > 0]
-                if live.size:
-                    run.log({"feature_density/log10_frequency": wandb.Histogram(np.log10(live / n))})
-            log_to_wandb(run, artifact)
-        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
-            log.warning(
-                "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
-            )
-        run_dir = Path(run.dir).parent
-        run.finish()
-        if offline:
-            log.info("W&B run kept offline at %s; upload it with: wandb sync %s", run_dir, run_dir)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,9 +29,17 @@ from sae_sweep.artifacts import (
 )
 from sae_sweep.data import open_prepared
 from sae_sweep.harvest import HarvestConfig, harvest
-from sae_sweep.lit import LoggerConfig, TrainerConfig, build_loggers, build_trainer
+from sae_sweep.lit import (
+    LoggerConfig,
+    TrainerConfig,
+    build_loggers,
+    build_trainer,
+    finish_wandb,
+    finished_artifact,
+    mark_finished,
+    resolve_checkpoint,
+)
 from sae_sweep.lit_sae import ActivationDataModule, SAEModule, evaluate_sae
-from sae_sweep.pretrain import DONE_FILE, finish_wandb, resolve_checkpoint
 from sae_sweep.sae import SAEConfig
 
 log = logging.getLogger(__name__)
@@ -91,14 +98,8 @@ def run(job: SAEJob) -> Artifact:
 
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
-    done = run_dir / DONE_FILE
-    if done.exists() and not job.force:
-        ref = json.loads(done.read_text())["artifact"]
-        log.info("%s already finished as %s; pass force=true to train a new version", rid, ref)
-        return store.get(ref)
-    if job.force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_artifact(run_dir, store, job.force)) is not None:
+        return finished
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     if ckpt is not None:
         hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
@@ -152,7 +153,7 @@ def run(job: SAEJob) -> Artifact:
         job.name, DICTIONARY_TYPE, lambda folder: write_dictionary(folder, sae, config, counts, extra), config
     )
     finish_wandb(loggers, artifact, summary=metrics, uses=gpt_art.ref, density=(counts, acts.val.shape[0]))
-    done.write_text(json.dumps({"artifact": artifact.ref, "path": str(artifact.path)}) + "\n")
+    mark_finished(run_dir, artifact)
     log.info(
         "%s: val mse %.4g, fvu %.3f, L0 %.1f, dead %.1f%%; saved %s at %s",
         job.name,
