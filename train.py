@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except SaeSweepError as exc:  # a problem the user can fix: say it plainly, no traceback
         log.error("%s", exc)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -24,3 +24,13 @@ class DataError(SaeSweepError):
 
 class TrainingError(SaeSweepError):
     """Training diverged (a NaN or infinite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(SaeSweepError):
+    """The job was asked to stop (SIGTERM, as SLURM sends before pre-emption) and saved a checkpoint first.
+
+    Entry points exit with 128 + SIGTERM = 143, the status a shell and SLURM give a job killed by SIGTERM, so
+    launchers treat it as interrupted, not failed by bad input; rerunning the same command resumes.
+    """
+
+    exit_code = 143

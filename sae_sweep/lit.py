@@ -23,7 +23,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_sweep import ConfigError, DataError
+from sae_sweep import ConfigError, DataError, Interrupted
+from sae_sweep.data import sha256_file
 from sae_sweep.model import GPT, GPTConfig
 
 if TYPE_CHECKING:
@@ -210,14 +211,33 @@ class GPTModule(pl.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary name and rename it, so a kill never leaves a torn last.ckpt."""
+    """Write each checkpoint to a temporary name and rename it, so a kill never leaves a torn last.ckpt, and record
+    its sha256 beside it (``last.ckpt.sha256``) so a truncated or edited checkpoint is refused on resume."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         torch.save(checkpoint, tmp)
+        digest_tmp = path.with_name(f".{path.name}.sha256.tmp-{os.getpid()}")
+        digest_tmp.write_text(sha256_file(tmp) + "\n")
         os.replace(tmp, path)
+        os.replace(digest_tmp, _digest_path(path))
+
+
+def _digest_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".sha256")
+
+
+def verify_checkpoint(ckpt: Path) -> Path:
+    """Check ``ckpt`` against the sha256 written beside it; a checkpoint without one (not ours) is accepted."""
+    digest_file = _digest_path(ckpt)
+    if digest_file.exists() and sha256_file(ckpt) != digest_file.read_text().strip():
+        raise DataError(
+            f"checkpoint {ckpt} does not match the sha256 in {digest_file.name} (truncated, edited, or cut off by a "
+            f"kill mid-save). Delete {ckpt.parent} to start this run over, or pass ckpt_path=null."
+        )
+    return ckpt
 
 
 LOGGER_KINDS = ("wandb", "none")
@@ -258,6 +278,25 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
     return loggers
 
 
+class CheckpointOnSigterm(pl.Callback):
+    """On SIGTERM, finish the current step, write last.ckpt, and stop with ``Interrupted``.
+
+    Lightning notes the signal (``trainer.received_sigterm``) but, in one process, only acts on it at the end of an
+    epoch, and our runs are one long epoch: without this, a pre-empted job would train on until SIGKILL.
+    """
+
+    def __init__(self, ckpt_path: Path) -> None:
+        self.ckpt_path = ckpt_path
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if getattr(trainer, "received_sigterm", False):
+            trainer.save_checkpoint(self.ckpt_path)
+            raise Interrupted(
+                f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}. "
+                "Rerun the same command to resume."
+            )
+
+
 class _StepProgressBar(RichProgressBar):
     """Rich progress over steps: runs here are step-based, so Lightning's "Epoch 0/-2" label would only confuse."""
 
@@ -283,6 +322,7 @@ def build_trainer(
     callbacks = [
         *callbacks,
         ModelCheckpoint(dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every),
+        CheckpointOnSigterm(run_dir / CKPT_DIR / "last.ckpt"),
     ]
     if tcfg.progress_bar:
         callbacks.append(_StepProgressBar(refresh_rate=10, leave=True))  # redraws cost ~0.1 ms each
@@ -347,11 +387,12 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> Path | None:
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        return last_checkpoint(run_dir)
+        last = last_checkpoint(run_dir)
+        return None if last is None else verify_checkpoint(last)
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise DataError(f"ckpt_path={ckpt_path!r} is not a file; use ckpt_path=last to resume this run, or null")
-    return path
+    return verify_checkpoint(path)
 
 
 def finish_wandb(

@@ -1,6 +1,7 @@
 """Shared test set-up: offline W&B and HF, a tiny corpus on disk, and the real composed config."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,22 @@ def run_train(args: list[str], root: Path, timeout: float = 600, **kw):
         timeout=timeout,
         **kw,
     )
+
+
+SMOKE = ["experiment=smoke"]
+
+
+@pytest.fixture(scope="session")
+def gpt_root(tmp_path_factory):
+    """A paths.root whose store holds one smoke GPT (trained once per test session)."""
+    root = tmp_path_factory.mktemp("gpt")
+    proc = run_train(["stage=pretrain", *SMOKE, "logger=none"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def fresh_root(gpt_root: Path, tmp_path: Path, name: str = "root") -> Path:
+    """A new paths.root that starts with the smoke GPT (and its token cache) already in place."""
+    root = tmp_path / name
+    shutil.copytree(gpt_root, root)
+    return root

@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,26 +12,9 @@ import torch
 
 from sae_sweep.artifacts import ArtifactStore, load_dictionary
 
-from .conftest import REPO, run_train
+from .conftest import REPO, SMOKE, fresh_root, run_train
 
 pytestmark = pytest.mark.slow
-SMOKE = ["experiment=smoke"]
-
-
-@pytest.fixture(scope="module")
-def gpt_root(tmp_path_factory):
-    """A store holding one smoke GPT; each test copies nothing, but writes its own SAEs under its own root."""
-    root = tmp_path_factory.mktemp("gpt")
-    proc = run_train(["stage=pretrain", *SMOKE, "logger=none"], root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
-
-
-def fresh_root(gpt_root, tmp_path):
-    """A new paths.root whose store already holds the smoke GPT (and its token cache)."""
-    root = tmp_path / "root"
-    shutil.copytree(gpt_root, root)
-    return root
 
 
 def out(proc) -> str:

@@ -1,0 +1,167 @@
+"""Faults injected for real: signals and kills to running jobs, racing processes. Nothing may be lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sae_sweep.artifacts import ArtifactStore, load_dictionary, load_gpt
+
+from ..conftest import REPO, SMOKE, fresh_root, run_train
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+SAE_ARGS = [*SMOKE, "logger=none", "harvest.n_tokens=400000", "sae.dict_size=1024", "sae.ckpt_every=100"]
+GPT_ARGS = [
+    "stage=pretrain",
+    *SMOKE,
+    "logger=none",
+    "pretrain.max_steps=400",
+    "pretrain.ckpt_every=20",
+    "pretrain.val_every=200",
+]
+
+
+def start(args: list[str], root) -> subprocess.Popen:
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(root, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not list(root.glob(pattern)):
+        assert proc.poll() is None, "the job ended before writing a checkpoint:\n" + proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def reference_sae(gpt_root, tmp_path_factory):
+    """The dictionary an uninterrupted run of SAE_ARGS produces."""
+    root = fresh_root(gpt_root, tmp_path_factory.mktemp("reference"))
+    proc = run_train(SAE_ARGS, root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+
+
+def assert_same_dictionary(a, b) -> None:
+    for name in a.tensors:
+        torch.testing.assert_close(a.tensors[name], b.tensors[name], rtol=0, atol=1e-6, msg=name)
+    assert (a.firing_counts == b.firing_counts).all()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_interrupted_sae_job_resumes_to_the_uninterrupted_result(gpt_root, tmp_path, reference_sae, sig):
+    root = fresh_root(gpt_root, tmp_path)
+    proc = start(SAE_ARGS, root)
+    wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    if sig == signal.SIGTERM:
+        # A clean stop: the step is finished, a checkpoint written, and the status says "terminated", not "failed".
+        assert proc.returncode == 143, output[-3000:]
+        assert "stopped by SIGTERM at step" in output and "Rerun the same command to resume" in output
+        (ckpt,) = root.glob("runs/sae-*/checkpoints/last.ckpt")
+        step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
+        assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == step
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not ArtifactStore(root / "store").names("sae-dictionary"), "the job finished before the signal"
+    again = run_train(SAE_ARGS, root)
+    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
+    resumed = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert_same_dictionary(resumed, reference_sae)
+
+
+def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = run_train(GPT_ARGS, tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    root = tmp_path / "killed"
+    proc = start(GPT_ARGS, root)
+    wait_for_checkpoint(root, "runs/gpt-*/checkpoints/last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not ArtifactStore(root / "store").names("model"), "pretraining finished before the kill"
+    again = run_train(GPT_ARGS, root)
+    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
+    a = load_gpt(ArtifactStore(tmp_path / "reference" / "store").get("gpt-embedded-s0").path).model.state_dict()
+    b = load_gpt(ArtifactStore(root / "store").get("gpt-embedded-s0").path).model.state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
+PREP = """
+import sys
+from sae_sweep.data import DataConfig, prepare
+prepare(DataConfig(corpus="embedded", vocab_size=512, max_bytes=300000, val_fraction=0.2), sys.argv[1])
+"""
+
+
+def test_racing_token_preps_build_once_and_match_a_serial_run(tmp_path):
+    script = tmp_path / "prep.py"
+    script.write_text("import logging, sys\nlogging.basicConfig(level=logging.INFO, stream=sys.stdout)\n" + PREP)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "shared")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert "".join(outs).count("preparing tokens") == 1
+    serial = subprocess.run([sys.executable, str(script), str(tmp_path / "serial")], capture_output=True, timeout=300)
+    assert serial.returncode == 0
+    (shared,) = (tmp_path / "shared" / "tokens").glob("embedded-*")
+    (alone,) = (tmp_path / "serial" / "tokens").glob("embedded-*")
+    assert shared.name == alone.name
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (shared / name).read_bytes() == (alone / name).read_bytes(), name
+    assert not [p for p in (tmp_path / "shared" / "tokens").iterdir() if ".tmp-" in p.name]
+
+
+def test_edited_checkpoint_dictionary_and_cache_are_named_and_refused(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    args = [*SMOKE, "logger=none", "sae.ckpt_every=20"]
+    assert run_train(args, root).returncode == 0
+    # A checkpoint edited after it was written: the resume refuses it, naming the file.
+    (ckpt,) = root.glob("runs/sae-*/checkpoints/last.ckpt")
+    (ckpt.parent.parent / "done.json").unlink()  # make the run look unfinished, so it would resume
+    with open(ckpt, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    proc = run_train(args, root)
+    assert proc.returncode == 2 and f"checkpoint {ckpt} does not match the sha256" in proc.stdout + proc.stderr
+    # A truncated dictionary file: analysis names it and stops.
+    art = ArtifactStore(root / "store").get("sae-L2-J256-s0")
+    weights = art.path / "sae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "analyze.py"), "logger=none"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and f"{weights} does not match the sha256" in proc.stdout + proc.stderr
+    # An edited activation cache: the SAE job names it instead of training on it.
+    (acts,) = root.glob("cache/activations/L2-*/train.npy")
+    with open(acts, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\xff\xff\xff\xff")
+    proc = run_train([*args, "force=true"], root)
+    assert proc.returncode == 2 and f"activation cache file {acts} does not match" in proc.stdout + proc.stderr
