@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sae_sweep.analysis import AnalysisConfig, Results, SourceConfig, collect_local, collect_wandb, compute, counts
-from sae_sweep.artifacts import Paths
-from sae_sweep.lit import LoggerConfig
+from sae_sweep.artifacts import LoggerConfig, Paths, wandb_host, wandb_reachable
 from sae_sweep.report import write_all
 
 log = logging.getLogger(__name__)
@@ -115,12 +114,16 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
 
         run_dir = job.paths.runs / "analysis"
         run_dir.mkdir(parents=True, exist_ok=True)
+        mode = job.logger.mode
+        if mode == "online" and not wandb_reachable():
+            log.warning("the W&B server (%s) cannot be reached: logging the analysis offline", wandb_host())
+            mode = "offline"
         run = wandb.init(
             project=job.logger.project,
             entity=job.logger.entity,
             job_type="analysis",
             dir=str(run_dir),
-            mode=job.logger.mode,
+            mode=mode,
             config=asdict(job.analysis),
             tags=list(job.logger.tags),
         )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sae_sweep import DataError
+from sae_sweep import ConfigError, DataError
 from sae_sweep.data import TOKENIZER_FILE, sha256_file
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,43 @@ class ArtifactStore:
             if best is None or mtime > best[0]:
                 best = (mtime, art)
         return None if best is None else self.get(str(best[1].path))
+
+
+LOGGER_KINDS = ("wandb", "none")
+WANDB_MODES = ("online", "offline")
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    kind: str = "wandb"  # wandb | none (a CSV of every metric is always written beside the run)
+    mode: str = "offline"  # offline works with no account; `wandb sync` uploads later
+    project: str = "sae-sweep"
+    entity: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOGGER_KINDS:
+            raise ConfigError(f"logger.kind must be one of {LOGGER_KINDS}, got {self.kind!r}")
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"logger.mode must be one of {WANDB_MODES}, got {self.mode!r}")
+
+
+def wandb_host() -> tuple[str, int]:
+    from urllib.parse import urlparse  # noqa: PLC0415
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the W&B server opens within ``timeout``: a failed start must not fail the job."""
+    import socket  # noqa: PLC0415
+
+    try:
+        socket.create_connection(wandb_host(), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def log_to_wandb(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",)):

@@ -17,10 +17,10 @@ from omegaconf.errors import OmegaConfBaseException
 from sae_sweep import ConfigError
 from sae_sweep.analysis import AnalysisConfig, SourceConfig
 from sae_sweep.analysis_job import AnalyzeJob
-from sae_sweep.artifacts import Paths
+from sae_sweep.artifacts import LoggerConfig, Paths
 from sae_sweep.data import DataConfig
 from sae_sweep.harvest import HarvestConfig
-from sae_sweep.lit import LoggerConfig, PretrainConfig, TrainerConfig
+from sae_sweep.lit import PretrainConfig, TrainerConfig
 from sae_sweep.model import GPTConfig
 from sae_sweep.pretrain import PretrainJob
 from sae_sweep.sae import SAEConfig

@@ -24,6 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep import ConfigError, DataError, Interrupted
+from sae_sweep.artifacts import LoggerConfig, wandb_host, wandb_reachable
 from sae_sweep.data import sha256_file
 from sae_sweep.model import GPT, GPTConfig
 
@@ -240,31 +241,21 @@ def verify_checkpoint(ckpt: Path) -> Path:
     return ckpt
 
 
-LOGGER_KINDS = ("wandb", "none")
-WANDB_MODES = ("online", "offline")
-
-
-@dataclass(frozen=True)
-class LoggerConfig:
-    kind: str = "wandb"  # wandb | none (a CSV of every metric is always written beside the run)
-    mode: str = "offline"  # offline works with no account; `wandb sync` uploads later
-    project: str = "sae-sweep"
-    entity: str | None = None
-    tags: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in LOGGER_KINDS:
-            raise ConfigError(f"logger.kind must be one of {LOGGER_KINDS}, got {self.kind!r}")
-        if self.mode not in WANDB_MODES:
-            raise ConfigError(f"logger.mode must be one of {WANDB_MODES}, got {self.mode!r}")
-
-
 def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None = None) -> list:
     """A CSV logger always; a W&B logger unless logger=none. The W&B run is created here, in this process."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: PLC0415
 
     loggers: list = [CSVLogger(run_dir, name="csv", version="")]
     if cfg.kind == "wandb":
+        offline = cfg.mode == "offline" or os.environ.get("WANDB_MODE", "") in ("offline", "dryrun", "disabled")
+        if not offline and not wandb_reachable():
+            log.warning(
+                "the W&B server (%s) cannot be reached: this run logs offline to %s/wandb and keeps everything "
+                "locally; upload it later with `wandb sync`",
+                wandb_host(),
+                run_dir,
+            )
+            offline = True
         wandb_logger = WandbLogger(
             name=name,
             project=cfg.project,
@@ -272,7 +263,7 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
             group=group,
             tags=list(cfg.tags),
             save_dir=str(run_dir),
-            offline=cfg.mode == "offline",
+            offline=offline,
         )
         loggers.append(wandb_logger)
     return loggers

@@ -11,8 +11,7 @@ import torch
 from sae_sweep import DataError
 from sae_sweep.analysis import AnalysisConfig, SourceConfig, collect_local, collect_wandb, compute, counts
 from sae_sweep.analysis_job import AnalyzeJob, run
-from sae_sweep.artifacts import ArtifactStore, Paths, dictionary_name, write_dictionary
-from sae_sweep.lit import LoggerConfig
+from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths, dictionary_name, write_dictionary
 from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 
