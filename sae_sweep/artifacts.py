@@ -13,6 +13,7 @@ so the same product can be logged to W&B and pulled back from either place.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -98,7 +99,15 @@ class ArtifactStore:
         tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            write(tmp)
+            try:
+                write(tmp)
+            except Exception as exc:  # safetensors reports ENOSPC as its own error type, not OSError
+                if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+                    raise DataError(
+                        f"the disk is full: writing a new version of {name} to {self.root} failed ({exc}). "
+                        "The previous versions are intact; free some space and rerun."
+                    ) from exc
+                raise
             files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             with FileLock(str(folder / ".lock")):
                 version = (self._versions(name) or [-1])[-1] + 1

@@ -9,7 +9,9 @@ import time
 import pytest
 import torch
 
-from sae_sweep.artifacts import ArtifactStore, load_dictionary, load_gpt
+from sae_sweep import DataError
+from sae_sweep.artifacts import ArtifactStore, load_dictionary, load_gpt, write_dictionary
+from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 from ..conftest import REPO, SMOKE, fresh_root, run_train
 
@@ -191,3 +193,30 @@ def test_unreachable_wandb_server_does_not_fail_the_job(gpt_root, tmp_path):
     assert "cannot be reached" in output and "wandb sync" in output
     assert ArtifactStore(root / "store").get("sae-L2-J256-s0").version == 0
     assert list(root.glob("runs/sae-*/wandb/offline-run-*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs (needs root, as on CI and the dev machines); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_during_an_artifact_write_keeps_the_previous_version(small_disk):
+    store = ArtifactStore(small_disk / "store")
+
+    def writer(dict_size):
+        sae = SparseAutoencoder(128, SAEConfig(dict_size=dict_size))
+        return lambda folder: write_dictionary(folder, sae, {"dict_size": dict_size}, [0] * dict_size)
+
+    store.save("sae-L2-J256-s0", "sae-dictionary", writer(256))  # about 0.4 MB: fits
+    with pytest.raises(DataError, match=r"the disk is full: writing a new version of sae-L2-J256-s0 .* intact"):
+        store.save("sae-L2-J256-s0", "sae-dictionary", writer(8192))  # about 12 MB: the disk fills mid-write
+    survivor = store.get("sae-L2-J256-s0")  # verifies every sha256
+    assert survivor.version == 0 and load_dictionary(survivor.path).dict_size == 256
+    assert sorted(p.name for p in (small_disk / "store" / "sae-L2-J256-s0").iterdir()) == [".lock", "latest", "v0"]
