@@ -35,7 +35,7 @@ def test_failed_write_leaves_previous_version_intact(tmp_path):
         (folder / "a.txt").write_text("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DataError, match="the disk is full: writing a new version of m .* previous versions are intact"):
         store.save("m", "model", full_disk)
     assert [p.name for p in (tmp_path / "m").iterdir() if not p.name.startswith(".")] == ["latest", "v0"]
     assert (store.get("m").path / "a.txt").read_text() == "good"
