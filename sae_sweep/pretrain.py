@@ -27,12 +27,9 @@ from sae_sweep.lit import (
     TrainerConfig,
     build_loggers,
     build_trainer,
-    finish_wandb,
-    finished_artifact,
-    mark_finished,
-    resolve_checkpoint,
 )
 from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,9 @@ from sae_sweep.lit import (
     TrainerConfig,
     build_loggers,
     build_trainer,
-    finish_wandb,
-    finished_artifact,
-    mark_finished,
-    resolve_checkpoint,
 )
 from sae_sweep.lit_sae import ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
 from sae_sweep.sae import SAEConfig
 
 log = logging.getLogger(__name__)

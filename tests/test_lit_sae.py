@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from sae_sweep import TrainingError, lit_sae
-from sae_sweep.lit import TrainerConfig, build_trainer, last_checkpoint
+from sae_sweep.lit import TrainerConfig, build_trainer
 from sae_sweep.lit_sae import ActivationBatches, ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.runs import last_checkpoint
 from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 
