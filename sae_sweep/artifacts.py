@@ -295,8 +295,9 @@ SAE_WEIGHTS_FILE, SAE_CONFIG_FILE, COUNTS_FILE = "sae.safetensors", "config.json
 DECODER_ORIENTATION = "decoder: (d_in, dict_size); column j is feature j, unit norm (the note's D)"
 
 
-def dictionary_name(layer: int, dict_size: int, seed: int) -> str:
-    return f"sae-L{layer}-J{dict_size}-s{seed}"
+def dictionary_name(layer: int, dict_size: int, seed: int, variant: str = "") -> str:
+    """``sae-L2-J1024-s0``; a control run adds its variant: ``sae-L2-J1024-s0-untrained``."""
+    return f"sae-L{layer}-J{dict_size}-s{seed}" + (f"-{variant}" if variant else "")
 
 
 def write_dictionary(folder: Path, sae, config: dict, firing_counts, extra_files: dict | None = None) -> None:

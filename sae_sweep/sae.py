@@ -34,12 +34,17 @@ class SAEConfig:
     dead_window: int = 1000  # steps without firing before a feature counts as dead
     log_every: int = 50  # steps between metric logs
     ckpt_every: int = 500  # steps between checkpoints
+    resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
 
     def __post_init__(self) -> None:
         for name in ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sae.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
+            raise ConfigError(
+                f"sae.resample_every must be 0 (off) or a positive number of steps, got {self.resample_every!r}"
+            )
         if not self.l1_coeff >= 0:  # also refuses NaN
             raise ConfigError(f"sae.l1_coeff must be >= 0, got {self.l1_coeff!r}")
         if not self.lr > 0:
