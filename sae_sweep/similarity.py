@@ -14,6 +14,8 @@ Conventions
   analytic null is the exact law of one MCS value of random dictionaries; different rows of ``a`` share ``b`` and are
   only weakly dependent.
 * Distances between MCS distributions use Wasserstein-1 (the earth mover's distance) on the 1-D samples.
+* Harder, anisotropic baselines: ``gaussian_dictionary`` (rows ~ N(0, cov), e.g. cov = ``activation_covariance``)
+  and ``activation_dictionary`` (rows drawn from the activations themselves).
 
 The MCS kernel never holds the full ``n_a x n_b`` similarity matrix. On CPU it walks over tiles of ``chunk_size`` rows
 of ``a`` times ``_COL_BLOCK`` rows of ``b`` and takes each tile's row maxima while the tile is in cache (pass 1), then
@@ -28,6 +30,8 @@ import scipy.integrate
 import scipy.optimize
 import scipy.stats
 import torch
+
+from sae_sweep import ConfigError, DataError
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -282,3 +286,198 @@ def hungarian_match(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray,
     sim = a_n @ b_n.T  # (n_a, n_b)
     rows, cols = scipy.optimize.linear_sum_assignment(sim, maximize=True)
     return rows.astype(np.int64), cols.astype(np.int64), sim[rows, cols]
+
+
+# ----------------------------------------------------------------------------------------- analytic null: log and draws
+def analytic_null_logpdf(x: ArrayLike | float, K: int, M: int) -> np.ndarray:
+    """log of analytic_null_pdf, finite far into the tails where the density itself underflows to 0 (-inf outside)."""
+    _check_m(M)
+    s = _beta_shape(K)
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_f = scipy.stats.beta.logpdf((x + 1) / 2, s, s) - np.log(2)
+        tail = (M - 1) * _log_single_cdf(x, K) if M > 1 else 0.0
+    return np.log(M) + log_f + tail
+
+
+def sample_analytic_null(n: int, K: int, M: int, seed: int) -> np.ndarray:
+    """``n`` exact draws, float64 (n,), of the analytic null: the max of ``M`` random cosines in ``K`` dims.
+
+    Inverse CDF: the max is the single-cosine quantile at ``U ** (1 / M)`` for U uniform. For M in the thousands that
+    level is within ~1/M of 1, so it is passed as its upper tail ``1 - U ** (1 / M) = -expm1(log(U) / M)`` to
+    ``beta.isf``, which keeps the digits that ``beta.ppf(U ** (1 / M))`` would round away.
+    """
+    _check_m(M)
+    s = _beta_shape(K)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    u = 1.0 - np.random.default_rng(seed).random(n)  # uniform on (0, 1]: log(u) is finite
+    upper = -np.expm1(np.log(u) / M)  # (n,) P(one cosine > quantile)
+    return 2 * scipy.stats.beta.isf(upper, s, s) - 1
+
+
+# ------------------------------------------------------------------------------------------------------ row-wise cosine
+def rowwise_cosine(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """Cosine of row i of ``a`` with row i of ``b``: (n, K), (n, K) -> float64 (n,) in [-1, 1].
+
+    For pairs that belong together row by row: a feature's encoder row against its decoder row, or a decoder now
+    against the same decoder at initialisation. A zero row raises DataError naming the argument and the row.
+    """
+    a_t, b_t = _as_tensor(a, "a"), _as_tensor(b, "b")
+    if a_t.shape != b_t.shape:
+        raise DataError(
+            f"a has shape {tuple(a_t.shape)} but b has shape {tuple(b_t.shape)}; rowwise_cosine pairs row i of a with "
+            "row i of b, so both need the same (n, K) shape"
+        )
+    a64 = a_t.detach().to(device="cpu", dtype=torch.float64)  # (n, K)
+    b64 = b_t.detach().to(device="cpu", dtype=torch.float64)  # (n, K)
+    norms = []
+    for name, x in (("a", a64), ("b", b64)):
+        norm = torch.linalg.vector_norm(x, dim=1)  # (n,)
+        zero = torch.nonzero(norm == 0)[:, 0]
+        if zero.numel():
+            raise DataError(
+                f"row {int(zero[0])} of {name} has zero norm ({zero.numel()} zero rows in all); its cosine is "
+                "undefined: drop dead features before comparing"
+            )
+        norms.append(norm)
+    cos = (a64 * b64).sum(dim=1) / (norms[0] * norms[1])
+    return cos.clamp_(-1.0, 1.0).numpy()
+
+
+# ---------------------------------------------------------------------------------------- anisotropic random baselines
+# A random dictionary with the data's covariance, or rows of the data itself, is a harder null than isotropic N(0, I):
+# it asks whether SAE features are more alike than vectors that merely share the activations' dominant directions.
+_NEGATIVE_EIGENVALUE_TOL = 1e-6  # relative to the largest |eigenvalue|: below this it is rounding, above it an error
+
+
+def _covariance_factor(cov: np.ndarray) -> np.ndarray:
+    """A (K, K) L with L @ L.T = cov, for a symmetric positive semi-definite cov; singular cov is fine.
+
+    Uses the eigendecomposition (Cholesky fails on singular matrices) and clips rounding-sized negative eigenvalues.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] == 0:
+        raise DataError(f"cov must be a square (K, K) matrix, got shape {cov.shape}")
+    bad = np.count_nonzero(~np.isfinite(cov))
+    if bad:
+        raise DataError(f"cov has {bad} non-finite entries (NaN or inf); recompute it from finite activations")
+    scale = float(np.abs(cov).max())
+    if scale == 0:
+        raise DataError("cov is all zeros: every row would be the zero vector, whose cosine is undefined")
+    asym = float(np.abs(cov - cov.T).max())
+    if asym > 1e-8 * scale:
+        raise DataError(
+            f"cov is not symmetric: max |cov - cov.T| = {asym:.3g} against entries up to {scale:.3g}; "
+            "pass a covariance matrix (or (cov + cov.T) / 2 if the asymmetry is rounding)"
+        )
+    eig, vec = np.linalg.eigh((cov + cov.T) / 2)  # ascending eigenvalues, orthonormal columns
+    if eig[0] < -_NEGATIVE_EIGENVALUE_TOL * np.abs(eig).max():
+        raise DataError(
+            f"cov has eigenvalue {eig[0]:.3g} < 0 (largest {eig[-1]:.3g}): a covariance matrix must be positive "
+            "semi-definite"
+        )
+    return vec * np.sqrt(np.clip(eig, 0.0, None))  # (K, K): column j scaled by sqrt(eigenvalue j)
+
+
+def gaussian_dictionary(n: int, cov: np.ndarray, seed: int | np.random.SeedSequence) -> np.ndarray:
+    """An (n, K) float32 dictionary with rows i.i.d. N(0, cov): an anisotropic random baseline.
+
+    ``cov`` must be symmetric positive semi-definite and may be singular (rank-deficient activations); anything else
+    raises DataError naming the problem.
+    """
+    factor = _covariance_factor(cov)  # (K, K)
+    z = np.random.default_rng(seed).standard_normal((n, factor.shape[0]))  # (n, K) float64
+    return (z @ factor.T).astype(np.float32)
+
+
+def _check_activations(acts: np.ndarray) -> tuple[int, int]:
+    if getattr(acts, "ndim", None) != 2:
+        raise DataError(f"acts must be a 2-D (N, d) array of activation rows, got shape {getattr(acts, 'shape', None)}")
+    return acts.shape[0], acts.shape[1]
+
+
+def _read_rows(acts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows ``index`` of ``acts`` as float32 (len(index), d), in the order given.
+
+    The rows are gathered in sorted order (sequential reads from a memmap) and converted in one go.
+    """
+    order = np.argsort(index, kind="stable")
+    gathered = np.asarray(acts[index[order]], dtype=np.float32)  # (k, d) in file order
+    rows = np.empty_like(gathered)
+    rows[order] = gathered
+    return rows
+
+
+def activation_dictionary(acts: np.ndarray, n: int, seed: int | np.random.SeedSequence) -> np.ndarray:
+    """``n`` distinct rows of ``acts`` (N, d), uniform without replacement among its nonzero rows: (n, d) float32.
+
+    ``acts`` may be a float16 memmap; only the drawn rows are read. Zero rows (cosine undefined) are skipped and
+    replaced by fresh draws, so the result is a uniform sample of the nonzero rows. "Distinct" means distinct row
+    indices: two tokens with identical activations can both be drawn. Fewer than ``n`` nonzero rows raises DataError
+    with their count; a non-finite row raises DataError (a corrupt cache).
+    """
+    n_rows, _ = _check_activations(acts)
+    if n < 1:
+        raise ConfigError(f"n must be a positive number of rows, got {n}")
+    if n_rows < n:
+        raise DataError(f"acts has only {n_rows} rows, fewer than the n={n} requested: ask for fewer or harvest more")
+    rng = np.random.default_rng(seed)
+    kept: list[np.ndarray] = []
+    n_kept, n_nonzero = 0, 0
+    drawn = np.empty(0, dtype=np.int64)  # every row index read so far, zero or not
+    while n_kept < n:
+        need = n - n_kept
+        remaining = n_rows - drawn.size
+        if remaining == 0:
+            raise DataError(
+                f"acts has only {n_nonzero} rows of nonzero norm (of {n_rows}), fewer than the n={n} requested: "
+                "ask for fewer or harvest more"
+            )
+        # Over-draw by the nonzero rate seen so far, so that a few rounds suffice even when most rows are zero.
+        rate = n_nonzero / drawn.size if drawn.size else 1.0
+        want = int(np.ceil(1.2 * need / rate)) if rate > 0 else 2 * drawn.size
+        k = min(remaining, max(need, min(want, 262_144)))
+        pool = np.setdiff1d(np.arange(n_rows), drawn, assume_unique=True) if drawn.size else n_rows
+        index = np.asarray(rng.choice(pool, size=k, replace=False), dtype=np.int64)  # (k,) random order
+        rows = _read_rows(acts, index)  # (k, d)
+        norms = np.linalg.norm(rows, axis=1)  # (k,)
+        if not np.isfinite(norms).all():
+            bad = int(index[~np.isfinite(norms)][0])
+            raise DataError(f"row {bad} of acts is not finite (NaN or inf): the activation cache is corrupt")
+        nonzero = norms > 0
+        n_nonzero += int(nonzero.sum())
+        kept.append(rows[nonzero][:need])  # the first nonzero rows in draw order: still a uniform sample
+        n_kept += kept[-1].shape[0]
+        drawn = np.concatenate([drawn, index])
+    return np.concatenate(kept)
+
+
+def activation_covariance(acts: np.ndarray, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (d,) and covariance (d, d) of the rows of ``acts`` (N, d), float64, streaming ``chunk`` rows at a time.
+
+    Each chunk is converted to float64 in one go (``chunk x d x 8`` bytes: 256 MiB at d = 128) and centred on the
+    first chunk's mean before its cross products are summed, which avoids the cancellation of E[x x^T] - E[x] E[x]^T
+    when the mean is large. The covariance has the N - 1 denominator, like np.cov.
+    """
+    n_rows, d = _check_activations(acts)
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
+    if n_rows < 2:
+        raise DataError(f"acts has {n_rows} rows; a covariance needs at least 2")
+    shift: np.ndarray | None = None
+    total = np.zeros(d)  # sum of (x - shift), (d,)
+    cross = np.zeros((d, d))  # sum of (x - shift)(x - shift)^T, (d, d)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf anywhere is caught once, after the loop
+        for start in range(0, n_rows, chunk):
+            x = np.asarray(acts[start : start + chunk], dtype=np.float64)  # (m, d)
+            if shift is None:
+                shift = x.mean(axis=0)
+            x -= shift
+            total += x.sum(axis=0)
+            cross += x.T @ x
+    if not (np.isfinite(total).all() and np.isfinite(cross).all()):
+        raise DataError("acts contains non-finite values (NaN or inf): the activation cache is corrupt")
+    dev = total / n_rows  # (d,) mean - shift
+    cov = (cross - n_rows * np.outer(dev, dev)) / (n_rows - 1)
+    return shift + dev, (cov + cov.T) / 2

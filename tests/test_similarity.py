@@ -7,17 +7,23 @@ import pytest
 import scipy.stats
 import torch
 
-from sae_sweep import similarity
+from sae_sweep import ConfigError, DataError, similarity
 from sae_sweep.similarity import (
+    activation_covariance,
+    activation_dictionary,
     analytic_null_cdf,
+    analytic_null_logpdf,
     analytic_null_mean,
     analytic_null_pdf,
     analytic_null_quantile,
     emd,
     emd_matrix,
+    gaussian_dictionary,
     hungarian_match,
     max_cosine_similarity,
     random_dictionary,
+    rowwise_cosine,
+    sample_analytic_null,
     sampled_null,
 )
 
@@ -211,3 +217,151 @@ def test_hungarian_recovers_a_permutation_of_identical_dictionaries():
     np.testing.assert_array_equal(rows, np.arange(30))
     np.testing.assert_array_equal(perm[cols], rows)
     np.testing.assert_allclose(sims, 1.0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- analytic null: log and draws
+@pytest.mark.parametrize("K, M", [(16, 32), (128, 8192)])
+def test_sample_analytic_null_follows_the_analytic_cdf_and_mean(K, M):
+    draws = sample_analytic_null(20_000, K, M, seed=20)
+    assert draws.shape == (20_000,) and draws.dtype == np.float64
+    assert scipy.stats.kstest(draws, lambda x: analytic_null_cdf(x, K, M)).pvalue > 0.01
+    assert scipy.stats.kstest(draws, lambda x: analytic_null_cdf(x, K, 2 * M)).pvalue < 1e-6  # a wrong M is rejected
+    assert abs(draws.mean() - analytic_null_mean(K, M)) < 4 * draws.std() / np.sqrt(draws.size)
+    np.testing.assert_array_equal(draws, sample_analytic_null(20_000, K, M, seed=20))
+    assert sample_analytic_null(0, K, M, seed=0).shape == (0,)
+
+
+def test_analytic_null_logpdf_is_the_log_of_the_pdf_and_finite_where_it_underflows():
+    x = np.linspace(-0.99, 0.99, 199)
+    for K, M in [(16, 32), (128, 1024), (4, 1)]:
+        pdf = analytic_null_pdf(x, K, M)
+        positive = pdf > 1e-300
+        np.testing.assert_allclose(analytic_null_logpdf(x, K, M)[positive], np.log(pdf[positive]), rtol=1e-10)
+    assert analytic_null_pdf(-0.5, 128, 8192) == 0.0  # underflows...
+    assert -np.inf < analytic_null_logpdf(-0.5, 128, 8192) < -1000  # ... but its log does not
+    assert analytic_null_logpdf(1.0, 128, 8192) == -np.inf
+
+
+# ------------------------------------------------------------------------------------------------------ row-wise cosine
+def test_rowwise_cosine_hand_cases():
+    a = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    b = np.array([[2.0, 0.0], [1.0, 1.0], [-3.0, -4.0]])
+    np.testing.assert_allclose(rowwise_cosine(a, b), [1.0, 1 / np.sqrt(2), -1.0], atol=1e-15)
+    got = rowwise_cosine(torch.tensor(a, dtype=torch.float32), b.astype(np.float16))  # torch and numpy mixed
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, [1.0, 1 / np.sqrt(2), -1.0], atol=1e-7)
+
+
+def test_rowwise_cosine_names_the_zero_row_and_shape_mismatch():
+    a = np.ones((4, 3))
+    z = a.copy()
+    z[[1, 3]] = 0
+    with pytest.raises(DataError, match=r"row 1 of b has zero norm \(2 zero rows in all\)"):
+        rowwise_cosine(a, z)
+    with pytest.raises(DataError, match="row 1 of a has zero norm"):
+        rowwise_cosine(z, a)
+    with pytest.raises(DataError, match=r"a has shape \(4, 3\) but b has shape \(3, 3\)"):
+        rowwise_cosine(a, a[:3])
+
+
+# ---------------------------------------------------------------------------------------- anisotropic random baselines
+def test_gaussian_dictionary_has_the_covariance_even_when_singular():
+    rotation, _ = np.linalg.qr(np.random.default_rng(21).standard_normal((3, 3)))
+    cov = rotation @ np.diag([4.0, 1.0, 0.0]) @ rotation.T  # rank 2: Cholesky would fail
+    d = gaussian_dictionary(200_000, cov, seed=22)
+    assert d.shape == (200_000, 3) and d.dtype == np.float32
+    np.testing.assert_allclose(np.cov(d.T), cov, atol=0.05)
+    assert np.abs(d @ rotation[:, 2]).max() < 1e-5  # nothing along the zero-variance direction
+    np.testing.assert_array_equal(d[:100], gaussian_dictionary(100, cov, seed=22)[:100])  # seeded, row by row
+
+
+def test_gaussian_dictionary_rejects_bad_covariances():
+    with pytest.raises(DataError, match=r"square \(K, K\) matrix, got shape \(2, 3\)"):
+        gaussian_dictionary(5, np.ones((2, 3)), seed=0)
+    with pytest.raises(DataError, match="not symmetric"):
+        gaussian_dictionary(5, np.array([[1.0, 0.5], [0.0, 1.0]]), seed=0)
+    with pytest.raises(DataError, match="eigenvalue -1 < 0"):
+        gaussian_dictionary(5, np.diag([1.0, -1.0]), seed=0)
+    with pytest.raises(DataError, match="1 non-finite"):
+        gaussian_dictionary(5, np.array([[1.0, 0.0], [0.0, np.nan]]), seed=0)
+    with pytest.raises(DataError, match="all zeros"):
+        gaussian_dictionary(5, np.zeros((2, 2)), seed=0)
+    # Rounding-sized negative eigenvalues of a singular covariance are clipped, not rejected.
+    v = np.array([1.0, 2.0, 3.0])
+    assert gaussian_dictionary(5, np.outer(v, v) - 1e-12 * np.eye(3), seed=0).shape == (5, 3)
+
+
+def float16_acts(tmp_path, n_rows: int, zero_rows) -> np.ndarray:
+    """A float16 memmap whose row i is (i, 1, -i) (exact in float16), with the given rows set to zero."""
+    acts = np.lib.format.open_memmap(tmp_path / "acts.npy", mode="w+", dtype=np.float16, shape=(n_rows, 3))
+    i = np.arange(n_rows, dtype=np.float16)
+    acts[:] = np.stack([i, np.ones_like(i), -i], axis=1)
+    acts[zero_rows] = 0
+    acts.flush()
+    return np.load(tmp_path / "acts.npy", mmap_mode="r")
+
+
+def test_activation_dictionary_draws_distinct_nonzero_rows(tmp_path):
+    acts = float16_acts(tmp_path, 100, zero_rows=slice(10, 60))  # half the rows are zero
+    d = activation_dictionary(acts, 30, seed=23)
+    assert d.shape == (30, 3) and d.dtype == np.float32
+    rows = d[:, 0].astype(int)
+    assert len(set(rows)) == 30 and not any(10 <= r < 60 for r in rows)
+    np.testing.assert_array_equal(d, acts[rows].astype(np.float32))  # real rows of acts
+    np.testing.assert_array_equal(d, activation_dictionary(acts, 30, seed=23))
+    # Asking for every nonzero row must find them all, however many zero rows are drawn on the way.
+    everything = activation_dictionary(acts, 50, seed=24)
+    assert sorted(everything[:, 0].astype(int)) == [*range(10), *range(60, 100)]
+    with pytest.raises(DataError, match="only 50 rows of nonzero norm \\(of 100\\)"):
+        activation_dictionary(acts, 51, seed=0)
+    with pytest.raises(DataError, match="only 100 rows"):
+        activation_dictionary(acts, 101, seed=0)
+    with pytest.raises(ConfigError, match="positive"):
+        activation_dictionary(acts, 0, seed=0)
+
+
+def test_activation_dictionary_is_uniform_over_nonzero_rows(tmp_path):
+    acts = float16_acts(tmp_path, 40, zero_rows=[0, 5, 6, 7, 8, 9, 30, 39])  # 32 nonzero rows
+    counts = np.zeros(40)
+    for seed in range(2000):
+        counts[activation_dictionary(acts, 4, seed=seed)[:, 0].astype(int)] += 1
+    assert counts[[0, 5, 6, 7, 8, 9, 30, 39]].sum() == 0
+    nonzero = np.delete(counts, [0, 5, 6, 7, 8, 9, 30, 39])  # expected 2000 * 4 / 32 = 250 each
+    assert scipy.stats.chisquare(nonzero).pvalue > 0.001
+
+
+def test_activation_dictionary_rejects_corrupt_rows():
+    acts = np.ones((5, 2), dtype=np.float32)
+    acts[3, 1] = np.nan
+    with pytest.raises(DataError, match="row 3 of acts is not finite"):
+        activation_dictionary(acts, 5, seed=0)
+    with pytest.raises(DataError, match="2-D"):
+        activation_dictionary(np.ones(5), 1, seed=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 10, 103, 10_000])  # one row at a time, ragged chunks, exact fit, one chunk
+def test_activation_covariance_equals_numpy(chunk):
+    rng = np.random.default_rng(25)
+    acts = (rng.standard_normal((103, 4)) @ rng.standard_normal((4, 4)) + 1e4).astype(np.float32)  # large mean
+    mean, cov = activation_covariance(acts, chunk=chunk)
+    assert mean.dtype == cov.dtype == np.float64 and cov.shape == (4, 4)
+    np.testing.assert_allclose(mean, acts.astype(np.float64).mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(cov, np.cov(acts.astype(np.float64).T), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(cov, cov.T)
+
+
+def test_activation_covariance_of_a_float16_memmap(tmp_path):
+    acts = float16_acts(tmp_path, 50, zero_rows=[])
+    mean, cov = activation_covariance(acts, chunk=7)
+    np.testing.assert_allclose(mean, [24.5, 1.0, -24.5], rtol=1e-15)
+    var = np.var(np.arange(50), ddof=1)  # columns i, 1, -i
+    np.testing.assert_allclose(cov, [[var, 0, -var], [0, 0, 0], [-var, 0, var]], rtol=1e-12, atol=1e-12)
+
+
+def test_activation_covariance_rejects_bad_input():
+    with pytest.raises(DataError, match="at least 2"):
+        activation_covariance(np.ones((1, 3)))
+    with pytest.raises(DataError, match="non-finite"):
+        activation_covariance(np.array([[1.0, np.inf], [2.0, 3.0]]))
+    with pytest.raises(ConfigError, match="chunk"):
+        activation_covariance(np.ones((4, 3)), chunk=0)
