@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_sweep import TrainingError
+from sae_sweep import ConfigError, TrainingError
 from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 CHUNK_ROWS = 1 << 18  # float16 -> float32 conversion happens per chunk of this many rows, not per batch
@@ -85,7 +85,14 @@ class ActivationDataModule(pl.LightningDataModule):
 
 
 class SAEModule(pl.LightningModule):
-    """One SAE, trained by hand-written steps (manual optimisation) so the fused gradient path can be used."""
+    """One SAE, trained by hand-written steps (manual optimisation) so the fused gradient path can be used.
+
+    With ``sae.resample_every = R > 0``, after the update of step s = k R (k >= 1) with 2 s < the trainer's
+    ``max_steps`` (the first half of the run, so features settle afterwards), the features that did not fire in
+    steps s - R + 1 .. s are resampled (``SparseAutoencoder.resample_``) from the step's batch, their Adam moments
+    zeroed and their ``last_fired`` set to s. The draw is seeded by (sae.seed, s) alone, so a resumed run repeats
+    it exactly. One process only: under DDP each rank sees a different batch and counts firing on its own slice.
+    """
 
     def __init__(self, d_in: int, cfg: SAEConfig) -> None:
         super().__init__()
@@ -95,6 +102,28 @@ class SAEModule(pl.LightningModule):
         self.sae = SparseAutoencoder(d_in, cfg)
         # The step at which each feature last fired; saved in checkpoints so dead counts survive a resume.
         self.register_buffer("last_fired", torch.zeros(cfg.dict_size, dtype=torch.long))
+        if cfg.resample_every:  # only then, so the default run's checkpoints and metrics are unchanged
+            # Features resampled [at the latest resampling, in total]; saved in checkpoints so a resume keeps them.
+            self.register_buffer("resampled", torch.zeros(2, dtype=torch.long))
+
+    @property
+    def n_resampled(self) -> int:
+        """Features resampled over the run so far (0 when resampling is off)."""
+        return int(self.resampled[1]) if self.cfg.resample_every else 0
+
+    def setup(self, stage: str) -> None:
+        if not self.cfg.resample_every:
+            return
+        if self.trainer.world_size > 1:
+            raise ConfigError(
+                f"sae.resample_every > 0 needs one process; this run has {self.trainer.world_size}. Train it on "
+                "one device (trainer.devices=1, trainer.num_nodes=1), or set sae.resample_every=0."
+            )
+        if self.trainer.max_steps < 1:
+            raise ConfigError(
+                "sae.resample_every > 0 needs the run's length (resampling stops at half of it): give the Trainer "
+                f"a positive max_steps, not {self.trainer.max_steps}."
+            )
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.sae.parameters(), lr=self.cfg.lr)
@@ -118,10 +147,30 @@ class SAEModule(pl.LightningModule):
         except FloatingPointError as exc:
             raise self._diverged(step, str(exc)) from None
         self.last_fired[out["code_sums"] > 0] = step
+        every = self.cfg.resample_every
+        if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
+            self.resample(x, step)
         if (step + 1) % self.cfg.log_every == 0 or step == 0:  # logging costs ~0.3 ms: not every step
             metrics = self.metrics(x, out["codes"].detach(), mse, step)
             self.log_dict(metrics)
             self.log_dict({"fvu": metrics["train/fvu"], "L0": metrics["train/l0"]}, prog_bar=True, logger=False)
+
+    @torch.no_grad()
+    def resample(self, x: torch.Tensor, step: int) -> int:
+        """Resample the features silent for the last ``resample_every`` steps, from the batch ``x`` (B, d_in)."""
+        dead = (step - self.last_fired) >= self.cfg.resample_every  # (J,) bool
+        seed = int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0])  # never the global RNG
+        n = self.sae.resample_(dead, x, torch.Generator().manual_seed(seed))
+        if n:
+            idx = dead.nonzero().squeeze(1)
+            opt = self.optimizers().optimizer
+            reset_adam_(opt, self.sae.decoder, idx, dim=1)  # columns of D (d_in, J)
+            reset_adam_(opt, self.sae.encoder, idx, dim=0)  # rows of W_enc (J, d_in)
+            reset_adam_(opt, self.sae.encoder_bias, idx, dim=0)
+            self.last_fired[idx] = step
+        self.resampled[0] = n
+        self.resampled[1] += n
+        return n
 
     def _diverged(self, step: int, what: str) -> TrainingError:
         return TrainingError(
@@ -140,7 +189,21 @@ class SAEModule(pl.LightningModule):
             "train/l0": (codes > 0).sum(dim=1).float().mean(),
             "train/fvu": mse * x.numel() / total_var.clamp_min(1e-12),
             "train/dead_fraction": ((step - self.last_fired) >= self.cfg.dead_window).float().mean(),
+            **({"train/resampled": self.resampled[0].float()} if self.cfg.resample_every else {}),
         }
+
+
+@torch.no_grad()
+def reset_adam_(opt: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor, dim: int) -> None:
+    """Zero the Adam moments of ``param`` at ``index`` along ``dim``; its other entries and step count are kept.
+
+    A resampled feature starts afresh, as in Towards Monosemanticity: the moments of its old weights say nothing
+    about the new ones, and a stale exp_avg would push them along the old feature's last gradients.
+    """
+    state = opt.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):  # the last only with amsgrad
+        if key in state:
+            state[key].index_fill_(dim, index, 0.0)
 
 
 @torch.no_grad()

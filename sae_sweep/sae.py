@@ -7,7 +7,7 @@
 D is the note's dictionary: column j is feature j. ``normalize_decoder_`` restores unit columns after every step.
 ``fused_grads`` computes the exact gradients of the loss with five matrix products into preallocated buffers, with
 no autograd graph; the autograd path (``loss``) is the reference it is tested against, and is used for tied
-weights and under DDP.
+weights and under DDP. ``resample_`` re-initialises dead features (Towards Monosemanticity's resampling).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ class SAEConfig:
         if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
             raise ConfigError(
                 f"sae.resample_every must be 0 (off) or a positive number of steps, got {self.resample_every!r}"
+            )
+        if self.resample_every and self.tied:
+            raise ConfigError(
+                "sae.resample_every > 0 needs untied weights: a tied encoder row is its unit decoder column, so it "
+                "cannot take the resampling rule's 0.2 x live-row norm. Set sae.tied=false or sae.resample_every=0."
             )
         if not self.l1_coeff >= 0:  # also refuses NaN
             raise ConfigError(f"sae.l1_coeff must be >= 0, got {self.l1_coeff!r}")
@@ -117,6 +122,41 @@ class SparseAutoencoder(nn.Module):
         norms = self.decoder.norm(dim=0)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
             raise FloatingPointError(f"decoder columns lost unit norm (range {norms.min():.4g}..{norms.max():.4g})")
+
+    @torch.no_grad()
+    def resample_(self, dead: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> int:
+        """Re-initialise the ``dead`` features ((dict_size,) bool) from inputs of the batch ``x`` (B, d_in), in place.
+
+        Towards Monosemanticity's rule: each dead feature draws one input (with replacement) with probability
+        proportional to its squared reconstruction error under the current weights. Its decoder column becomes that
+        input's unit direction u (x - b_dec: the space the features reconstruct), its encoder row 0.2 x (the mean
+        encoder-row norm of the live features) x u, its encoder bias 0. The input rather than the residual x - x^:
+        the new feature is then sure to fire on the input it was made from (pre-activation 0.2 m ||x - b_dec|| > 0),
+        and it starts as a direction of the data, as in the paper. Live features are left bit-for-bit as they were.
+        ``generator`` (CPU) makes the one random draw. Returns the number of features resampled.
+        """
+        if self.tied:
+            raise ValueError("resample_ needs untied weights (a tied encoder row cannot be scaled apart from D)")
+        idx = dead.nonzero().squeeze(1)  # (n,)
+        if idx.numel() == 0:
+            return 0
+        centred = x if self.decoder_bias is None else x - self.decoder_bias  # (B, d)
+        norms = centred.norm(dim=1)  # (B,)
+        weights = (self(x)[0] - x).pow(2).sum(dim=1) * (norms > 0)  # (B,) squared error; a zero input has no direction
+        if not weights.sum() > 0:  # every input reconstructed exactly: draw uniformly among the non-zero ones
+            weights = (norms > 0).to(weights.dtype)
+            if not weights.sum() > 0:
+                return 0
+        pick = torch.multinomial(weights.double().cpu(), idx.numel(), replacement=True, generator=generator)
+        pick = pick.to(x.device)
+        u = centred[pick] / norms[pick, None]  # (n, d) unit directions
+        row_norms = self.encoder.norm(dim=1)  # (J,)
+        live = row_norms[~dead]
+        scale = 0.2 * (live.mean() if live.numel() else row_norms.mean())  # all dead: the mean of all rows
+        self.decoder[:, idx] = u.t().to(self.decoder.dtype)
+        self.encoder[idx] = (scale * u).to(self.encoder.dtype)
+        self.encoder_bias[idx] = 0.0
+        return idx.numel()
 
     def _work_buffers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Buffers reused across steps of one batch shape; inputs get a column of ones (see fused_grads)."""

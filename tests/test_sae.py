@@ -115,6 +115,7 @@ def test_tied_weights_share_the_decoder():
         ({"l1_coeff": -1e-3}, "sae.l1_coeff must be >= 0, got -0.001"),
         ({"l1_coeff": float("nan")}, "sae.l1_coeff must be >= 0, got nan"),
         ({"lr": 0.0}, "sae.lr must be > 0"),
+        ({"resample_every": -1}, r"sae.resample_every must be 0 \(off\) or a positive number of steps, got -1"),
     ],
 )
 def test_bad_sae_config_names_the_value(kw, needle):
@@ -126,3 +127,85 @@ def test_activation_width_mismatch_names_both():
     sae = SparseAutoencoder(128, SAEConfig(dict_size=8))
     with pytest.raises(ConfigError, match="activations have width 64, but this SAE takes d_in=128"):
         sae.encode(torch.zeros(3, 64))
+
+
+# ----------------------------------------------------------------------------------------- dead-feature resampling
+
+
+def resample_set() -> SparseAutoencoder:
+    """d_in = 2, dict_size = 5: live e1, e2 (identity encoder) and a silent live feature whose encoder row has norm
+    4 (mean live row norm 2, so resampled rows get norm 0.4); features 3 and 4 are the dead ones."""
+    sae = SparseAutoencoder(2, SAEConfig(dict_size=5))
+    with torch.no_grad():
+        sae.decoder.copy_(torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0, 1.0]]))
+        sae.encoder.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -4.0], [1.0, 1.0], [1.0, -1.0]]))
+        sae.encoder_bias.copy_(torch.tensor([0.0, 0.0, -100.0, -100.0, -100.0]))
+    return sae
+
+
+DEAD = torch.tensor([False, False, False, True, True])
+
+
+def test_resample_sets_dead_features_from_the_erroneous_input_and_leaves_live_ones():
+    sae = resample_set()
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    # Reconstructions: [1, 2] exactly, [3, -4] as [3, 0] (squared error 16), [0, 0] exactly: only row 1 can be drawn.
+    x = torch.tensor([[1.0, 2.0], [3.0, -4.0], [0.0, 0.0]])
+    assert sae.resample_(DEAD, x, torch.Generator().manual_seed(0)) == 2
+    u = torch.tensor([0.6, -0.8])
+    for j in (3, 4):
+        torch.testing.assert_close(sae.decoder[:, j], u, rtol=0, atol=1e-7)
+        torch.testing.assert_close(sae.encoder[j], 0.4 * u, rtol=0, atol=1e-7)  # 0.2 x mean(1, 1, 4)
+        assert sae.encoder[j].norm().item() == pytest.approx(0.4, abs=1e-7)
+    assert sae.encoder_bias[3:].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(sae.decoder.norm(dim=0), torch.ones(5), rtol=0, atol=1e-7)
+    assert torch.equal(sae.decoder[:, :3], before["decoder"][:, :3])  # live features bit for bit
+    assert torch.equal(sae.encoder[:3], before["encoder"][:3])
+    assert torch.equal(sae.encoder_bias[:3], before["encoder_bias"][:3])
+    assert (sae.encode(x[1:2])[0, 3:] > 0).all()  # the new features fire on the input they were made from
+
+
+def test_resample_without_dead_features_changes_nothing():
+    sae = resample_set()
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    x = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    assert sae.resample_(torch.zeros(5, dtype=torch.bool), x, torch.Generator().manual_seed(0)) == 0
+    assert all(torch.equal(v, before[k]) for k, v in sae.state_dict().items())
+
+
+def silent_sae(dict_size: int, decoder_bias: bool = False) -> SparseAutoencoder:
+    """Nothing fires (encoder bias -100), so the reconstruction is b_dec (or 0) and the error is ||x - b_dec||^2."""
+    sae = SparseAutoencoder(2, SAEConfig(dict_size=dict_size, decoder_bias=decoder_bias))
+    with torch.no_grad():
+        sae.encoder_bias.fill_(-100.0)
+        if decoder_bias:
+            sae.decoder_bias.copy_(torch.tensor([1.0, 0.0]))
+    return sae
+
+
+def test_resample_draws_inputs_in_proportion_to_squared_error_and_by_its_generator_alone():
+    x = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # squared errors 1 and 9
+    dead = torch.ones(2000, dtype=torch.bool)
+    dead[0] = False
+    runs = {}
+    for seed in (0, 0, 1):
+        sae = silent_sae(2000)
+        torch.manual_seed(seed + 100)  # the global RNG must not matter
+        assert sae.resample_(dead, x, torch.Generator().manual_seed(seed)) == 1999
+        runs.setdefault(seed, []).append(sae.decoder[:, 1:].clone())
+    picked_second = (runs[0][0][1] == 1.0).float().mean().item()
+    assert picked_second == pytest.approx(0.9, abs=0.03)  # 9 / (1 + 9); uniform: 0.5, error norms: 0.75
+    assert torch.equal(runs[0][0], runs[0][1]) and not torch.equal(runs[0][0], runs[1][0])
+
+
+def test_resample_directions_are_centred_by_the_decoder_bias():
+    sae = silent_sae(3, decoder_bias=True)  # b_dec = [1, 0]
+    x = torch.tensor([[1.0, 0.0], [4.0, 4.0]])  # centred: [0, 0] (error 0) and [3, 4] (error 25)
+    dead = torch.tensor([False, True, True])
+    assert sae.resample_(dead, x, torch.Generator().manual_seed(0)) == 2
+    torch.testing.assert_close(sae.decoder[:, 1:], torch.tensor([[0.6, 0.6], [0.8, 0.8]]), rtol=0, atol=1e-7)
+
+
+def test_resampling_refuses_tied_weights():
+    with pytest.raises(ConfigError, match=r"sae\.resample_every > 0 needs untied weights.*sae\.tied=false"):
+        SAEConfig(tied=True, resample_every=100)
