@@ -5,9 +5,12 @@ The models themselves live in model.py (and sae.py); nothing here is needed to u
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep import ConfigError, Interrupted
@@ -208,10 +214,9 @@ class GPTModule(pl.LightningModule):
 
 
 def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None = None) -> list:
-    """A CSV logger always; a W&B logger unless logger=none. The W&B run is created here, in this process."""
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: PLC0415
-
-    loggers: list = [CSVLogger(run_dir, name="csv", version="")]
+    """A CSV logger always; a W&B logger unless logger=none, guarded so that W&B trouble never ends the run."""
+    csv_logger = ResumingCSVLogger(run_dir, name="csv", version="")
+    loggers: list = [csv_logger]
     if cfg.kind == "wandb":
         offline = cfg.mode == "offline" or os.environ.get("WANDB_MODE", "") in ("offline", "dryrun", "disabled")
         if not offline and not wandb_reachable():
@@ -222,7 +227,8 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
                 run_dir,
             )
             offline = True
-        wandb_logger = WandbLogger(
+        wandb_logger = GuardedWandbLogger(
+            csv_path=Path(csv_logger.log_dir) / "metrics.csv",
             name=name,
             project=cfg.project,
             entity=cfg.entity,
@@ -233,6 +239,162 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
         )
         loggers.append(wandb_logger)
     return loggers
+
+
+class ResumingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that a resumed run keeps the rows its interrupted run wrote before the resume.
+
+    Lightning's deletes metrics.csv when a run starts in a folder that has one, so a job resumed after a kill, a
+    SIGTERM or a requeue would keep only the curves from where it resumed. This one keeps every earlier row before the
+    first step the resumed run logs (the rows after it are logged again, from the same batches), and writes its rows
+    out at every checkpoint, not only every 100 steps.
+    """
+
+    @property
+    def experiment(self):
+        if self._experiment is None and rank_zero_only.rank == 0:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir)
+        return CSVLogger.experiment.fget(self)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()  # the rows up to each checkpoint reach the disk with it: a resumed run's curves have no gap
+
+
+class _ResumingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # instead of deleting an earlier metrics.csv, trim it at the first save
+        self._earlier = os.path.isfile(self.metrics_file_path)
+
+    def save(self) -> None:
+        if self._earlier and self.metrics:
+            self._keep_rows_before(min(int(m["step"]) for m in self.metrics))
+        super().save()
+
+    def _keep_rows_before(self, step: int) -> None:
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self.metrics_keys, self._earlier = header, False  # the next save appends (or widens the header)
+
+
+class GuardedWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, except that a W&B failure never ends the run.
+
+    The first exception from W&B (its service process gone, a full disk under its run folder, a server error) is
+    warned about once, naming the step, where the metrics go on (the CSV beside the run) and how to upload what W&B
+    logged before it (``wandb sync``); then W&B is off for the rest of the run. Training, the CSV metrics, the
+    checkpoints and the local artifact carry on. ``failure`` says what went wrong (None while W&B works).
+    """
+
+    def __init__(self, *args, csv_path: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.csv_path = csv_path
+        self.failure: str | None = None
+        self.wandb_dir: Path | None = None  # the run's folder, which `wandb sync` uploads
+        self._step = 0
+
+    @property
+    def experiment(self):
+        if self.failure is not None:
+            return _WandbOff()
+        try:
+            run = WandbLogger.experiment.fget(self)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never end a training run
+            self.fail("starting the W&B run", exc)
+            return _WandbOff()
+        if self.wandb_dir is None and isinstance(getattr(run, "dir", None), str):
+            self.wandb_dir = Path(run.dir).parent
+        return run
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._guarded("logging hyperparameters", super().log_hyperparams, params, *args, **kwargs)
+
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        self._step = self._step if step is None else step
+        self._guarded("logging metrics", super().log_metrics, metrics, step)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self._guarded("logging a checkpoint", super().after_save_checkpoint, checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        self._guarded("finalizing", super().finalize, status)
+
+    def _guarded(self, what: str, fn, *args, **kwargs):
+        if self.failure is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never end a training run
+            self.fail(what, exc)
+            return None
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        """Warn once and switch W&B off for the rest of this run; let go of the broken W&B run."""
+        if self.failure is not None:
+            return
+        self.failure = f"{type(exc).__name__}: {exc}"
+        sync = (
+            f"to upload what W&B logged before the failure, run `wandb sync {self.wandb_dir}`"
+            if self.wandb_dir is not None
+            else "nothing reached W&B"
+        )
+        log.warning(
+            "W&B logging failed at step %d while %s (%s); W&B is off for the rest of this run, which goes on: "
+            "metrics continue in %s, checkpoints and the artifact are kept locally; %s",
+            self._step,
+            what,
+            self.failure,
+            self.csv_path,
+            sync,
+        )
+        _abandon_wandb_run(self._experiment)
+
+
+class _WandbOff:
+    """What ``GuardedWandbLogger.experiment`` gives once W&B is off: every attribute and call is a no-op."""
+
+    def __getattr__(self, name: str):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+def _abandon_wandb_run(run) -> None:
+    """Let go of a broken W&B run, so that it neither fails nor blocks anything later in this process.
+
+    Finish it if it still can be. If not (its service process is gone), tear W&B's session down, which also keeps
+    W&B's exit hook from printing a traceback at exit, and stop it being ``wandb.run``, so that a later job in this
+    process (a Hydra multirun runs its jobs one after another) starts its own run instead of reusing this one.
+    """
+    if run is None:
+        return
+    import wandb  # noqa: PLC0415
+
+    try:
+        run.finish(exit_code=1)
+        return
+    except Exception:  # noqa: BLE001 - already broken: the warning has said all there is to say
+        pass
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001
+        pass
+    if wandb.run is run:
+        try:
+            from wandb.sdk.lib import module  # noqa: PLC0415
+
+            module.unset_globals()
+        except Exception:  # noqa: BLE001
+            wandb.run = None
 
 
 class CheckpointOnSigterm(pl.Callback):
@@ -252,6 +414,93 @@ class CheckpointOnSigterm(pl.Callback):
                 f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}. "
                 "Rerun the same command to resume."
             )
+
+
+def requeue_signal() -> signal.Signals:
+    """The signal submitit requeues a job on: USR2 (SLURM sends it ``signal_delay_s`` before the time limit, and a
+    pre-emption can send it too), or the one named by ``SUBMITIT_PREEMPT_SIGNAL``, as submitit itself reads it."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, name, signal.SIGUSR2)
+
+
+class CheckpointBeforeRequeue(pl.Callback):
+    """Under submitit (``hydra/launcher=slurm`` or ``submitit_local``), write last.ckpt before the job is requeued.
+
+    Submitit's handler for its requeue signal resubmits the job and exits at once, wherever training is, so the
+    resubmitted job would lose every step since the last periodic checkpoint. While ``fit`` runs, this callback holds
+    that handler back: it lets the current step finish, writes last.ckpt, then calls submitit's handler, which
+    resubmits the job (rank 0) and exits; the resubmitted job resumes from exactly that step. Outside ``fit`` (and
+    in processes submitit did not start, where the signal has no handler) nothing changes.
+    """
+
+    def __init__(self, ckpt_path: Path) -> None:
+        self.ckpt_path = ckpt_path
+        self.signum = requeue_signal()
+        self._submitit_handler = None
+        self._pending = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        handler = signal.getsignal(self.signum)
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            self._submitit_handler, self._pending = handler, False
+            signal.signal(self.signum, self._note_signal)
+
+    def _note_signal(self, signum, frame) -> None:
+        log.warning("received %s: finishing this step and saving last.ckpt before the requeue", self.signum.name)
+        self._pending = True
+
+    def _requested(self, trainer) -> bool:
+        if self._submitit_handler is None:
+            return False
+        if trainer.world_size > 1:  # every rank saves together (save_checkpoint waits at a barrier)
+            return trainer.strategy.reduce_boolean_decision(self._pending, all=False)
+        return self._pending
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self._requested(trainer):
+            self._hand_over(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._requested(trainer):  # the signal came after the last step: requeue anyway, at the final step
+            self._hand_over(trainer)
+
+    def _hand_over(self, trainer) -> None:
+        step = trainer.global_step
+        try:
+            trainer.save_checkpoint(self.ckpt_path)
+            log.warning(
+                "saved %s at step %d; handing over to submitit, which requeues this job to resume from there",
+                self.ckpt_path,
+                step,
+            )
+        except Exception as exc:  # noqa: BLE001 - a requeue from an older checkpoint beats no requeue at all
+            log.error("could not save %s at step %d (%s); requeueing from the one before", self.ckpt_path, step, exc)
+        handler = self._release()
+        handler(self.signum, None)  # rank 0: resubmits the job and exits (SystemExit); other ranks: returns
+        raise Interrupted(
+            f"stopped by {self.signum.name} at step {step}; checkpoint saved to {self.ckpt_path}; "
+            "rank 0 has requeued the job"
+        )
+
+    def _release(self):
+        handler, self._submitit_handler = self._submitit_handler, None
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, handler)
+        return handler
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._release()
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._release()
+
+
+class ReportResume(pl.Callback):
+    """Say at which step a resumed run goes on, so a log shows that a requeued or rerun job did not start over."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0:
+            log.info("resumed at step %d of %d", trainer.global_step, trainer.max_steps)
 
 
 class _StepProgressBar(RichProgressBar):
@@ -280,13 +529,16 @@ def build_trainer(
         *callbacks,
         ModelCheckpoint(dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every),
         CheckpointOnSigterm(run_dir / CKPT_DIR / "last.ckpt"),
+        CheckpointBeforeRequeue(run_dir / CKPT_DIR / "last.ckpt"),
+        ReportResume(),
     ]
     if tcfg.progress_bar:
         callbacks.append(_StepProgressBar(refresh_rate=10, leave=True))  # redraws cost ~0.1 ms each
     strategy, plugins = tcfg.strategy, [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
-        # Requeueing is submitit's job (it catches USR2 and resubmits; the rerun resumes from last.ckpt), so
-        # Lightning's own USR1 requeue stays off: one requeue path, not two.
+        # Requeueing is submitit's job (it catches USR2 and resubmits, once CheckpointBeforeRequeue has written
+        # last.ckpt at the step in progress; the rerun resumes there), so Lightning's own USR1 requeue stays off:
+        # one requeue path, not two.
         plugins.append(SLURMEnvironment(auto_requeue=False))
         if strategy.startswith("ddp") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             strategy = "ddp"  # SLURM started one process per device (tasks_per_node = devices): spawn no more

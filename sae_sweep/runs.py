@@ -101,36 +101,53 @@ def finish_wandb(
     """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
 
     ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``density``: (firing
-    counts, n) for a histogram of log10 feature frequency. Logging failures are warned about, never fatal.
+    counts, n) for a histogram of log10 feature frequency. A W&B failure here, or one earlier in the run, is warned
+    about and never fatal: the artifact is already safe in the local store.
     """
     from lightning.pytorch.loggers import WandbLogger  # noqa: PLC0415
-
-    from sae_sweep.artifacts import log_to_wandb  # noqa: PLC0415
 
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
             continue
-        run = lg.experiment
-        offline = bool(run.offline)
-        try:
-            if uses and not offline:
-                run.use_artifact(uses)
-            if summary:
-                run.summary.update(summary)
-            if density is not None:
-                import numpy as np  # noqa: PLC0415
-                import wandb  # noqa: PLC0415
-
-                counts, n = density
-                live = counts[counts > 0]
-                if live.size:
-                    run.log({"feature_density/log10_frequency": wandb.Histogram(np.log10(live / n))})
-            log_to_wandb(run, artifact)
-        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
+        if getattr(lg, "failure", None) is not None:  # W&B was switched off mid-run (already warned about)
             log.warning(
-                "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
+                "W&B has been off since it failed (%s): %s is kept locally at %s",
+                lg.failure,
+                artifact.ref,
+                artifact.path,
             )
-        run_dir = Path(run.dir).parent
-        run.finish()
+            continue
+        try:
+            run = lg.experiment
+            offline = bool(run.offline)
+            run_dir = Path(run.dir).parent
+            _log_to_run(run, artifact, summary, uses if not offline else None, density)
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
+            if hasattr(lg, "fail"):
+                lg.fail(f"uploading the artifact {artifact.ref}", exc)
+            else:
+                log.warning(
+                    "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
+                )
+            continue
         if offline:
             log.info("W&B run kept offline at %s; upload it with: wandb sync %s", run_dir, run_dir)
+
+
+def _log_to_run(run, artifact: Artifact, summary: dict | None, uses: str | None, density) -> None:
+    from sae_sweep.artifacts import log_to_wandb  # noqa: PLC0415
+
+    if uses:
+        run.use_artifact(uses)
+    if summary:
+        run.summary.update(summary)
+    if density is not None:
+        import numpy as np  # noqa: PLC0415
+        import wandb  # noqa: PLC0415
+
+        counts, n = density
+        live = counts[counts > 0]
+        if live.size:
+            run.log({"feature_density/log10_frequency": wandb.Histogram(np.log10(live / n))})
+    log_to_wandb(run, artifact)

@@ -1,10 +1,13 @@
 """Faults injected for real: signals and kills to running jobs, racing processes. Nothing may be lost."""
 
+import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +50,38 @@ def wait_for_checkpoint(root, pattern: str, proc: subprocess.Popen, timeout: flo
         time.sleep(0.05)
 
 
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process below ``pid``, read from /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        children.setdefault(ppid, []).append((int(entry.name), cmd))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def end_all(proc: subprocess.Popen) -> None:
+    """Kill what a failed test leaves running: the job and everything it started."""
+    if proc.poll() is None:
+        for pid, _ in descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.fixture(scope="module")
 def reference_sae(gpt_root, tmp_path_factory):
     """The dictionary an uninterrupted run of SAE_ARGS produces."""
@@ -54,6 +89,13 @@ def reference_sae(gpt_root, tmp_path_factory):
     proc = run_train(SAE_ARGS, root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+
+
+def assert_whole_curves(metrics_csv: Path, last_step: int = 1562) -> None:
+    """The training curves of a resumed run cover every logged step once, from the first to the last."""
+    with open(metrics_csv, newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    assert steps == sorted(set(steps)) and steps[0] < 20 and steps[-1] >= last_step - 20, steps
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
@@ -89,6 +131,7 @@ def test_interrupted_sae_job_resumes_to_the_uninterrupted_result(gpt_root, tmp_p
     again = run_train(SAE_ARGS, root)
     assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
     resumed = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert_whole_curves(resumed.path / "metrics.csv")
     assert_same_tensors(resumed.tensors, reference_sae.tensors, "dictionary")
 
 
@@ -219,3 +262,61 @@ def test_full_disk_during_an_artifact_write_keeps_the_previous_version(small_dis
     survivor = store.get("sae-L2-J256-s0")  # verifies every sha256
     assert survivor.version == 0 and load_dictionary(survivor.path).dict_size == 256
     assert sorted(p.name for p in (small_disk / "store" / "sae-L2-J256-s0").iterdir()) == [".lock", "latest", "v0"]
+
+
+def test_usr2_requeues_a_submitit_job_which_resumes_at_the_step_it_stopped(gpt_root, tmp_path, reference_sae):
+    """The requeue path of hydra/launcher=slurm, run by the local executor of the same launcher plugin.
+
+    Real: the multirun, submitit's job process and its USR2 handler, the launcher's checkpoint() (a
+    DelayedSubmission of the same job, pickled), the exit with submitit's requeue status, the job started again from
+    that pickle, our resume from last.ckpt. Not real: SLURM itself, whose part (`scontrol requeue`, then starting the
+    job again) the local controller plays.
+    """
+    root = fresh_root(gpt_root, tmp_path)
+    proc = start(["-m", "hydra/launcher=submitit_local", "+hydra.launcher.max_num_timeout=1", *SAE_ARGS], root)
+    try:
+        wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
+        (job,) = [pid for pid, cmd in descendants(proc.pid) if "submitit.core._submit" in cmd]
+        os.kill(job, signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit
+        output = proc.communicate(timeout=600)[0]
+    finally:
+        end_all(proc)
+    assert proc.returncode == 0, output[-3000:]
+    logs = "".join(p.read_text() for p in sorted(root.glob("multirun/*/*/.submitit/*/*_log.*")))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs and "(1 remaining timeouts)" in logs, logs[-3000:]
+    assert logs.count("Starting with JobEnvironment") == 2, logs[-3000:]  # the job ran twice: requeued once
+    # The signal was held until the step ended and last.ckpt was written there; the requeued job resumed at that step.
+    saved = re.search(r"saved \S+last\.ckpt at step (\d+); handing over to submitit", logs)
+    assert saved, logs[-3000:]
+    step = int(saved.group(1))
+    assert 100 <= step < 1562 and "resuming from" in logs and f"resumed at step {step} of 1562" in logs, logs[-3000:]
+    d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert d.config["steps"] == 1562
+    assert_whole_curves(d.path / "metrics.csv")  # the rows before the requeue were kept, none logged twice
+    assert_same_tensors(d.tensors, reference_sae.tensors, "dictionary")
+
+
+def test_wandb_dying_mid_run_does_not_fail_the_job(gpt_root, tmp_path):
+    """W&B's service process (wandb-core) is killed mid-training: every W&B call fails from then on."""
+    root = fresh_root(gpt_root, tmp_path)
+    args = [arg for arg in SAE_ARGS if arg != "logger=none"]  # the default logger: a real offline W&B run
+    proc = start(args, root)
+    try:
+        wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
+        (core,) = [pid for pid, cmd in descendants(proc.pid) if "wandb-core" in cmd]
+        os.kill(core, signal.SIGKILL)
+        output = proc.communicate(timeout=600)[0]
+    finally:
+        end_all(proc)
+    assert proc.returncode == 0, output[-3000:]
+    (run_dir,) = root.glob("runs/sae-*")
+    (wandb_dir,) = run_dir.glob("wandb/offline-run-*")
+    failed = re.search(r"W&B logging failed at step (\d+) while logging metrics \(ConnectionResetError", output)
+    assert failed and output.count("W&B logging failed") == 1, output[-3000:]  # warned once, then W&B is off
+    assert 100 <= int(failed.group(1)) < 1562
+    assert f"metrics continue in {run_dir / 'csv' / 'metrics.csv'}" in output
+    assert f"run `wandb sync {wandb_dir}`" in output
+    assert "Traceback" not in output, output[-3000:]
+    d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert d.config["steps"] == 1562
+    assert_whole_curves(d.path / "metrics.csv")  # the CSV went on after W&B failed
