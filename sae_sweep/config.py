@@ -24,7 +24,9 @@ from sae_sweep.lit import PretrainConfig, TrainerConfig
 from sae_sweep.model import GPTConfig
 from sae_sweep.pretrain import PretrainJob
 from sae_sweep.sae import SAEConfig
-from sae_sweep.sweep import SAEJob
+from sae_sweep.sweep import UNTRAINED, SAEJob
+from sae_sweep.synthetic import CORPUS as SYNTHETIC
+from sae_sweep.synthetic import SyntheticConfig
 
 STAGES = ("pretrain", "sae")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
@@ -99,7 +101,18 @@ def _training(cfg: DictConfig) -> dict:
     }
 
 
+def _synthetic(cfg: DictConfig) -> bool:
+    data = _section(cfg, "data")
+    return isinstance(data, (DictConfig, dict)) and data.get("corpus") == SYNTHETIC
+
+
 def pretrain_job(cfg: DictConfig) -> PretrainJob:
+    if _synthetic(cfg):
+        raise ConfigError(
+            "data=synthetic: there is no GPT to pretrain on synthetic data, whose activations are generated "
+            "directly. Train SAEs on them with `python train.py data=synthetic` (one job) or "
+            "`python train.py -m experiment=synthetic` (the sweep); drop stage=pretrain"
+        )
     return PretrainJob(
         data=build(DataConfig, _section(cfg, "data"), "data"),
         model=build(GPTConfig, _section(cfg, "model"), "model"),
@@ -109,10 +122,22 @@ def pretrain_job(cfg: DictConfig) -> PretrainJob:
 
 
 def sae_job(cfg: DictConfig) -> SAEJob:
+    """The SAE stage's job. data=synthetic adds the generator's config (and takes no GPT); gpt=untrained adds the
+    pretraining job whose seeded initialisation is the control GPT."""
+    gpt = _coerce(cfg.get("gpt"), str | None, "gpt")
+    synthetic = untrained = None
+    if _synthetic(cfg):
+        synthetic = build(SyntheticConfig, cfg.data, "data")
+        if gpt is not None:
+            raise ConfigError(f"gpt={gpt}: data=synthetic generates the activations, there is no GPT to use; drop gpt=")
+    elif gpt == UNTRAINED:
+        untrained = pretrain_job(cfg)
     return SAEJob(
         harvest=build(HarvestConfig, _section(cfg, "harvest"), "harvest"),
         sae=build(SAEConfig, _section(cfg, "sae"), "sae"),
-        gpt=_coerce(cfg.get("gpt"), str | None, "gpt"),
+        gpt=gpt,
+        synthetic=synthetic,
+        untrained=untrained,
         **_training(cfg),
     )
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,10 +117,13 @@ def open_activations(path: Path, verify: bool = True) -> Activations:
     return Activations(path, train, val, meta)
 
 
-def harvest(model: GPT, model_digest: str, tokens: TokenData, cfg: HarvestConfig, cache_dir: str | Path) -> Activations:
-    """Return the activation cache for (model, layer, corpus, counts), harvesting it first if needed."""
-    model.mlp_act(cfg.layer)  # a layer outside the model fails here, before any work
-    key = cache_key(model_digest, tokens.key, cfg)
+def write_cache(cache_dir: str | Path, key: str, fill: Callable[[Path], dict], describe: str) -> Activations:
+    """Return the activation cache ``<cache_dir>/activations/<key>``, building it first if it is not there.
+
+    ``fill(folder)`` writes ``train.npy`` and ``val.npy`` into a temporary folder and returns what meta.json should
+    say about them; the folder is then sealed (sha256 of each file) and renamed into place, all under a file lock, so
+    concurrent jobs build a key once and nobody reads a half-written cache. Harvesting and synthetic data share this.
+    """
     root = Path(cache_dir) / "activations"
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
@@ -129,34 +133,36 @@ def harvest(model: GPT, model_digest: str, tokens: TokenData, cfg: HarvestConfig
             tmp.mkdir()
             try:
                 t0 = time.perf_counter()
-                was_training = model.training
-                model.eval()
-                _fill(model, tokens.train, cfg.layer, cfg.n_tokens, cfg, cfg.seed, tmp / "train.npy")
-                _fill(model, tokens.val, cfg.layer, cfg.n_val_tokens, cfg, cfg.seed + 1, tmp / "val.npy")
-                model.train(was_training)
-                meta = {
-                    "format": FORMAT_VERSION,
-                    "key": key,
-                    "model_digest": model_digest,
-                    "tokens_key": tokens.key,
-                    "config": asdict(cfg),
-                    "d_in": model.config.d_mlp,
-                    "dtype": "float16",
-                    "files": {name: sha256_file(tmp / name) for name in ("train.npy", "val.npy")},
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
+                meta = {"format": FORMAT_VERSION, "key": key, **fill(tmp)}
+                meta["files"] = {name: sha256_file(tmp / name) for name in ("train.npy", "val.npy")}
+                meta["seconds"] = round(time.perf_counter() - t0, 2)
                 (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
                 os.replace(tmp, final)
-                log.info(
-                    "harvested %d + %d activations of layer %d in %.1fs -> %s",
-                    cfg.n_tokens,
-                    cfg.n_val_tokens,
-                    cfg.layer,
-                    meta["seconds"],
-                    final,
-                )
+                log.info("%s in %.1fs -> %s", describe, meta["seconds"], final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
             log.info("reusing activation cache %s", final)
     return open_activations(final)
+
+
+def harvest(model: GPT, model_digest: str, tokens: TokenData, cfg: HarvestConfig, cache_dir: str | Path) -> Activations:
+    """Return the activation cache for (model, layer, corpus, counts), harvesting it first if needed."""
+    model.mlp_act(cfg.layer)  # a layer outside the model fails here, before any work
+
+    def fill(folder: Path) -> dict:
+        was_training = model.training
+        model.eval()
+        _fill(model, tokens.train, cfg.layer, cfg.n_tokens, cfg, cfg.seed, folder / "train.npy")
+        _fill(model, tokens.val, cfg.layer, cfg.n_val_tokens, cfg, cfg.seed + 1, folder / "val.npy")
+        model.train(was_training)
+        return {
+            "model_digest": model_digest,
+            "tokens_key": tokens.key,
+            "config": asdict(cfg),
+            "d_in": model.config.d_mlp,
+            "dtype": "float16",
+        }
+
+    describe = f"harvested {cfg.n_tokens} + {cfg.n_val_tokens} activations of layer {cfg.layer}"
+    return write_cache(cache_dir, cache_key(model_digest, tokens.key, cfg), fill, describe)

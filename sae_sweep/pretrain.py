@@ -3,6 +3,9 @@
 A run is identified by everything that shapes its result (corpus key, model, optimizer recipe, devices), so a rerun of
 the same command finds the same run folder: it resumes from ``last.ckpt`` when interrupted, and returns the finished
 artifact when complete (``force=true`` trains a new version instead).
+
+``export_untrained`` makes the control of ``gpt=untrained``: the same GPT at the seeded initialisation pretraining
+starts from, never trained, so that SAEs on a trained and an untrained model differ only in the training.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from sae_sweep import TrainingError
 from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, write_gpt
@@ -48,6 +52,10 @@ class PretrainJob:
     @property
     def name(self) -> str:
         return f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
+
+    @property
+    def untrained_name(self) -> str:
+        return f"{self.name}-untrained"
 
 
 def run_id(job: PretrainJob, data_key: str) -> str:
@@ -146,5 +154,54 @@ def run(job: PretrainJob) -> Artifact:
         f"{val_init:.3f}" if val_init else "n/a",
         artifact.ref,
         artifact.path,
+    )
+    return artifact
+
+
+def export_untrained(job: PretrainJob) -> Artifact:
+    """The ``model`` artifact ``gpt-<corpus>-s<seed>-untrained``: the GPT pretraining would start from, never trained.
+
+    Same token cache, tokenizer, model config and seeded initialisation as ``run(job)`` (torch.manual_seed(seed),
+    then the model), zero steps. The weights are a pure function of (corpus, model config, seed), so a rebuild gives
+    the same sha256; the artifact is built once, under a file lock so concurrent sweep jobs save one version, and
+    reused while its recorded ``init_id`` matches (another model config or corpus saves a new version).
+    """
+    tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+    model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
+    ident = {"data": tokens.key, "model": asdict(model_cfg), "seed": job.pretrain.seed}
+    init_id = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    store = ArtifactStore(job.paths.store)
+    name = job.untrained_name
+    store.root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(store.root / f".{name}.lock")):
+        if name in store.names(MODEL_TYPE):
+            art = store.get(name)
+            if art.metadata.get("init_id") == init_id:
+                log.info("reusing untrained GPT %s", art.ref)
+                return art
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(job.pretrain.seed)
+            model = GPT(model_cfg)
+        model.eval()
+        val = evaluate(model, tokens, job.pretrain)
+        train_info = {
+            "untrained": True,
+            "init_id": init_id,
+            "steps": 0,
+            "tokens_seen": 0,
+            "val_loss_init": val,
+            "val_loss": val,
+            "unigram_entropy": tokens.meta["unigram_entropy"],
+            "pretrain": asdict(job.pretrain),
+        }
+        metadata = {"model": model_cfg.to_dict(), "data_key": tokens.key, **train_info}
+        artifact = store.save(
+            name,
+            MODEL_TYPE,
+            lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
+            metadata,
+        )
+    log.info(
+        "untrained GPT (seed %d, val loss %.3f): saved %s at %s", job.pretrain.seed, val, artifact.ref, artifact.path
     )
     return artifact

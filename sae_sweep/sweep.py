@@ -3,6 +3,10 @@
 Every job of ``python train.py -m sae.dict_size=... sae.seed=...`` runs this. The GPT is read from the artifact
 store, never trained here; the activation cache is shared by all jobs (the first harvests, the others wait and reuse).
 As in pretraining, a rerun resumes an interrupted job from ``last.ckpt`` and returns a finished one's artifact.
+
+Two controls swap the activations and keep everything else: ``data=synthetic`` trains on generated activations with
+known true features (no GPT at all), and ``gpt=untrained`` on those of the seeded GPT pretraining starts from. Their
+dictionaries carry the variant in their names (``sae-L2-J1024-s0-untrained``), so they sit beside the main sweep's.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sae_sweep.artifacts import (
     write_dictionary,
 )
 from sae_sweep.data import open_prepared
-from sae_sweep.harvest import HarvestConfig, harvest
+from sae_sweep.harvest import Activations, HarvestConfig, harvest
 from sae_sweep.lit import (
     LoggerConfig,
     TrainerConfig,
@@ -36,10 +40,14 @@ from sae_sweep.lit import (
     build_trainer,
 )
 from sae_sweep.lit_sae import ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.pretrain import PretrainJob, export_untrained
 from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
 from sae_sweep.sae import SAEConfig
+from sae_sweep.synthetic import SyntheticConfig, synthetic_activations
 
 log = logging.getLogger(__name__)
+UNTRAINED = "untrained"  # gpt=untrained: the control GPT, never trained
+DEFAULT_L1 = SAEConfig().l1_coeff  # a dictionary trained at another l1_coeff says so in its name
 
 
 @dataclass(frozen=True)
@@ -49,24 +57,46 @@ class SAEJob:
     trainer: TrainerConfig
     logger: LoggerConfig
     paths: Paths
-    gpt: str | None = None  # a model artifact (name, name:vN or folder); None: the newest in the store
+    gpt: str | None = None  # a model artifact (name, name:vN or folder); None: the newest trained one; "untrained"
     ckpt_path: str | None = "last"
     force: bool = False
+    synthetic: SyntheticConfig | None = None  # data=synthetic: generated activations with known features, no GPT
+    untrained: PretrainJob | None = None  # gpt=untrained: the corpus, model and seed pretraining would start from
+
+    @property
+    def variant(self) -> str:
+        """What sets this job apart from the note's sweep, as a name suffix: "", "untrained", "resample-l1-0.003"..."""
+        parts = []
+        if self.synthetic is not None:
+            parts.append("synthetic")
+        if self.gpt == UNTRAINED:
+            parts.append(UNTRAINED)
+        if self.sae.resample_every > 0:
+            parts.append("resample")
+        if self.sae.l1_coeff != DEFAULT_L1:
+            parts.append(f"l1-{self.sae.l1_coeff:g}")
+        return "-".join(parts)
 
     @property
     def name(self) -> str:
-        return dictionary_name(self.harvest.layer, self.sae.dict_size, self.sae.seed)
+        return dictionary_name(self.harvest.layer, self.sae.dict_size, self.sae.seed, self.variant)
+
+    @property
+    def group(self) -> str:
+        """The W&B group: the jobs of one size and variant, across seeds."""
+        return f"sae-L{self.harvest.layer}-J{self.sae.dict_size}" + (f"-{self.variant}" if self.variant else "")
 
 
 def resolve_gpt(store: ArtifactStore, spec: str | None) -> Artifact:
-    if spec is None:
-        art = store.latest_of_type(MODEL_TYPE)
-        if art is None:
+    if spec is None:  # the newest trained GPT: an untrained control is only ever used by name
+        trained = [store.get(n, verify_files=False) for n in store.names(MODEL_TYPE)]
+        trained = [art for art in trained if not art.metadata.get(UNTRAINED)]
+        if not trained:
             raise DataError(
                 f"no pretrained GPT in the artifact store {store.root}: run `python train.py stage=pretrain` "
                 "first (with the same paths.root), or point gpt= at a model folder"
             )
-        return art
+        return store.get(str(max(trained, key=lambda art: art.path.stat().st_mtime_ns).path))
     art = store.get(spec)
     if art.type != MODEL_TYPE:
         raise DataError(f"gpt={spec!r} is an artifact of type {art.type!r}, not a {MODEL_TYPE!r}")
@@ -78,13 +108,22 @@ def run_id(job: SAEJob, acts_key: str) -> str:
     return f"{job.name}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
-def run(job: SAEJob) -> Artifact:
-    store = ArtifactStore(job.paths.store)
-    gpt_art = resolve_gpt(store, job.gpt)
+def _check_layer(layer: int, n_layer: int) -> None:
+    if not 0 <= layer < n_layer:
+        raise ConfigError(f"harvest.layer={layer} is outside the model: it has layers 0..{n_layer - 1}")
+
+
+def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dict, str | None]:
+    """The GPT's harvested activations, what config.json records of their source, and the W&B artifact they used."""
+    if job.gpt == UNTRAINED:
+        if job.untrained is None:
+            raise ConfigError("gpt=untrained needs the corpus, model and pretrain settings (SAEJob.untrained)")
+        _check_layer(job.harvest.layer, job.untrained.model.n_layer)  # before building anything
+        gpt_art = export_untrained(job.untrained)
+    else:
+        gpt_art = resolve_gpt(store, job.gpt)
     gpt = load_gpt(gpt_art.path)
-    n_layer = gpt.model.config.n_layer
-    if not 0 <= job.harvest.layer < n_layer:
-        raise ConfigError(f"harvest.layer={job.harvest.layer} is outside the model: it has layers 0..{n_layer - 1}")
+    _check_layer(job.harvest.layer, gpt.model.config.n_layer)
     log.info("GPT %s (%s)", gpt_art.ref, gpt_art.path)
     tokens = open_prepared(gpt.data, job.paths.cache)
     model_digest = json.loads((gpt_art.path / "artifact.json").read_text())["files"][WEIGHTS_FILE]
@@ -92,6 +131,25 @@ def run(job: SAEJob) -> Artifact:
     acts = harvest(gpt.model.to(device), model_digest, tokens, job.harvest, job.paths.cache)
     if acts.d_in != gpt.model.config.d_mlp:
         raise DataError(f"activations in {acts.path} have width {acts.d_in}, the GPT's MLP {gpt.model.config.d_mlp}")
+    source = {"gpt": {"artifact": gpt_art.ref, "digest": model_digest}, "synthetic": None}
+    return acts, source, None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
+
+
+def run(job: SAEJob) -> Artifact:
+    world = job.trainer.devices * job.trainer.num_nodes
+    if job.sae.resample_every > 0 and world > 1:  # refused before any harvest, not at fit time
+        raise ConfigError(
+            f"sae.resample_every > 0 needs one process, but trainer asks for {world}: use trainer=cpu or trainer=gpu, "
+            "or set sae.resample_every=0"
+        )
+    store = ArtifactStore(job.paths.store)
+    if job.synthetic is not None:
+        acts, features = synthetic_activations(
+            job.synthetic, job.harvest.n_tokens, job.harvest.n_val_tokens, job.paths.cache, store
+        )
+        source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
+    else:
+        acts, source, uses = gpt_activations(job, store)
 
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
@@ -108,7 +166,7 @@ def run(job: SAEJob) -> Artifact:
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
     n_steps = datamodule.dataset(world=job.trainer.devices * job.trainer.num_nodes).n_steps
     log.info("training %s: d_in=%d, %d steps of %d on %s", rid, acts.d_in, n_steps, job.sae.batch_size, acts.path)
-    loggers = build_loggers(job.logger, run_dir, name=rid, group=job.name.rsplit("-s", 1)[0])
+    loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group)
     trainer = build_trainer(
         job.trainer,
         run_dir=run_dir,
@@ -129,6 +187,7 @@ def run(job: SAEJob) -> Artifact:
     metrics, counts = evaluate_sae(sae, acts.val, job.sae.l1_coeff)
     config = {
         "name": job.name,
+        "variant": job.variant,
         "d_in": acts.d_in,
         "layer": job.harvest.layer,
         "dict_size": job.sae.dict_size,
@@ -136,9 +195,10 @@ def run(job: SAEJob) -> Artifact:
         "l1_coeff": job.sae.l1_coeff,
         "sae": job.sae.to_dict(),
         "harvest": asdict(job.harvest),
-        "gpt": {"artifact": gpt_art.ref, "digest": model_digest},
+        **source,
         "activations": {"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
         "steps": n_steps,
+        "n_resampled": module.n_resampled,
         "run_id": rid,
         "metrics": metrics,
     }
@@ -149,7 +209,7 @@ def run(job: SAEJob) -> Artifact:
     artifact = store.save(
         job.name, DICTIONARY_TYPE, lambda folder: write_dictionary(folder, sae, config, counts, extra), config
     )
-    finish_wandb(loggers, artifact, summary=metrics, uses=gpt_art.ref, density=(counts, acts.val.shape[0]))
+    finish_wandb(loggers, artifact, summary=metrics, uses=uses, density=(counts, acts.val.shape[0]))
     mark_finished(run_dir, artifact)
     log.info(
         "%s: val mse %.4g, fvu %.3f, L0 %.1f, dead %.1f%%; saved %s at %s",

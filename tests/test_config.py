@@ -24,8 +24,12 @@ def test_every_group_option_composes_and_converts(group, option):
     if option == "text_files":
         overrides.append("data.paths=[corpus/*.txt]")
     cfg = compose(overrides)
-    job = config.pretrain_job(cfg)
-    assert job.model.n_embd == cfg.model.n_embd and job.trainer.devices == cfg.trainer.devices
+    if option == "synthetic":  # generated activations: nothing to pretrain, and saying so is tested in test_synthetic
+        with pytest.raises(ConfigError, match="no GPT to pretrain on synthetic data"):
+            config.pretrain_job(cfg)
+    else:
+        job = config.pretrain_job(cfg)
+        assert job.model.n_embd == cfg.model.n_embd and job.trainer.devices == cfg.trainer.devices
     sae_job = config.sae_job(cfg)
     assert sae_job.sae.dict_size == cfg.sae.dict_size and sae_job.harvest.layer == cfg.harvest.layer
 
@@ -98,3 +102,13 @@ def test_bimodal_and_demo_experiments_sweep_the_notes_sizes():
     assert dict(bimodal.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
     assert dict(demo.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0"}
     assert bimodal.sae.l1_coeff == 1e-3 and bimodal.harvest.layer == 2
+
+
+def test_synthetic_experiment_straddles_the_true_count():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["experiment=synthetic"], return_hydra_config=True)
+    job = config.sae_job(cfg)
+    assert job.synthetic is not None and job.synthetic.n_features == 512 and job.synthetic.d_in == 128
+    sizes = [int(s) for s in cfg.hydra.sweeper.params["sae.dict_size"].split(",")]
+    assert min(sizes) < job.synthetic.n_features in sizes and max(sizes) >= 4 * job.synthetic.n_features
+    assert job.harvest.n_tokens == 1_000_000 and job.gpt is None and job.variant == "synthetic-l1-0.005"

@@ -129,3 +129,22 @@ def test_bad_input_ends_before_any_work(gpt_root, tmp_path, args, needle):
 def test_no_gpt_says_to_pretrain(tmp_path):
     proc = run_train([*SMOKE, "logger=none"], tmp_path)
     assert proc.returncode == 2 and "run `python train.py stage=pretrain`" in out(proc)
+
+
+def test_untrained_control_beside_the_trained_gpt(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    proc = run_train([*SMOKE, "logger=none", "gpt=untrained", "sae.dict_size=64"], root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    store = ArtifactStore(root / "store")
+    d = load_dictionary(store.get("sae-L2-J64-s0-untrained").path)
+    assert d.config["variant"] == "untrained" and d.config["gpt"]["artifact"] == "gpt-embedded-s0-untrained:v0"
+    assert d.config["synthetic"] is None
+    trained = store.get("gpt-embedded-s0").metadata
+    assert trained["steps"] == 30 and store.get("gpt-embedded-s0-untrained").metadata["steps"] == 0
+    assert len(list((root / "cache" / "activations").glob("L2-*"))) == 1  # the untrained GPT's own harvest
+    # The plain sweep still trains on the trained GPT, although the untrained one is newer in the store.
+    plain = run_train([*SMOKE, "logger=none", "sae.dict_size=64"], root)
+    assert plain.returncode == 0, out(plain)[-4000:]
+    d = load_dictionary(store.get("sae-L2-J64-s0").path)
+    assert d.config["gpt"]["artifact"] == "gpt-embedded-s0:v0" and d.config["variant"] == ""
+    assert len(list((root / "cache" / "activations").glob("L2-*"))) == 2
