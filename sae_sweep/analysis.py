@@ -57,20 +57,34 @@ class AnalysisConfig:
     chunk_size: int = 4096  # rows of A per MCS block: memory is chunk_size x |B| floats
     device: str | None = None  # MCS device; None: CUDA when available
     bins: int = 50
+    # Beyond the note (issue 6)
+    variant: str | None = None  # the main run: "" = the note's setup; None: "" when present, else the only variant
+    controls: bool = True  # also analyse every other variant found (untrained GPT, resampling, l1, synthetic)
+    n_boot: int = 1000  # bootstrap replicates (features resampled) for every EMD and proportion
+    level: float = 0.95  # confidence level of the bootstrap intervals
+    null_quantile: float = 0.999  # the principled split: MCS above this quantile of the exact null is high
+    stay_cosine: float = 0.99  # a feature whose decoder has cosine >= this with its initial direction never left
+    shared_cosine: float = 0.7  # cross-seed Hungarian matches at or above this count as shared (Paulo & Belrose)
+    recovered_cosine: float = 0.9  # synthetic data: a true feature is recovered at MCS above this
+    hungarian_max: int = 8192  # Hungarian matching only for dictionaries up to this size (it builds J x M matrices)
 
     def __post_init__(self) -> None:
-        for name in ("n_random", "chunk_size", "bins"):
+        for name in ("n_random", "chunk_size", "bins", "n_boot", "hungarian_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")
-        for name in ("cutoff", "threshold"):
+        for name in ("cutoff", "threshold", "stay_cosine", "shared_cosine", "recovered_cosine"):
             if not -1.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"analysis.{name} must be in (-1, 1], got {getattr(self, name)!r}")
+        for name in ("level", "null_quantile"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"analysis.{name} must be in (0, 1), got {getattr(self, name)!r}")
 
 
 # ----------------------------------------------------------------------------------------- collecting
 
-_NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)$")
+_NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)(?:-(?P<variant>[A-Za-z0-9._-]+))?$")
+Collection = dict[str, dict[tuple[int, int], Dictionary]]  # variant ("" = the note's setup) -> (size, seed) -> dict
 
 
 def _latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
@@ -91,8 +105,8 @@ def _latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
     return chosen
 
 
-def collect_local(path: str | Path, layer: int) -> dict[tuple[int, int], Dictionary]:
-    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by (size, seed)."""
+def collect_local_variants(path: str | Path, layer: int) -> Collection:
+    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant."""
     root = Path(path)
     found = []
     for manifest_path in sorted(root.rglob(MANIFEST)) if root.is_dir() else []:
@@ -102,7 +116,13 @@ def collect_local(path: str | Path, layer: int) -> dict[tuple[int, int], Diction
     return _group(_latest_by_name(found), layer, where=str(root))
 
 
-def collect_wandb(source: SourceConfig, layer: int, cache_dir: Path, api=None) -> dict[tuple[int, int], Dictionary]:
+def collect_local(path: str | Path, layer: int, variant: str | None = None) -> dict[tuple[int, int], Dictionary]:
+    """One variant's dictionaries under ``path`` by (size, seed); ``variant`` as AnalysisConfig.variant."""
+    found = collect_local_variants(path, layer)
+    return found[main_variant(found, variant, where=str(path))]
+
+
+def collect_wandb(source: SourceConfig, layer: int, cache_dir: Path, api=None) -> Collection:
     """Download (once, into ``cache_dir``) the latest version of every dictionary artifact of a W&B project."""
     if api is None:
         import wandb  # noqa: PLC0415
@@ -123,24 +143,39 @@ def collect_wandb(source: SourceConfig, layer: int, cache_dir: Path, api=None) -
     return _group(_latest_by_name(found), layer, where=f"W&B project {project} (type {source.artifact_type})")
 
 
-def _group(chosen: dict[str, Path], layer: int, where: str) -> dict[tuple[int, int], Dictionary]:
-    dicts = {}
+def main_variant(found: Collection, variant: str | None, where: str) -> str:
+    """Which variant is the main run: the one asked for, else the note's setup (""), else the only one."""
+    names = ", ".join(repr(v) for v in sorted(found))
+    if variant is not None:
+        if variant not in found:
+            raise ConfigError(f"analysis.variant={variant!r}: no such dictionaries in {where}; found variants {names}")
+        return variant
+    if "" in found:
+        return ""
+    if len(found) == 1:
+        return next(iter(found))
+    raise ConfigError(f"{where} holds several variants ({names}) and none is the plain one: pick analysis.variant=")
+
+
+def _group(chosen: dict[str, Path], layer: int, where: str) -> Collection:
+    found: Collection = {}
     for name, path in chosen.items():
         m = _NAME.match(name)
         if m is None or int(m["layer"]) != layer:
             continue
         d = load_dictionary(path)  # checks every file's sha256 and names a corrupt one
-        dicts[(d.dict_size, int(m["seed"]))] = d
-    if not dicts:
+        found.setdefault(m["variant"] or "", {})[(d.dict_size, int(m["seed"]))] = d
+    if not found:
         raise DataError(
             f"no layer-{layer} dictionaries found in {where}. Train some first "
             "(`python train.py -m experiment=demo`), or point source.path / source.project at them."
         )
-    widths = {d.d_in: d.name for d in dicts.values()}
-    if len(widths) > 1:
-        desc = " and ".join(f"{name} (d_in={w})" for w, name in widths.items())
-        raise DataError(f"the dictionaries have different widths: {desc}; compare one activation space at a time")
-    return dicts
+    for dicts in found.values():
+        widths = {d.d_in: d.name for d in dicts.values()}
+        if len(widths) > 1:
+            desc = " and ".join(f"{name} (d_in={w})" for w, name in widths.items())
+            raise DataError(f"the dictionaries have different widths: {desc}; compare one activation space at a time")
+    return found
 
 
 # ------------------------------------------------------------------------------------------ computing
@@ -213,8 +248,20 @@ def compute(dicts: dict[tuple[int, int], Dictionary], cfg: AnalysisConfig, progr
                 samples[f"learned s{s}" if len(seeds) > 1 else "learned"] = learned
         samples.update({f"rand{r + 1}": v for r, v in enumerate(res.random[j])})
         samples["alt params"] = res.alt[j]
-        res.emd[j] = emd_matrix({k: v[v < cfg.cutoff] for k, v in samples.items()})
+        res.emd[j] = _low_emd_matrix(samples, cfg.cutoff)
     return res
+
+
+def _low_emd_matrix(samples: dict[str, np.ndarray], cutoff: float) -> tuple[list[str], np.ndarray]:
+    """EMD matrix of the parts below ``cutoff``; a sample with no value below it gets NaN distances."""
+    low = {k: v[v < cutoff] for k, v in samples.items()}
+    names = list(low)
+    kept, sub = emd_matrix({k: v for k, v in low.items() if v.size})
+    matrix = np.full((len(names), len(names)), np.nan)
+    idx = [names.index(k) for k in kept]
+    matrix[np.ix_(idx, idx)] = sub
+    np.fill_diagonal(matrix, 0.0)
+    return names, matrix
 
 
 def counts(res: Results, seed: int) -> list[dict]:

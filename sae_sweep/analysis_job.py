@@ -11,8 +11,19 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_sweep.analysis import AnalysisConfig, Results, SourceConfig, collect_local, collect_wandb, compute, counts
-from sae_sweep.artifacts import LoggerConfig, Paths, wandb_host, wandb_reachable
+from sae_sweep import SaeSweepError
+from sae_sweep.analysis import (
+    AnalysisConfig,
+    Results,
+    SourceConfig,
+    collect_local_variants,
+    collect_wandb,
+    compute,
+    counts,
+    main_variant,
+)
+from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths, wandb_host, wandb_reachable
+from sae_sweep.beyond import compute_extras, control_rows
 from sae_sweep.report import write_all
 
 log = logging.getLogger(__name__)
@@ -39,18 +50,40 @@ def _progress(iterable, total: int, description: str):
 
 def run(job: AnalyzeJob, api=None) -> Path:
     """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path."""
+    cfg = job.analysis
     if job.source.kind == "local":
         where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
-        dicts = collect_local(where, job.analysis.layer)
+        found = collect_local_variants(where, cfg.layer)
+        stores = [ArtifactStore(where), ArtifactStore(job.paths.store)]
     else:
-        dicts = collect_wandb(job.source, job.analysis.layer, job.paths.cache / "wandb", api=api)
+        where = f"W&B project {job.source.project}"
+        found = collect_wandb(job.source, cfg.layer, job.paths.cache / "wandb", api=api)
+        stores = [ArtifactStore(job.paths.store)]
+    main = main_variant(found, cfg.variant, str(where))
+    dicts = found[main]
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
-    res = compute(dicts, job.analysis, progress=_progress)
+    res = compute(dicts, cfg, progress=_progress)
+    extras = compute_extras(res, dicts, cfg, main, job.paths.cache, _true_features(stores, dicts), progress=_progress)
+    control_table = control_rows(main, res, dicts, extras.fits)
+    synthetic = (main, res, extras) if extras.ground_truth else None
+    for variant in sorted(found) if cfg.controls else []:
+        if variant == main:
+            continue
+        log.info("control %r: %d dictionaries", variant, len(found[variant]))
+        res_v = compute(found[variant], cfg, progress=_progress)
+        true = _true_features(stores, found[variant])
+        ex_v = None
+        if true is not None and synthetic is None:
+            ex_v = compute_extras(res_v, found[variant], cfg, variant, job.paths.cache, true, progress=_progress)
+            synthetic = (variant, res_v, ex_v)
+        control_table += control_rows(variant, res_v, found[variant], ex_v.fits if ex_v else None)
+    if synthetic is not None and synthetic[0] == main:
+        synthetic = None  # the main run is the synthetic one: its ground truth is already in extras
     out = job.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        figs = write_all(res, tmp)
+        figs = write_all(res, tmp, extras, control_table, synthetic, label=_label(main, dicts))
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         if out.exists():
             os.replace(out, old)
@@ -58,7 +91,7 @@ def run(job: AnalyzeJob, api=None) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print_summary(res)
+    print_summary(res, out / "findings.md")
     if job.logger.kind == "wandb":
         _to_wandb(job, res, out, {k: out / p.name for k, p in figs.items()})
     report = out / "report.md"
@@ -66,8 +99,34 @@ def run(job: AnalyzeJob, api=None) -> Path:
     return report
 
 
-def print_summary(res: Results) -> None:
+def _true_features(stores: list[ArtifactStore], dicts: dict):
+    """The true features of synthetic-data dictionaries (None for real activations, or when not found)."""
+    from sae_sweep.synthetic import load_true_features  # noqa: PLC0415
+
+    config = next(iter(dicts.values())).config
+    if not config.get("synthetic"):
+        return None
+    for store in stores:
+        try:
+            true = load_true_features(store, config)
+        except SaeSweepError:
+            continue
+        if true is not None:
+            return true
+    log.warning("the true features of these synthetic dictionaries are in none of %s", [str(s.root) for s in stores])
+    return None
+
+
+def _label(variant: str, dicts: dict) -> str:
+    config = next(iter(dicts.values())).config
+    gpt = (config.get("gpt") or {}).get("artifact")
+    what = f"activations of {gpt}" if gpt else "synthetic activations" if config.get("synthetic") else "activations"
+    return f"{'the main run' if not variant else f'variant {variant!r}'} ({what})"
+
+
+def print_summary(res: Results, findings: Path | None = None) -> None:
     from rich.console import Console  # noqa: PLC0415
+    from rich.markdown import Markdown  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"MCS against J={res.reference} (high: MCS >= {res.config.threshold})")
@@ -105,6 +164,8 @@ def print_summary(res: Results) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI are not 80 columns wide
     console.print(table)
     console.print(f"analytic null (K={res.d_in}): {means}")
+    if findings is not None and findings.exists():
+        console.print(Markdown(findings.read_text()))
 
 
 def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -> None:
@@ -134,6 +195,8 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
             if rows:
                 run.log({f"table/{table.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
         run.summary.update({f"null_mean_M{M}": v for M, v in res.null_mean.items()})
+        if (out / "findings.md").exists():  # the generated Findings, as text on the run's overview
+            run.summary["findings"] = (out / "findings.md").read_text()
         offline = run.settings.mode in ("offline", "dryrun")
         wandb_dir = Path(run.dir).parent
         run.finish()

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sae_sweep.analysis import Results, correlations, counts, pair_table  # noqa: E402
+from sae_sweep.beyond import Extras  # noqa: E402
 from sae_sweep.similarity import analytic_null_pdf  # noqa: E402
 
 LEARNED, RANDOM, NULL = "tab:blue", "tab:orange", "black"
@@ -240,8 +241,19 @@ def _scatter_rows(res: Results, corr: list[dict], seed: int) -> list[dict]:
     return [rows[first]] + ([rows[max(smaller)]] if smaller else [])
 
 
-def write_all(res: Results, out: Path) -> dict[str, Path]:
-    """Every table and figure, and report.md linking them; returns {name: path} of the figures."""
+def write_all(
+    res: Results,
+    out: Path,
+    extras: Extras | None = None,
+    control_table: list[dict] | None = None,
+    synthetic: tuple[str, Results, Extras] | None = None,
+    label: str = "main run",
+) -> dict[str, Path]:
+    """Every table and figure, and report.md linking them; returns {name: path} of the figures.
+
+    With ``extras`` (beyond.compute_extras of the same run) the report also has issue 6's sections and Findings;
+    ``synthetic`` = (variant, Results, Extras) of a synthetic-data control whose ground truth and findings to add.
+    """
     out.mkdir(parents=True, exist_ok=True)
     seed = res.seeds[0]
     figs: dict[str, Path] = {}
@@ -280,11 +292,39 @@ def write_all(res: Results, out: Path) -> dict[str, Path]:
         np.savez_compressed(
             out / "mcs.npz", **{f"J{a}s{sa}_vs_J{b}s{sb}": v for (a, sa, b, sb), (v, _) in res.mcs.items()}
         )
-    (out / "report.md").write_text(report_markdown(res, figs, tables))
+    findings_md = beyond_md = ""
+    if extras is not None:
+        from sae_sweep.findings import findings  # noqa: PLC0415
+
+        syn_ex = synthetic[2] if synthetic else None
+        more_figs, more_tables = write_beyond(res, extras, control_table or [], out, syn_ex)
+        figs.update(more_figs)
+        found = {label: findings(res, extras, control_table)}
+        if synthetic is not None:
+            found[f"synthetic data (variant {synthetic[0]!r})"] = findings(synthetic[1], synthetic[2])
+        beyond_md = beyond_markdown(more_figs, more_tables, extras.notes + (synthetic[2].notes if synthetic else []))
+        findings_md = findings_markdown(found)
+        (out / "findings.md").write_text(findings_md)
+    (out / "report.md").write_text(report_markdown(res, figs, tables, findings_md, beyond_md))
     return figs
 
 
-def report_markdown(res: Results, figs: dict[str, Path], tables: dict[str, str]) -> str:
+def findings_markdown(found: dict[str, list[str]]) -> str:
+    md = io.StringIO()
+    md.write(
+        "## Findings\n\n_Generated from this report's numbers by `sae_sweep/findings.py`: no hand-written claims._\n\n"
+    )
+    for label, items in found.items():
+        md.write(f"### {label}\n\n")
+        md.write("".join(f"- {item}\n" for item in items) if items else "_(not enough dictionaries for findings)_\n")
+        md.write("\n")
+    return md.getvalue()
+
+
+def report_markdown(
+    res: Results, figs: dict[str, Path], tables: dict[str, str], findings_md: str = "", beyond_md: str = ""
+) -> str:
+    """report.md: the intro, Findings, the note's figures, issue 6's sections, then the note's tables."""
     cfg = res.config
     md = io.StringIO()
     md.write("# sae-sweep analysis report\n\n")
@@ -297,6 +337,7 @@ def report_markdown(res: Results, figs: dict[str, Path], tables: dict[str, str])
     )
     for w in res.warnings:
         md.write(f"> **Note:** {w}\n\n")
+    md.write(findings_md)
     md.write("## The note's figures, reproduced\n\n| note | what it showed | ours |\n|---|---|---|\n")
     for number, claim in NOTE_FIGURES.items():
         key = f"fig{number:02d}"
@@ -305,7 +346,9 @@ def report_markdown(res: Results, figs: dict[str, Path], tables: dict[str, str])
         md.write(f"| Figure {number} | {claim} | {ours} |\n")
     md.write("\n")
     for key, path in figs.items():
-        md.write(f"### {key.replace('fig', 'Figure ').replace('Figure 0', 'Figure ')}\n\n![{key}]({path.name})\n\n")
+        if int(key[3:]) <= 12:
+            md.write(f"### {key.replace('fig', 'Figure ').replace('Figure 0', 'Figure ')}\n\n![{key}]({path.name})\n\n")
+    md.write(beyond_md)
     md.write("## Tables\n\n")
     files = {
         "analytic null": "analytic_null.csv",
@@ -316,4 +359,263 @@ def report_markdown(res: Results, figs: dict[str, Path], tables: dict[str, str])
     for name, table in tables.items():
         csv_name = files.get(name) or f"emd_J{name.split('=')[1]}.csv"
         md.write(f"### {name} ([{csv_name}]({csv_name}))\n\n{table}\n")
+    return md.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ beyond the note
+
+
+def _featured_table(ex: Extras, res: Results):
+    key = (res.featured, res.seeds[0])
+    return ex.features.get(key) or (next(iter(ex.features.values())) if ex.features else None)
+
+
+def fig_liveness(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 13: MCS against log firing frequency (dead features on the left edge), coloured by encoder-decoder cos."""
+    t = _featured_table(ex, res)
+    if t is None:
+        return None
+    dead = t.firing == 0
+    floor = np.log10(t.firing[~dead].min()) - 0.5 if (~dead).any() else -6.0
+    x = np.where(dead, floor, np.log10(np.where(dead, 1.0, t.firing)))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sc = ax.scatter(x, t.mcs, c=t.enc_dec_cos, s=5, cmap="viridis", vmin=-1, vmax=1, linewidths=0)
+    plt.colorbar(sc, ax=ax, label="encoder-decoder cosine")
+    ax.axvline(floor + 0.25, color="gray", lw=0.6, ls=":")
+    ax.axhline(res.config.threshold, color="gray", lw=0.8, ls="--")
+    ax.axhline(
+        ex.null_q[res.reference], color=NULL, lw=0.8, ls=":", label=f"null {res.config.null_quantile:g} quantile"
+    )
+    ax.set(
+        xlabel="log10 held-out firing frequency (dead: left edge)",
+        ylabel=f"MCS vs J={res.reference}",
+        title=f"Fig. 13: liveness against MCS, J={res.featured} ({int(dead.sum())} dead)",
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def fig_movement(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 14: MCS against each feature's cosine with its own decoder direction at initialisation."""
+    t = _featured_table(ex, res)
+    if t is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(t.init_cos, t.mcs, s=5, alpha=0.5, color=LEARNED, linewidths=0)
+    ax.axvline(res.config.stay_cosine, color="gray", lw=0.8, ls=":", label=f"stayed (cos >= {res.config.stay_cosine})")
+    ax.axhline(res.config.threshold, color="gray", lw=0.8, ls="--")
+    ax.set(
+        xlabel="cosine with own initial direction",
+        ylabel=f"MCS vs J={res.reference}",
+        title=f"Fig. 14: movement from initialisation, J={res.featured}",
+    )
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_split(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 15: the two-component fit (exact null + learned Beta) over the featured size's MCS histogram."""
+    from scipy import stats  # noqa: PLC0415
+
+    key = (res.featured, res.seeds[0])
+    fit = ex.fits.get(key)
+    v = res.vs_reference(*key)
+    if fit is None or v is None:
+        return None
+    edges = np.linspace(0.0, 1.0, res.config.bins + 1)
+    width = edges[1] - edges[0]
+    x = np.linspace(0.005, 0.995, 400)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.hist(v, bins=edges, color=LEARNED, alpha=0.6, label=f"J={res.featured} vs {res.reference}")
+    ax.plot(
+        x,
+        fit.null_weight * analytic_null_pdf(x, res.d_in, res.reference) * v.size * width,
+        color=NULL,
+        label=f"null component ({fit.null_weight * v.size:.0f})",
+    )
+    ax.plot(
+        x,
+        (1 - fit.null_weight) * stats.beta.pdf(x, fit.a, fit.b) * v.size * width,
+        color="tab:green",
+        label=f"learned component ({fit.n_real:.0f} real)",
+    )
+    ax.axvline(res.config.threshold, color="gray", ls="--", lw=0.8, label=f"fixed {res.config.threshold}")
+    ax.axvline(ex.null_q[res.reference], color=NULL, ls=":", lw=0.8, label=f"null {res.config.null_quantile:g} q")
+    ax.set(xlabel="MCS", ylabel="features", title="Fig. 15: a principled split and a two-component fit")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_anisotropic(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 16: the learned MCS distribution beside isotropic and anisotropic random dictionaries."""
+    if not ex.anisotropic_samples:
+        return None
+    j = res.featured if res.featured in ex.anisotropic_samples else min(ex.anisotropic_samples)
+    samples = ex.anisotropic_samples[j]
+    edges = np.linspace(min(0.0, *(v.min() for v in samples.values())), 1.0, res.config.bins + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (name, v), color in zip(samples.items(), (LEARNED, RANDOM, "tab:green", "tab:purple"), strict=False):
+        ax.hist(v, bins=edges, histtype="step", lw=1.4, color=color, label=name.replace("_", " "))
+    ax.set(xlabel="MCS", ylabel="features", title=f"Fig. 16: learned vs random nulls, J={j} vs {res.reference}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_controls(table: list[dict], path: Path) -> Path | None:
+    """Figure 17: high-MCS fraction and estimated real features per size, one line per variant."""
+    variants = sorted({r["variant"] for r in table})
+    if len(variants) < 2:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for v in variants:
+        rows = sorted((r for r in table if r["variant"] == v), key=lambda r: (r["seed"], r["dict_size"]))
+        seed = rows[0]["seed"]
+        rows = [r for r in rows if r["seed"] == seed]
+        sizes = [r["dict_size"] for r in rows]
+        a1.plot(sizes, [r["high_fraction"] for r in rows], marker="o", label=v)
+        a2.plot(sizes, [np.nan if r["mixture_n_real"] is None else r["mixture_n_real"] for r in rows], marker="o")
+    for ax, ylabel in ((a1, "high-MCS fraction (vs own reference)"), (a2, "real features (two-component fit)")):
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="dictionary size", ylabel=ylabel)
+    a1.legend(fontsize=7)
+    fig.suptitle("Fig. 17: controls side by side")
+    return _save(fig, path)
+
+
+def fig_ground_truth(ex: Extras, path: Path) -> Path | None:
+    """Figure 18: synthetic data: true features recovered and low-MCS fraction per size, true count marked."""
+    rows = (
+        sorted(
+            (r for r in ex.ground_truth if r["seed"] == min(x["seed"] for x in ex.ground_truth)),
+            key=lambda r: r["dict_size"],
+        )
+        if ex.ground_truth
+        else []
+    )
+    if not rows:
+        return None
+    sizes = [r["dict_size"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(
+        sizes,
+        [r["recovered_fraction"] for r in rows],
+        marker="o",
+        label=f"true features recovered (MCS > {rows[0]['cosine']})",
+    )
+    ax.plot(sizes, [r["matched_fraction"] for r in rows], marker="s", label="dictionary features that are true ones")
+    low = [(r["dict_size"], r["low_fraction"]) for r in rows if r["low_fraction"] is not None]
+    if low:
+        ax.plot(*zip(*low, strict=True), marker="^", label="low-MCS fraction (vs reference)")
+    ax.axvline(rows[0]["n_true"], color="gray", ls="--", lw=0.8, label=f"true count {rows[0]['n_true']}")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="dictionary size", ylabel="fraction", ylim=(-0.02, 1.02), title="Fig. 18: known ground truth")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+BEYOND_SECTIONS = (
+    # (heading, explanation, figure key, [(table name, csv)])
+    (
+        "Liveness against MCS",
+        "Each feature's held-out firing frequency and encoder-decoder cosine beside its MCS; "
+        "`low_dead_fraction`: low-MCS features that never fire; `low_live_null_fraction`: fire but score below the "
+        "null quantile; `high_fraction_live_ref`: the high-MCS fraction against the reference's live features only.",
+        "fig13",
+        [("liveness", "liveness.csv")],
+    ),
+    (
+        "Movement from initialisation",
+        "Cosine of each decoder column with its own direction at initialisation "
+        "(`decoder_init` is kept in every dictionary).",
+        "fig14",
+        [("movement", "movement.csv")],
+    ),
+    (
+        "Matching beyond max",
+        "Plain max (MMCS) beside Hungarian one-to-one matching against the reference, and "
+        "the fraction of features shared across seeds at the same size (Hungarian cosine >= analysis.shared_cosine, as "
+        "in Paulo & Belrose 2025).",
+        None,
+        [("matching", "matching.csv"), ("shared across seeds", "shared_seeds.csv")],
+    ),
+    (
+        "A principled split",
+        "High-MCS at the exact null's quantile for the pair's (K, M) beside the fixed threshold, "
+        "with bootstrap intervals; `mixture_n_real`: real features estimated by a two-component fit (exact null + a "
+        "learned Beta).",
+        "fig15",
+        [("split", "split.csv")],
+    ),
+    (
+        "Error bars",
+        "Bootstrap intervals (features resampled) for every EMD, and the seed-to-seed spread of every "
+        "per-seed metric (needs two or more seeds).",
+        None,
+        [("EMD intervals", "emd_ci.csv"), ("seed spread", "seed_spread.csv")],
+    ),
+    (
+        "Anisotropic nulls",
+        "Random dictionaries drawn from N(0, S), S the activations' covariance, and dictionaries "
+        "of random activation rows, beside the isotropic N(0, I) null.",
+        "fig16",
+        [("anisotropic nulls", "anisotropic.csv")],
+    ),
+    (
+        "Controls",
+        "The same analysis on the other variants of the sweep, each against its own largest dictionary: "
+        "an untrained GPT, dead-feature resampling, a smaller l1_coeff, synthetic data.",
+        "fig17",
+        [("controls", "controls.csv")],
+    ),
+    (
+        "Known ground truth",
+        "Synthetic activations built from known unit features: each dictionary against the true features.",
+        "fig18",
+        [("ground truth", "ground_truth.csv")],
+    ),
+)
+
+
+def write_beyond(res: Results, ex: Extras, control_table: list[dict], out: Path, synthetic: Extras | None = None):
+    """Figures 13-18 and the tables of issue 6; returns (figures {key: path}, tables {name: (csv, markdown)})."""
+    truth = synthetic if synthetic is not None else ex
+    figs = {
+        "fig13": fig_liveness(res, ex, out / "fig13_mcs_vs_firing.png"),
+        "fig14": fig_movement(res, ex, out / "fig14_mcs_vs_init.png"),
+        "fig15": fig_split(res, ex, out / "fig15_split.png"),
+        "fig16": fig_anisotropic(res, ex, out / "fig16_anisotropic_nulls.png"),
+        "fig17": fig_controls(control_table, out / "fig17_controls.png"),
+        "fig18": fig_ground_truth(truth, out / "fig18_ground_truth.png"),
+    }
+    data = {
+        "liveness.csv": ex.liveness,
+        "movement.csv": ex.movement,
+        "matching.csv": ex.matching,
+        "shared_seeds.csv": ex.shared,
+        "split.csv": ex.split,
+        "emd_ci.csv": ex.emd_ci,
+        "seed_spread.csv": ex.spread,
+        "anisotropic.csv": ex.anisotropic,
+        "controls.csv": control_table,
+        "ground_truth.csv": truth.ground_truth,
+    }
+    tables = {}
+    for name, rows in data.items():
+        write_csv(out / name, rows)
+        tables[name] = markdown_table(rows)
+    return {k: p for k, p in figs.items() if p is not None}, tables
+
+
+def beyond_markdown(figs: dict[str, Path], tables: dict[str, str], notes: list[str]) -> str:
+    md = io.StringIO()
+    md.write("## Beyond the note\n\n")
+    for note in notes:
+        md.write(f"> **Note:** {note}\n\n")
+    for heading, text, fig, parts in BEYOND_SECTIONS:
+        md.write(f"### {heading}\n\n{text}\n\n")
+        if fig and fig in figs:
+            md.write(f"![{fig}]({figs[fig].name})\n\n")
+        for name, csv_name in parts:
+            table = tables.get(csv_name) or markdown_table([])
+            md.write(f"#### {name} ([{csv_name}]({csv_name}))\n\n{table}\n")
     return md.getvalue()

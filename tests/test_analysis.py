@@ -15,24 +15,32 @@ from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths, dictionary_n
 from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 
-def save_dict(store: ArtifactStore, J: int, seed: int, d_in: int = 16, layer: int = 2, decoder=None):
+def save_dict(
+    store: ArtifactStore,
+    J: int,
+    seed: int,
+    d_in: int = 16,
+    layer: int = 2,
+    decoder=None,
+    variant="",
+    counts=None,
+    extra: dict | None = None,
+):
     sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
     if decoder is not None:
         with torch.no_grad():
             sae.decoder.copy_(decoder)
+    name = dictionary_name(layer, J, seed, variant)
     config = {
-        "name": dictionary_name(layer, J, seed),
+        "name": name,
         "layer": layer,
         "dict_size": J,
         "seed": seed,
         "sae": SAEConfig(dict_size=J, seed=seed).to_dict(),
+        **(extra or {}),
     }
-    return store.save(
-        dictionary_name(layer, J, seed),
-        "sae-dictionary",
-        lambda f: write_dictionary(f, sae, config, np.ones(J, dtype=np.int64)),
-        config,
-    )
+    counts = np.ones(J, dtype=np.int64) if counts is None else counts
+    return store.save(name, "sae-dictionary", lambda f: write_dictionary(f, sae, config, counts), config)
 
 
 @pytest.fixture
@@ -177,7 +185,8 @@ def test_wandb_source_downloads_once_and_uses_the_latest(store, tmp_path):
     api = FakeApi(store)
     source = SourceConfig(kind="wandb", entity="team", project="proj")
     with pytest.warns(UserWarning, match="sae-L2-J8-s0 has 2 versions"):
-        dicts = collect_wandb(source, 2, tmp_path / "cache", api=api)
+        (variant, dicts), *others = collect_wandb(source, 2, tmp_path / "cache", api=api).items()
+    assert variant == "" and not others
     assert sorted(dicts) == [(8, 0), (16, 0)]
     assert dicts[(8, 0)].path == tmp_path / "cache" / "sae-L2-J8-s0" / "v1"
     assert ("collections", "team/proj", "sae-dictionary") in api.calls

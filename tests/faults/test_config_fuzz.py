@@ -56,6 +56,24 @@ def test_any_value_converts_or_names_the_key(key, value):
         assert "\n" not in str(exc).strip()
 
 
+SYNTHETIC_KEYS = sorted(f"data.{key}" for key in compose(["data=synthetic"])["data"] if key != "corpus")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(SYNTHETIC_KEYS), value=VALUES)
+def test_any_synthetic_data_value_converts_or_names_the_key(key, value):
+    try:
+        cfg = compose(["data=synthetic", f"{key}={as_override(value)}"])
+    except ConfigCompositionException:
+        return
+    try:
+        config.sae_job(cfg)
+    except ConfigError as exc:
+        assert key in str(exc), (key, value, str(exc))
+        assert "\n" not in str(exc).strip()
+
+
 def test_fuzz_covers_every_group_file():
-    groups = {p.parent.name for p in CONF.glob("*/*.yaml")} - {"experiment", "paths", "hydra", "source"}
+    # control/* only set keys of the other groups (gpt, sae.*), which are fuzzed above
+    groups = {p.parent.name for p in CONF.glob("*/*.yaml")} - {"experiment", "paths", "hydra", "source", "control"}
     assert groups <= {k.split(".")[0] for k in KEYS}

@@ -1,0 +1,202 @@
+"""report.md's "Findings": sentences generated from the numbers, never written by hand.
+
+Each function reads rows computed by analysis.py / beyond.py and returns a sentence (or None when its numbers are
+missing), choosing its wording by comparisons spelled out in the code: change the numbers and the findings change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sae_sweep.analysis import Results
+from sae_sweep.beyond import Extras
+
+LOW_MODE_APPEARS = 0.10  # the low-MCS mode "appears" when at least this fraction of a dictionary is low-MCS
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _row(rows: list[dict], **match) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def bimodality(res: Results, ex: Extras) -> str | None:
+    j, s = res.featured, res.seeds[0]
+    r = _row(ex.split, dict_size=j, seed=s)
+    if r is None:
+        return None
+    return (
+        f"At J={j}, {_pct(r['high_fraction'])} of features have MCS >= {r['threshold']} against J={res.reference} "
+        f"(95% CI {_pct(r['high_lo'])} to {_pct(r['high_hi'])}); {_pct(1 - r['high_null_fraction'])} sit below "
+        f"the exact null's {res.config.null_quantile:g} quantile ({r['null_quantile']:.3f}), where random vectors land."
+    )
+
+
+def low_mode_vs_random(res: Results, ex: Extras) -> str | None:
+    """Is the low mode distinguishable from the isotropic null? Compare bootstrap intervals, not point values."""
+    j = res.featured
+    rows = [r for r in ex.emd_ci if r["dict_size"] == j]
+    learned = [r for r in rows if r["a"].startswith("learned") and r["b"] == "rand1"]
+    between = [r for r in rows if r["a"].startswith("rand") and r["b"].startswith("rand")]
+    if not learned or not between:
+        return None
+    lr, top = learned[0], max(between, key=lambda r: r["hi"])
+    verdict = (
+        "distinguishable from random vectors: its interval lies above every random-random one"
+        if lr["lo"] > top["hi"]
+        else "not distinguishable from random vectors at this resolution: the intervals overlap"
+    )
+    return (
+        f"Below MCS {res.config.cutoff}, EMD(learned, Rand 1) at J={j} is {lr['emd']:.4f} "
+        f"[{lr['lo']:.4f}, {lr['hi']:.4f}], against at most {top['emd']:.4f} [{top['lo']:.4f}, {top['hi']:.4f}] "
+        f"between random sets: the low mode is {verdict}."
+    )
+
+
+def liveness(res: Results, ex: Extras) -> str | None:
+    r = _row(ex.liveness, dict_size=res.featured, seed=res.seeds[0])
+    if r is None or not r["n_low"]:
+        return None
+    dead, rand = r["low_dead_fraction"], r["low_live_null_fraction"]
+    rest = 1 - dead - rand
+    main = max((dead, "dead"), (rand, "alive but random-looking"), (rest, "alive and above the null"))[1]
+    return (
+        f"Of the {r['n_low']} low-MCS features at J={res.featured}, {_pct(dead)} never fire on held-out "
+        f"activations, {_pct(rand)} fire but score below the null quantile, and {_pct(rest)} fire and score above it: "
+        f"most are {main}. Restricting the reference to its live features moves the high-MCS fraction from "
+        f"{_pct(r['high_fraction'])} to {_pct(r['high_fraction_live_ref'])}."
+    )
+
+
+def movement(res: Results, ex: Extras) -> str | None:
+    r = _row(ex.movement, dict_size=res.featured, seed=res.seeds[0])
+    if r is None or not r["n_low"]:
+        return None
+    return (
+        f"{r['low_stayed']} of {r['n_low']} low-MCS features at J={res.featured} ({_pct(r['low_stayed_fraction'])}) "
+        f"never left their initial direction (decoder cosine >= {res.config.stay_cosine} with it), against "
+        f"{_pct(r['high_stayed_fraction'])} of high-MCS features."
+    )
+
+
+def split(res: Results, ex: Extras) -> str | None:
+    rows = [r for r in ex.split if r["seed"] == res.seeds[0] and r["mixture_n_real"] is not None]
+    if not rows:
+        return None
+    est = ", ".join(f"J={r['dict_size']}: {r['mixture_n_real']:.0f}" for r in rows)
+    real = [r["mixture_n_real"] for r in rows]
+    peak = rows[int(np.argmax(real))]["dict_size"]
+    trend = (
+        "keeps growing with the dictionary"
+        if peak == rows[-1]["dict_size"]
+        else f"peaks at J={peak} and does not grow with larger dictionaries"
+    )
+    featured = _row(rows, dict_size=res.featured) or rows[0]
+    return (
+        f"With the exact null's quantile as the split, {_pct(featured['high_null_fraction'])} of J="
+        f"{featured['dict_size']} features are high-MCS (fixed {featured['threshold']}: "
+        f"{_pct(featured['high_fraction'])}). The two-component fit (exact null + learned Beta) estimates real "
+        f"features per dictionary as {est}; the estimate {trend}."
+    )
+
+
+def matching(res: Results, ex: Extras) -> str | None:
+    r = _row(ex.matching, dict_size=res.featured, seed=res.seeds[0])
+    if r is None or r.get("hungarian_mean") is None:
+        return None
+    shared = [x for x in ex.shared if x.get("shared_fraction") is not None]
+    text = (
+        f"One-to-one Hungarian matching at J={res.featured} gives a mean cosine of {r['hungarian_mean']:.3f} against "
+        f"{r['mmcs']:.3f} for plain max (MMCS); high-MCS fraction {_pct(r['high_fraction_hungarian'])} vs "
+        f"{_pct(r['high_fraction_max'])}."
+    )
+    if shared:
+        text += " Shared across seeds (Hungarian cosine >= {}): {}.".format(
+            res.config.shared_cosine, ", ".join(f"J={x['dict_size']}: {_pct(x['shared_fraction'])}" for x in shared)
+        )
+    return text
+
+
+def anisotropy(res: Results, ex: Extras) -> str | None:
+    r = _row(ex.anisotropic, dict_size=res.featured) or (ex.anisotropic[0] if ex.anisotropic else None)
+    if r is None:
+        return None
+    nulls = ("isotropic", "gaussian_cov", "activation_rows")
+    closest = min(nulls, key=lambda n: r[f"emd_full_{n}"])
+    return (
+        f"Against anisotropic nulls at J={r['dict_size']}: random N(0, S) dictionaries reach MCS >= "
+        f"{res.config.threshold} for {_pct(r['gaussian_cov_high_fraction'])} of features and dictionaries of "
+        f"activation rows for {_pct(r['activation_rows_high_fraction'])} (isotropic: "
+        f"{_pct(r['isotropic_high_fraction'])}). The learned MCS distribution is closest (full-range EMD) to the "
+        f"{closest.replace('_', ' ')} null ({r[f'emd_full_{closest}']:.4f})."
+    )
+
+
+def controls(res: Results, table: list[dict]) -> str | None:
+    j, s = res.featured, res.seeds[0]
+    mine = _row(table, variant="(note)", dict_size=j, seed=s)
+    others = sorted({r["variant"] for r in table} - {"(note)"})
+    if mine is None or not others:
+        return None
+    parts = []
+    for v in others:
+        r = _row(table, variant=v, dict_size=j, seed=s) or next((x for x in table if x["variant"] == v), None)
+        if r is None:
+            continue
+        ratio = r["high_fraction"] / mine["high_fraction"] if mine["high_fraction"] else float("nan")
+        if ratio < 0.5:
+            how = "far below"
+        elif ratio > 2:
+            how = "far above"
+        else:
+            how = "close to"
+        parts.append(
+            f"{v}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} ({how} the main run's "
+            f"{_pct(mine['high_fraction'])})"
+        )
+    return "Controls, side by side: " + "; ".join(parts) + "." if parts else None
+
+
+def ground_truth(ex: Extras) -> str | None:
+    if not ex.ground_truth:
+        return None
+    first_seed = min(r["seed"] for r in ex.ground_truth)
+    rows = sorted((r for r in ex.ground_truth if r["seed"] == first_seed), key=lambda r: r["dict_size"])
+    n_true = rows[0]["n_true"]
+    big = [r for r in rows if r["dict_size"] >= n_true]
+    rec = min((r["recovered_fraction"] for r in big), default=None)
+    low = [r for r in rows if r["low_fraction"] is not None]
+    appears = next((r["dict_size"] for r in low if r["low_fraction"] >= LOW_MODE_APPEARS), None)
+    if appears is None:
+        when = f"the low-MCS mode (>= {_pct(LOW_MODE_APPEARS)} of features) never appears"
+    elif appears > n_true:
+        when = f"the low-MCS mode first appears at J={appears}, once the dictionary exceeds the true count"
+    elif appears == n_true:
+        when = f"the low-MCS mode first appears at J={appears}, exactly at the true count"
+    else:
+        when = f"the low-MCS mode already appears at J={appears}, below the true count"
+    fractions = ", ".join(f"J={r['dict_size']}: {_pct(r['low_fraction'])}" for r in low)
+    recovered = (
+        f"dictionaries with J >= {n_true} recover at least {_pct(rec)} of them at MCS > {rows[0]['cosine']}"
+        if rec is not None
+        else "no dictionary is as large as the true count"
+    )
+    return f"Synthetic data with {n_true} true features: {recovered}; {when} (low-MCS fractions {fractions})."
+
+
+def findings(res: Results, ex: Extras, control_table: list[dict] | None = None) -> list[str]:
+    """Every finding whose numbers exist, in reading order."""
+    out = [
+        bimodality(res, ex),
+        low_mode_vs_random(res, ex),
+        liveness(res, ex),
+        movement(res, ex),
+        split(res, ex),
+        matching(res, ex),
+        anisotropy(res, ex),
+        controls(res, control_table or []),
+        ground_truth(ex),
+    ]
+    return [f for f in out if f]

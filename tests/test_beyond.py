@@ -1,0 +1,271 @@
+"""Issue 6's analysis (beyond.py, findings.py, the report's new sections) on small dictionaries made by hand."""
+
+import csv
+import re
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+import torch
+
+from sae_sweep import ConfigError
+from sae_sweep.analysis import AnalysisConfig, SourceConfig, collect_local, collect_local_variants, compute
+from sae_sweep.analysis_job import AnalyzeJob, run
+from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths
+from sae_sweep.beyond import (
+    Extras,
+    FeatureTable,
+    _liveness_row,
+    _movement_row,
+    compute_extras,
+    control_rows,
+    feature_table,
+    ground_truth_rows,
+    seed_spread,
+)
+from sae_sweep.findings import controls, ground_truth, low_mode_vs_random
+from sae_sweep.synthetic import SyntheticConfig, true_features
+from tests.test_analysis import save_dict
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+def unit_columns(m: np.ndarray) -> torch.Tensor:
+    return torch.tensor(m / np.linalg.norm(m, axis=0), dtype=torch.float32)
+
+
+def test_variants_are_collected_apart_and_the_plain_one_is_main(store):
+    save_dict(store, 8, 0)
+    save_dict(store, 8, 0, variant="untrained")
+    save_dict(store, 16, 0, variant="l1-0.0003")
+    found = collect_local_variants(store.root, 2)
+    assert sorted(found) == ["", "l1-0.0003", "untrained"]
+    assert list(found["untrained"]) == [(8, 0)] and list(found["l1-0.0003"]) == [(16, 0)]
+    assert collect_local(store.root, 2)[(8, 0)].name == "sae-L2-J8-s0"
+    assert collect_local(store.root, 2, variant="untrained")[(8, 0)].name == "sae-L2-J8-s0-untrained"
+    with pytest.raises(ConfigError, match=r"analysis.variant='resample'.*found variants '', 'l1-0.0003', 'untrained'"):
+        collect_local(store.root, 2, variant="resample")
+
+
+def test_without_the_plain_variant_the_only_one_is_main_or_the_user_picks(store):
+    save_dict(store, 8, 0, variant="synthetic")
+    assert collect_local(store.root, 2)[(8, 0)].name == "sae-L2-J8-s0-synthetic"
+    save_dict(store, 8, 0, variant="untrained")
+    with pytest.raises(ConfigError, match=r"several variants \('synthetic', 'untrained'\).*analysis.variant="):
+        collect_local(store.root, 2)
+
+
+def test_feature_table_exact(store):
+    # d_in 4. Dictionary: e0, e1, e2, (e0+e1)/sqrt2. Reference: e0, e1, e3 live, e2 dead.
+    small = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0]], dtype=float)
+    save_dict(store, 4, 0, d_in=4, decoder=unit_columns(small), counts=np.array([0, 5, 10, 20]))
+    ref = np.eye(4)[:, [0, 1, 3, 2]]
+    save_dict(
+        store, 8, 0, d_in=4, decoder=unit_columns(np.concatenate([ref, ref], 1)), counts=np.array([1, 1, 1, 0] * 2)
+    )
+    d = collect_local(store.root, 2)
+    a = d[(4, 0)]
+    # encoder rows: set by hand; the init decoder is whatever SparseAutoencoder drew (kept in the file)
+    a.tensors["encoder.weight"] = torch.tensor(
+        [[1, 0, 0, 0], [-1, 0, 0, 0], [0, 0, 2, 0], [0, 1, 0, 0]], dtype=torch.float32
+    )
+    a.config["harvest"] = {"n_val_tokens": 40}
+    cfg = AnalysisConfig()
+    t = feature_table(a, d[(8, 0)], np.array([1.0, 1.0, 0.0, 0.7]), cfg)
+    np.testing.assert_allclose(t.enc_dec_cos, [1, 0, 1, 1 / np.sqrt(2)], atol=1e-6)
+    np.testing.assert_allclose(t.firing, [0, 0.125, 0.25, 0.5])
+    np.testing.assert_allclose(t.mcs_live_ref, [1, 1, 0, 1 / np.sqrt(2)], atol=1e-6)  # e2 is only in dead columns
+    init = a.tensors["decoder_init"].numpy()
+    dec = a.decoder.numpy()
+    expected = (init * dec).sum(0) / np.linalg.norm(init, axis=0) / np.linalg.norm(dec, axis=0)
+    np.testing.assert_allclose(t.init_cos, expected, atol=1e-6)
+
+
+def table(mcs, firing, init_cos=None, live=None) -> FeatureTable:
+    mcs = np.asarray(mcs, dtype=float)
+    return FeatureTable(
+        mcs=mcs,
+        mcs_live_ref=mcs if live is None else np.asarray(live, dtype=float),
+        firing=np.asarray(firing, dtype=float),
+        enc_dec_cos=np.linspace(-1, 1, mcs.size),
+        init_cos=np.zeros(mcs.size) if init_cos is None else np.asarray(init_cos, dtype=float),
+    )
+
+
+def test_liveness_row_exact():
+    # 6 features: low = the first four (MCS < 0.5); of them two dead, one live below q=0.4, one live above.
+    t = table([0.2, 0.3, 0.35, 0.45, 0.9, 0.95], [0, 0, 0.01, 0.1, 0.0, 0.001], live=[0.2, 0.6, 0.6, 0.6, 0.9, 0.3])
+    r = _liveness_row(64, 1, t, AnalysisConfig(threshold=0.5), q=0.4)
+    assert (r["dict_size"], r["seed"], r["n_low"]) == (64, 1, 4)
+    assert r["low_dead_fraction"] == 0.5 and r["low_live_null_fraction"] == 0.25
+    assert r["high_dead_fraction"] == 0.5
+    assert r["median_log10_freq_low"] == pytest.approx(-1.5)
+    assert r["high_fraction"] == pytest.approx(2 / 6) and r["high_fraction_live_ref"] == pytest.approx(4 / 6)
+
+
+def test_movement_row_exact():
+    t = table([0.1, 0.2, 0.3, 0.9], [1, 1, 1, 1], init_cos=[1.0, 0.995, 0.5, 0.999])
+    r = _movement_row(8, 0, t, AnalysisConfig(threshold=0.5, stay_cosine=0.99))
+    assert (r["n_low"], r["low_stayed"]) == (3, 2)
+    assert r["low_stayed_fraction"] == pytest.approx(2 / 3) and r["high_stayed_fraction"] == 1.0
+    assert r["median_init_cos_low"] == pytest.approx(0.995)
+
+
+def test_seed_spread_exact():
+    ex = Extras("", {})
+    ex.split = [
+        {"dict_size": 8, "seed": 0, "high_fraction": 0.2, "high_null_fraction": 0.5, "mixture_n_real": 3.0},
+        {"dict_size": 8, "seed": 1, "high_fraction": 0.4, "high_null_fraction": 0.5, "mixture_n_real": 5.0},
+    ]
+    rows = {r["metric"]: r for r in seed_spread(ex)}
+    assert rows["high_fraction"]["mean"] == pytest.approx(0.3)
+    assert rows["high_fraction"]["sd"] == pytest.approx(np.sqrt(0.02))
+    assert rows["high_null_fraction"]["sd"] == 0.0 and rows["mixture_n_real"]["max"] == 5.0
+
+
+def planted(store, n_true=8, d_in=16, sizes=(4, 8, 16, 32), seed=0, variant="synthetic", synthetic=None):
+    """A size-J dictionary holds min(J, n_true) true features, then random directions. True features: the first
+    n_true basis vectors, or those of a SyntheticConfig (recorded in config.json as the synthetic sweep does)."""
+    rng = np.random.default_rng(seed)
+    true = np.eye(d_in)[:n_true] if synthetic is None else true_features(synthetic)
+    extra = {} if synthetic is None else {"synthetic": asdict(synthetic)}
+    for J in sizes:
+        k = min(J, len(true))
+        cols = np.concatenate([true[:k].T, rng.normal(size=(d_in, J - k))], axis=1)
+        save_dict(store, J, seed, d_in=d_in, decoder=unit_columns(cols), variant=variant, extra=extra)
+    return true
+
+
+def test_ground_truth_rows_exact(store):
+    true = planted(store)
+    dicts = collect_local(store.root, 2)
+    res = compute(dicts, AnalysisConfig(n_random=2))
+    rows = {r["dict_size"]: r for r in ground_truth_rows(res, dicts, true, AnalysisConfig(), {})}
+    assert rows[4]["recovered_fraction"] == 0.5 and rows[4]["matched_fraction"] == 1.0
+    assert rows[8]["recovered_fraction"] == 1.0 and rows[8]["matched_fraction"] == 1.0
+    assert rows[16]["recovered_fraction"] == 1.0 and rows[16]["matched_fraction"] == 0.5
+    assert rows[32]["matched_fraction"] == 0.25 and rows[32]["low_fraction"] is None  # the reference itself
+    assert rows[4]["low_fraction"] == 0.0  # its 4 true features are all in the reference
+
+
+def test_ground_truth_finding_follows_the_numbers():
+    ex = Extras("synthetic", {})
+    base = {"seed": 0, "n_true": 8, "cosine": 0.9, "matched_fraction": 1.0, "mixture_n_real": None}
+    ex.ground_truth = [
+        {**base, "dict_size": 4, "recovered_fraction": 0.5, "low_fraction": 0.0},
+        {**base, "dict_size": 8, "recovered_fraction": 1.0, "low_fraction": 0.05},
+        {**base, "dict_size": 16, "recovered_fraction": 1.0, "low_fraction": 0.5},
+    ]
+    text = ground_truth(ex)
+    assert "first appears at J=16, once the dictionary exceeds the true count" in text
+    assert "recover at least 100.0% of them" in text
+    ex.ground_truth[0]["low_fraction"] = 0.3
+    assert "already appears at J=4, below the true count" in ground_truth(ex)
+    ex.ground_truth[1]["recovered_fraction"] = 0.8
+    assert "recover at least 80.0% of them" in ground_truth(ex)
+
+
+def test_control_rows_and_their_finding(store):
+    for variant in ("", "untrained"):
+        planted(store, variant=variant)
+    found = collect_local_variants(store.root, 2)
+    cfg = AnalysisConfig(n_random=2)
+    table = []
+    results = {}
+    for variant, dicts in found.items():
+        results[variant] = compute(dicts, cfg)
+        table += control_rows(variant, results[variant], dicts)
+    assert {r["variant"] for r in table} == {"(note)", "untrained"}
+    row = next(r for r in table if r["variant"] == "(note)" and r["dict_size"] == 4)
+    assert (
+        row["high_fraction"] == 1.0 and row["reference"] == 32 and row["low_dead_fraction"] != row["low_dead_fraction"]
+    )
+    res = results[""]
+    assert "untrained: 75.0% high-MCS at J=16 (close to the main run's 75.0%)" in controls(res, table)
+    for r in table:
+        if r["variant"] == "untrained":
+            r["high_fraction"] *= 0.25
+    assert "untrained: 18.8% high-MCS at J=16 (far below the main run's 75.0%)" in controls(res, table)
+
+
+def test_low_mode_verdict_compares_intervals():
+    res = type("R", (), {"featured": 8, "config": AnalysisConfig()})()
+    ex = Extras("", {})
+    ex.emd_ci = [
+        {"dict_size": 8, "a": "learned", "b": "rand1", "emd": 0.05, "lo": 0.04, "hi": 0.06},
+        {"dict_size": 8, "a": "rand1", "b": "rand2", "emd": 0.01, "lo": 0.005, "hi": 0.02},
+    ]
+    assert "is distinguishable from random vectors" in low_mode_vs_random(res, ex)
+    ex.emd_ci[1]["hi"] = 0.045
+    assert "not distinguishable" in low_mode_vs_random(res, ex)
+
+
+def test_findings_change_when_the_numbers_change(store, tmp_path):
+    planted(store, variant="", seed=0)
+    job = AnalyzeJob(
+        AnalysisConfig(n_random=2, n_boot=200),
+        SourceConfig(),
+        LoggerConfig(kind="none"),
+        Paths(tmp_path),
+        tmp_path / "a",
+    )
+    first = _findings_section(run(job).read_text())
+    # Replace the featured dictionary (J=16) by random directions: the numbers move, so must the findings.
+    save_dict(store, 16, 0, d_in=16, decoder=unit_columns(np.random.default_rng(5).normal(size=(16, 16))))
+    second = _findings_section(run(replace(job, out_dir=tmp_path / "b")).read_text())
+    assert first != second
+    assert first.count("\n- ") >= 4 and second.count("\n- ") >= 4
+
+
+def _findings_section(text: str) -> str:
+    return re.search(r"## Findings\n(.*?)\n## ", text, re.S).group(1)
+
+
+def test_report_has_every_new_section_and_links_exist(store, tmp_path):
+    planted(store, variant="")
+    planted(store, variant="untrained", seed=0)
+    planted(store, variant="synthetic", synthetic=SyntheticConfig(n_features=8, d_in=16))
+    out = tmp_path / "analysis"
+    job = AnalyzeJob(
+        AnalysisConfig(n_random=2, n_boot=100), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path), out
+    )
+    text = run(job).read_text()
+    for heading in (
+        "## Findings",
+        "### Liveness against MCS",
+        "### Movement from initialisation",
+        "### Matching beyond max",
+        "### A principled split",
+        "### Error bars",
+        "### Anisotropic nulls",
+        "### Controls",
+    ):
+        assert heading in text, heading
+    for name in ("liveness.csv", "movement.csv", "matching.csv", "split.csv", "emd_ci.csv", "controls.csv"):
+        assert (out / name).stat().st_size > 0, name
+    for link in re.findall(r"\]\(([^)]+)\)", text):
+        assert (out / link).is_file(), link
+    for fig in ("fig13", "fig14", "fig15", "fig17", "fig18"):
+        assert f"{fig}_" in text, fig
+    truth = {r["dict_size"]: r for r in csv.DictReader(open(out / "ground_truth.csv"))}
+    assert truth["4"]["recovered_fraction"] == "0.5" and truth["16"]["matched_fraction"] == "0.5"
+    assert "### synthetic data (variant 'synthetic')" in text and "Synthetic data with 8 true features" in text
+
+
+def test_compute_extras_fits_and_intervals(store):
+    planted(store, variant="")
+    dicts = collect_local(store.root, 2)
+    cfg = AnalysisConfig(n_random=2, n_boot=200)
+    res = compute(dicts, cfg)
+    ex = compute_extras(res, dicts, cfg)
+    assert sorted(ex.features) == [(4, 0), (8, 0), (16, 0)]
+    assert {r["dict_size"] for r in ex.emd_ci} == {4, 8, 16}
+    for r in ex.emd_ci:
+        assert r["lo"] <= r["emd"] <= r["hi"] or r["lo"] <= r["hi"]
+    for r in ex.split:
+        assert r["high_lo"] <= r["high_fraction"] <= r["high_hi"]
+    m = next(r for r in ex.matching if r["dict_size"] == 8)
+    assert m["hungarian_mean"] == pytest.approx(1.0, abs=1e-6) and m["mmcs"] == pytest.approx(1.0, abs=1e-6)
