@@ -372,8 +372,10 @@ def ground_truth_rows(
                 "seed": s,
                 "n_true": true.shape[0],
                 "cosine": cfg.recovered_cosine,
+                "threshold": cfg.threshold,
                 "recovered_fraction": _frac(true_mcs > cfg.recovered_cosine),
                 "matched_fraction": _frac(dict_mcs > cfg.recovered_cosine),  # dictionary features that are true ones
+                "low_vs_truth_fraction": _frac(dict_mcs < cfg.threshold),  # the low-MCS mode, scored against the truth
                 "low_fraction": None if v is None else _frac(v < cfg.threshold),
                 "mixture_n_real": None if fit is None else fit.n_real,
             }
@@ -412,6 +414,7 @@ def control_rows(variant: str, res: Results, dicts: dict[Key, Dictionary], fits:
                     "dead_fraction": metrics.get("val/dead_fraction"),
                     "fvu": metrics.get("val/fvu"),
                     "l0": metrics.get("val/l0"),
+                    "n_resampled": d.config.get("n_resampled", 0),
                     "emd_learned_rand1": float(m[learned, names.index("rand1")]),
                 }
             )

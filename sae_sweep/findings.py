@@ -153,10 +153,22 @@ def controls(res: Results, table: list[dict]) -> str | None:
         else:
             how = "close to"
         parts.append(
-            f"{v}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} ({how} the main run's "
-            f"{_pct(mine['high_fraction'])})"
+            f"{v}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} against its J={r['reference']} "
+            f"({how} the main run's {_pct(mine['high_fraction'])} against J={mine['reference']})"
         )
     return "Controls, side by side: " + "; ".join(parts) + "." if parts else None
+
+
+def _first_low(rows: list[dict], key: str, n_true: int) -> str:
+    """Where the low-MCS mode (>= LOW_MODE_APPEARS of a dictionary) first appears, relative to the true count."""
+    appears = next((r["dict_size"] for r in rows if r[key] is not None and r[key] >= LOW_MODE_APPEARS), None)
+    if appears is None:
+        return f"never appears (no size has >= {_pct(LOW_MODE_APPEARS)} of its features there)"
+    if appears > n_true:
+        return f"first appears at J={appears}, once the dictionary exceeds the true count"
+    if appears == n_true:
+        return f"first appears at J={appears}, exactly at the true count"
+    return f"already appears at J={appears}, below the true count"
 
 
 def ground_truth(ex: Extras) -> str | None:
@@ -164,26 +176,20 @@ def ground_truth(ex: Extras) -> str | None:
         return None
     first_seed = min(r["seed"] for r in ex.ground_truth)
     rows = sorted((r for r in ex.ground_truth if r["seed"] == first_seed), key=lambda r: r["dict_size"])
-    n_true = rows[0]["n_true"]
-    big = [r for r in rows if r["dict_size"] >= n_true]
-    rec = min((r["recovered_fraction"] for r in big), default=None)
-    low = [r for r in rows if r["low_fraction"] is not None]
-    appears = next((r["dict_size"] for r in low if r["low_fraction"] >= LOW_MODE_APPEARS), None)
-    if appears is None:
-        when = f"the low-MCS mode (>= {_pct(LOW_MODE_APPEARS)} of features) never appears"
-    elif appears > n_true:
-        when = f"the low-MCS mode first appears at J={appears}, once the dictionary exceeds the true count"
-    elif appears == n_true:
-        when = f"the low-MCS mode first appears at J={appears}, exactly at the true count"
-    else:
-        when = f"the low-MCS mode already appears at J={appears}, below the true count"
-    fractions = ", ".join(f"J={r['dict_size']}: {_pct(r['low_fraction'])}" for r in low)
-    recovered = (
-        f"dictionaries with J >= {n_true} recover at least {_pct(rec)} of them at MCS > {rows[0]['cosine']}"
-        if rec is not None
-        else "no dictionary is as large as the true count"
+    n_true, cos = rows[0]["n_true"], rows[0]["cosine"]
+    recovered = ", ".join(f"J={r['dict_size']}: {_pct(r['recovered_fraction'])}" for r in rows)
+    truth = ", ".join(f"J={r['dict_size']}: {_pct(r['low_vs_truth_fraction'])}" for r in rows)
+    text = (
+        f"Synthetic data with {n_true} true features. True features recovered at MCS > {cos}: {recovered}. "
+        f"Scored against the true features, the low-MCS mode {_first_low(rows, 'low_vs_truth_fraction', n_true)} "
+        f"(dictionary features below {rows[0]['threshold']}: {truth})"
     )
-    return f"Synthetic data with {n_true} true features: {recovered}; {when} (low-MCS fractions {fractions})."
+    low = [r for r in rows if r["low_fraction"] is not None]
+    if low:
+        text += (
+            f"; scored against the largest dictionary, as the note does, it {_first_low(low, 'low_fraction', n_true)}"
+        )
+    return text + "."
 
 
 def findings(res: Results, ex: Extras, control_table: list[dict] | None = None) -> list[str]:

@@ -153,19 +153,22 @@ def test_ground_truth_rows_exact(store):
 
 def test_ground_truth_finding_follows_the_numbers():
     ex = Extras("synthetic", {})
-    base = {"seed": 0, "n_true": 8, "cosine": 0.9, "matched_fraction": 1.0, "mixture_n_real": None}
+    base = {"seed": 0, "n_true": 8, "cosine": 0.9, "threshold": 0.5, "matched_fraction": 1.0, "mixture_n_real": None}
     ex.ground_truth = [
-        {**base, "dict_size": 4, "recovered_fraction": 0.5, "low_fraction": 0.0},
-        {**base, "dict_size": 8, "recovered_fraction": 1.0, "low_fraction": 0.05},
-        {**base, "dict_size": 16, "recovered_fraction": 1.0, "low_fraction": 0.5},
+        {**base, "dict_size": 4, "recovered_fraction": 0.5, "low_vs_truth_fraction": 0.0, "low_fraction": 0.0},
+        {**base, "dict_size": 8, "recovered_fraction": 1.0, "low_vs_truth_fraction": 0.05, "low_fraction": 0.05},
+        {**base, "dict_size": 16, "recovered_fraction": 1.0, "low_vs_truth_fraction": 0.5, "low_fraction": None},
     ]
     text = ground_truth(ex)
-    assert "first appears at J=16, once the dictionary exceeds the true count" in text
-    assert "recover at least 100.0% of them" in text
+    assert "Scored against the true features, the low-MCS mode first appears at J=16, once the dictionary" in text
+    assert "against the largest dictionary, as the note does, it never appears" in text
+    assert "recovered at MCS > 0.9: J=4: 50.0%, J=8: 100.0%, J=16: 100.0%" in text
+    ex.ground_truth[1]["low_vs_truth_fraction"] = 0.1
+    assert "the low-MCS mode first appears at J=8, exactly at the true count" in ground_truth(ex)
     ex.ground_truth[0]["low_fraction"] = 0.3
-    assert "already appears at J=4, below the true count" in ground_truth(ex)
+    assert "as the note does, it already appears at J=4, below the true count" in ground_truth(ex)
     ex.ground_truth[1]["recovered_fraction"] = 0.8
-    assert "recover at least 80.0% of them" in ground_truth(ex)
+    assert "J=8: 80.0%" in ground_truth(ex)
 
 
 def test_control_rows_and_their_finding(store):
@@ -184,11 +187,13 @@ def test_control_rows_and_their_finding(store):
         row["high_fraction"] == 1.0 and row["reference"] == 32 and row["low_dead_fraction"] != row["low_dead_fraction"]
     )
     res = results[""]
-    assert "untrained: 75.0% high-MCS at J=16 (close to the main run's 75.0%)" in controls(res, table)
+    assert "untrained: 75.0% high-MCS at J=16 against its J=32 (close to the main run's 75.0% against J=32)" in (
+        controls(res, table)
+    )
     for r in table:
         if r["variant"] == "untrained":
             r["high_fraction"] *= 0.25
-    assert "untrained: 18.8% high-MCS at J=16 (far below the main run's 75.0%)" in controls(res, table)
+    assert "untrained: 18.8% high-MCS at J=16 against its J=32 (far below the main run's" in controls(res, table)
 
 
 def test_low_mode_verdict_compares_intervals():
@@ -253,6 +258,7 @@ def test_report_has_every_new_section_and_links_exist(store, tmp_path):
     truth = {r["dict_size"]: r for r in csv.DictReader(open(out / "ground_truth.csv"))}
     assert truth["4"]["recovered_fraction"] == "0.5" and truth["16"]["matched_fraction"] == "0.5"
     assert "### synthetic data (variant 'synthetic')" in text and "Synthetic data with 8 true features" in text
+    assert truth["32"]["low_vs_truth_fraction"] == "0.75"  # 24 random columns of 32
 
 
 def test_compute_extras_fits_and_intervals(store):

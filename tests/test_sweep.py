@@ -44,6 +44,14 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
     assert len(list(root.glob("runs/sae-*/wandb/offline-run-*"))) == 4
 
+    # A control sweep beside it: suffixed names, the main dictionaries untouched.
+    control = run_train(["-m", *SMOKE, "control=small_l1", "sae.dict_size=64,128", "sae.seed=0"], root)
+    assert control.returncode == 0, out(control)[-4000:]
+    assert sorted(store.names("sae-dictionary")) == sorted(
+        [*names, "sae-L2-J128-s0-l1-0.0003", "sae-L2-J64-s0-l1-0.0003"]
+    )
+    assert all(store.get(n).version == 0 for n in names)
+
     # analyze.py on the sweep's output: every figure and table report.md links exists, and a W&B analysis run.
     analysis = subprocess.run(
         [sys.executable, str(REPO / "analyze.py")],
@@ -58,6 +66,14 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert f"report: {report}" in out(analysis)
     links = re.findall(r"\]\(([^)]+)\)", report.read_text())
     assert {"fig03_mcs_hist.png", "fig07_emd_alt.png", "fig11_counts.png", "emd_J64.csv", "counts.csv"} <= set(links)
+    # Issue 6's sections, each with its table, on real dictionaries
+    text = report.read_text()
+    beyond = {"liveness.csv", "movement.csv", "matching.csv", "shared_seeds.csv", "split.csv", "emd_ci.csv"}
+    beyond |= {"seed_spread.csv", "anisotropic.csv", "controls.csv", "fig13_mcs_vs_firing.png", "fig17_controls.png"}
+    assert beyond <= set(links), beyond - set(links)
+    for name in beyond - {"fig13_mcs_vs_firing.png", "fig17_controls.png"}:
+        assert len((report.parent / name).read_text().splitlines()) >= 2, name  # a header and at least one row
+    assert "## Findings" in text and "l1-0.0003" in (report.parent / "controls.csv").read_text()
     assert all((report.parent / link).is_file() for link in links)
     assert "Figure 9 |" in report.read_text() and "skipped (needs" in report.read_text()  # 2 sizes: no scatter
     assert list(root.glob("runs/analysis/wandb/offline-run-*"))
