@@ -67,7 +67,23 @@ def liveness(res: Results, ex: Extras) -> str | None:
         f"activations, {_pct(rand)} fire but score below the null quantile, and {_pct(rest)} fire and score above it: "
         f"most are {main}. Restricting the reference to its live features moves the high-MCS fraction from "
         f"{_pct(r['high_fraction'])} to {_pct(r['high_fraction_live_ref'])}."
-    )
+    ) + _rarity(r)
+
+
+def _rarity(r: dict) -> str:
+    """How often the live low- and high-MCS features fire, and how far their encoders turned from their decoders."""
+    lo, hi = r["median_log10_freq_low"], r["median_log10_freq_high"]
+    if lo is None or hi is None:
+        return ""
+    ratio = 10 ** (hi - lo)
+    how = f"{ratio:.0f} times less often than" if ratio >= 2 else "about as often as"
+    text = f" The live low-MCS features fire {how} high-MCS ones (median frequency 10^{lo:.2f} vs 10^{hi:.2f})"
+    if r["enc_dec_cos_low"] is not None and r["enc_dec_cos_high"] is not None:
+        text += (
+            f", and their encoder rows keep a median cosine of {r['enc_dec_cos_low']:.2f} with their decoder columns "
+            f"(high-MCS: {r['enc_dec_cos_high']:.2f})"
+        )
+    return text + "."
 
 
 def movement(res: Results, ex: Extras) -> str | None:

@@ -23,7 +23,7 @@ from sae_sweep.beyond import (
     ground_truth_rows,
     seed_spread,
 )
-from sae_sweep.findings import controls, ground_truth, low_mode_vs_random
+from sae_sweep.findings import controls, ground_truth, liveness, low_mode_vs_random
 from sae_sweep.synthetic import SyntheticConfig, true_features
 from tests.test_analysis import save_dict
 
@@ -194,6 +194,20 @@ def test_control_rows_and_their_finding(store):
         if r["variant"] == "untrained":
             r["high_fraction"] *= 0.25
     assert "untrained: 18.8% high-MCS at J=16 against its J=32 (far below the main run's" in controls(res, table)
+
+
+def test_liveness_finding_reports_rarity_from_the_row():
+    res = type("R", (), {"featured": 8, "seeds": [0], "config": AnalysisConfig()})()
+    ex = Extras("", {})
+    row = {"dict_size": 8, "seed": 0, "n_low": 10, "low_dead_fraction": 0.1, "low_live_null_fraction": 0.7}
+    row |= {"high_fraction": 0.5, "high_fraction_live_ref": 0.6, "median_log10_freq_low": -4.0}
+    row |= {"median_log10_freq_high": -1.0, "enc_dec_cos_low": 0.95, "enc_dec_cos_high": 0.4}
+    ex.liveness = [row]
+    text = liveness(res, ex)
+    assert "10.0% never fire" in text and "70.0% fire but score below" in text and "most are alive but random" in text
+    assert "fire 1000 times less often than high-MCS ones" in text and "median cosine of 0.95" in text
+    row["median_log10_freq_low"] = -1.1
+    assert "fire about as often as high-MCS ones" in liveness(res, ex)
 
 
 def test_low_mode_verdict_compares_intervals():
