@@ -9,6 +9,7 @@ import csv
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import warnings
@@ -402,18 +403,91 @@ class CheckpointOnSigterm(pl.Callback):
 
     Lightning notes the signal (``trainer.received_sigterm``) but, in one process, only acts on it at the end of an
     epoch, and our runs are one long epoch: without this, a pre-empted job would train on until SIGKILL.
+
+    With several processes (ddp_spawn workers, or one SLURM task per rank) the ranks must stop at the same step, and
+    the signal reaches each at a different point of its step. So, while training runs, each rank only notes the
+    signal (this replaces Lightning's handler, which would run a collective inside the handler, wherever the rank
+    happens to be), and at the end of every step the ranks agree (one all-reduce of a flag): if any rank was
+    signalled, all save last.ckpt at that step and stop together.
     """
 
     def __init__(self, ckpt_path: Path) -> None:
         self.ckpt_path = ckpt_path
+        self._pending, self._rank = False, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After Lightning registered its handlers (just before the fit loop); its teardown restores the ones before.
+        self._pending, self._rank = False, trainer.global_rank
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note_signal)
+
+    def _note_signal(self, signum, frame) -> None:
+        if not self._pending:
+            log.warning(
+                "rank %d (pid %d) received SIGTERM: finishing this step, then all ranks save last.ckpt and stop",
+                self._rank,
+                os.getpid(),
+            )
+        self._pending = True
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if getattr(trainer, "received_sigterm", False):
-            trainer.save_checkpoint(self.ckpt_path)
+        pending = self._pending or bool(getattr(trainer, "received_sigterm", False))
+        if trainer.world_size > 1:  # every rank takes part, every step, so that all stop at the same one
+            pending = trainer.strategy.reduce_boolean_decision(pending, all=False)
+        if not pending:
+            return
+        trainer.save_checkpoint(self.ckpt_path)  # rank 0 writes, then all wait at a barrier
+        if trainer.world_size > 1:
+            # The first rank to end makes the launcher terminate the others: flush the metrics before any ends.
+            for logger in trainer.loggers:
+                logger.save()
+            trainer.strategy.barrier("sigterm-saved")
+        raise Interrupted(
+            f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}. "
+            "Rerun the same command to resume."
+        )
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, **kwargs) -> None:
+    """``trainer.fit``, with SIGTERM handled in the main process of a spawning strategy (``ddp_spawn``).
+
+    That process only launches the workers and waits; by default SIGTERM would kill it at once and take the workers
+    with it. Here it survives the signal, passes it on to the workers (who are signalled directly too when the whole
+    process group is, as by SLURM; they stop together at a step and save last.ckpt there, see CheckpointOnSigterm),
+    waits for them, and raises ``Interrupted`` (exit status 143) with the step they stopped at.
+    """
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher  # noqa: PLC0415
+    from torch.multiprocessing.spawn import ProcessException  # noqa: PLC0415
+
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _MultiProcessingLauncher) or threading.current_thread() is not threading.main_thread():
+        trainer.fit(module, **kwargs)
+        return
+    received: list[int] = []
+
+    def pass_on(signum, frame) -> None:
+        if not received:
+            log.warning("received SIGTERM: passing it on to the worker processes and waiting for them to save")
+        received.append(signum)
+        launcher.kill(signum)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        trainer.fit(module, **kwargs)
+    except ProcessException as exc:
+        stopped = re.findall(r"^sae_sweep\.Interrupted: (.+)$", str(exc), flags=re.MULTILINE)
+        if stopped:
+            raise Interrupted(stopped[-1]) from None
+        if received:
             raise Interrupted(
-                f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved to {self.ckpt_path}. "
-                "Rerun the same command to resume."
-            )
+                f"stopped by SIGTERM before the workers could save a checkpoint ({exc}); rerun the same command to "
+                "resume from the last periodic one"
+            ) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        log.warning("SIGTERM came after the last training step: finishing the job")
 
 
 def requeue_signal() -> signal.Signals:

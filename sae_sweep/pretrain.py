@@ -31,6 +31,7 @@ from sae_sweep.lit import (
     TrainerConfig,
     build_loggers,
     build_trainer,
+    fit,
 )
 from sae_sweep.model import GPT, GPTConfig
 from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
@@ -117,7 +118,7 @@ def run(job: PretrainJob) -> Artifact:
         grad_clip=job.pretrain.grad_clip,
     )
     datamodule = TokenDataModule(tokens.path / "train.bin", tokens.path / "val.bin", model_cfg.block_size, job.pretrain)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:

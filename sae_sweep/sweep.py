@@ -38,6 +38,7 @@ from sae_sweep.lit import (
     TrainerConfig,
     build_loggers,
     build_trainer,
+    fit,
 )
 from sae_sweep.lit_sae import ActivationDataModule, SAEModule, evaluate_sae
 from sae_sweep.pretrain import PretrainJob, export_untrained
@@ -175,7 +176,7 @@ def run(job: SAEJob) -> Artifact:
         ckpt_every=job.sae.ckpt_every,
         log_every=job.sae.log_every,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:

@@ -100,7 +100,7 @@ def test_bimodal_and_demo_experiments_sweep_the_notes_sizes():
         bimodal = hydra_compose("train", overrides=["experiment=bimodal"], return_hydra_config=True)
         demo = hydra_compose("train", overrides=["experiment=demo"], return_hydra_config=True)
     assert dict(bimodal.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
-    assert dict(demo.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0"}
+    assert dict(demo.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
     assert bimodal.sae.l1_coeff == 1e-3 and bimodal.harvest.layer == 2
 
 

@@ -14,6 +14,7 @@ import torch
 
 from sae_sweep import DataError
 from sae_sweep.artifacts import ArtifactStore, load_dictionary, load_gpt, write_dictionary
+from sae_sweep.runs import verify_checkpoint
 from sae_sweep.sae import SAEConfig, SparseAutoencoder
 
 from ..conftest import REPO, SMOKE, fresh_root, run_train
@@ -133,6 +134,51 @@ def test_interrupted_sae_job_resumes_to_the_uninterrupted_result(gpt_root, tmp_p
     resumed = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
     assert_whole_curves(resumed.path / "metrics.csv")
     assert_same_tensors(resumed.tensors, reference_sae.tensors, "dictionary")
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
+DDP_SAE_ARGS = [*SMOKE, "logger=none", "harvest.n_tokens=100000", "sae.dict_size=1024", "sae.ckpt_every=25", *DDP]
+DDP_STEPS = 100000 // (256 * 2)  # each step takes one batch per process
+
+
+def test_sigterm_under_ddp_checkpoints_and_resumes(gpt_root, tmp_path):
+    """SIGTERM to the process group of a ddp_spawn job (as SLURM or scancel sends it): the main process survives it
+    and waits, both workers finish the same step, last.ckpt is written at it, and the job exits 143; the same
+    command again resumes there and finishes."""
+    root = fresh_root(gpt_root, tmp_path)
+    args = [*DDP_SAE_ARGS, "trainer.progress_bar=false"]
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, signalled as a whole
+    )
+    try:
+        wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
+        time.sleep(0.3)  # into the steps after the periodic checkpoint
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        end_all(proc)
+    assert proc.returncode == 143, output[-3000:]
+    assert "stopped by SIGTERM at step" in output and "Rerun the same command to resume" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    (ckpt,) = root.glob("runs/sae-*/checkpoints/last.ckpt")
+    assert 0 < step < DDP_STEPS, output[-3000:]
+    assert torch.load(verify_checkpoint(ckpt), map_location="cpu", weights_only=False)["global_step"] == step
+    assert not ArtifactStore(root / "store").names("sae-dictionary")
+
+    again = run_train(args, root)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "resuming from" in log and "Restored all states" in log, log[-3000:]
+    resumed = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
+    assert resumed.config["steps"] == DDP_STEPS
+    assert_whole_curves(resumed.path / "metrics.csv", last_step=DDP_STEPS)
 
 
 def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path):
