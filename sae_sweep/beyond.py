@@ -383,6 +383,14 @@ def ground_truth_rows(
     return rows
 
 
+def first_seed_rows(rows: list[dict]) -> list[dict]:
+    """The rows of the smallest seed, by dictionary size (what a single-seed figure or sentence shows)."""
+    if not rows:
+        return []
+    seed = min(r["seed"] for r in rows)
+    return sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["dict_size"])
+
+
 # ------------------------------------------------------------------------------------------------ controls
 
 

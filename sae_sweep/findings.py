@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sae_sweep.analysis import Results
-from sae_sweep.beyond import Extras
+from sae_sweep.beyond import Extras, first_seed_rows
 
 LOW_MODE_APPEARS = 0.10  # the low-MCS mode "appears" when at least this fraction of a dictionary is low-MCS
 
@@ -190,8 +190,7 @@ def _first_low(rows: list[dict], key: str, n_true: int) -> str:
 def ground_truth(ex: Extras) -> str | None:
     if not ex.ground_truth:
         return None
-    first_seed = min(r["seed"] for r in ex.ground_truth)
-    rows = sorted((r for r in ex.ground_truth if r["seed"] == first_seed), key=lambda r: r["dict_size"])
+    rows = first_seed_rows(ex.ground_truth)
     n_true, cos = rows[0]["n_true"], rows[0]["cosine"]
     recovered = ", ".join(f"J={r['dict_size']}: {_pct(r['recovered_fraction'])}" for r in rows)
     truth = ", ".join(f"J={r['dict_size']}: {_pct(r['low_vs_truth_fraction'])}" for r in rows)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sae_sweep.analysis import Results, correlations, counts, pair_table  # noqa: E402
-from sae_sweep.beyond import Extras  # noqa: E402
+from sae_sweep.beyond import Extras, first_seed_rows  # noqa: E402
 from sae_sweep.similarity import analytic_null_pdf  # noqa: E402
 
 LEARNED, RANDOM, NULL = "tab:blue", "tab:orange", "black"
@@ -468,9 +468,7 @@ def fig_controls(table: list[dict], path: Path) -> Path | None:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for v in variants:
-        rows = sorted((r for r in table if r["variant"] == v), key=lambda r: (r["seed"], r["dict_size"]))
-        seed = rows[0]["seed"]
-        rows = [r for r in rows if r["seed"] == seed]
+        rows = first_seed_rows([r for r in table if r["variant"] == v])
         sizes = [r["dict_size"] for r in rows]
         a1.plot(sizes, [r["high_fraction"] for r in rows], marker="o", label=v)
         a2.plot(sizes, [np.nan if r["mixture_n_real"] is None else r["mixture_n_real"] for r in rows], marker="o")
@@ -484,14 +482,7 @@ def fig_controls(table: list[dict], path: Path) -> Path | None:
 
 def fig_ground_truth(ex: Extras, path: Path) -> Path | None:
     """Figure 18: synthetic data: true features recovered and low-MCS fraction per size, true count marked."""
-    rows = (
-        sorted(
-            (r for r in ex.ground_truth if r["seed"] == min(x["seed"] for x in ex.ground_truth)),
-            key=lambda r: r["dict_size"],
-        )
-        if ex.ground_truth
-        else []
-    )
+    rows = first_seed_rows(ex.ground_truth)
     if not rows:
         return None
     sizes = [r["dict_size"] for r in rows]

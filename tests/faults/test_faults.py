@@ -31,7 +31,7 @@ GPT_ARGS = [
 ]
 
 
-def start(args: list[str], root) -> subprocess.Popen:
+def start(args: list[str], root, **popen) -> subprocess.Popen:
     env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
@@ -40,6 +40,7 @@ def start(args: list[str], root) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        **popen,
     )
 
 
@@ -147,16 +148,7 @@ def test_sigterm_under_ddp_checkpoints_and_resumes(gpt_root, tmp_path):
     command again resumes there and finishes."""
     root = fresh_root(gpt_root, tmp_path)
     args = [*DDP_SAE_ARGS, "trainer.progress_bar=false"]
-    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, signalled as a whole
-    )
+    proc = start(args, root, start_new_session=True)  # its own process group, signalled as a whole
     try:
         wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
         time.sleep(0.3)  # into the steps after the periodic checkpoint
