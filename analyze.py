@@ -6,16 +6,17 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sae_sweep import SaeSweepError
+from sae_sweep.errors import SaeSweepError
 
 log = logging.getLogger("sae_sweep")
 
 
 def run(cfg: DictConfig):
     """Compose-time config -> checked dataclasses -> the report. Usable from tests and notebooks."""
-    from sae_sweep import analysis_job, config  # noqa: PLC0415 - heavy imports after Hydra checked the overrides
+    from sae_sweep import config  # noqa: PLC0415 - heavy imports after Hydra checked the overrides
+    from sae_sweep.analysis import job  # noqa: PLC0415
 
-    return analysis_job.run(config.analyze_job(cfg))
+    return job.run(config.analyze_job(cfg))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
@@ -24,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except SaeSweepError as exc:  # a problem the user can fix: say it plainly, no traceback
         log.error("%s", exc)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sae_sweep import SaeSweepError
+from sae_sweep.errors import SaeSweepError
 
 log = logging.getLogger("sae_sweep")
 
@@ -14,12 +14,15 @@ log = logging.getLogger("sae_sweep")
 def run(cfg: DictConfig):
     """Compose-time config -> checked dataclasses -> the stage's work. Usable from tests and notebooks."""
     # torch and Lightning load here, after Hydra has checked the overrides: a typo fails in under a second.
-    from sae_sweep import config, pretrain, sweep  # noqa: PLC0415
+    from sae_sweep import config  # noqa: PLC0415
 
-    stage = config.stage(cfg)
-    if stage == "pretrain":
+    if config.stage(cfg) == "pretrain":
+        from sae_sweep.train import pretrain  # noqa: PLC0415
+
         return pretrain.run(config.pretrain_job(cfg))
-    return sweep.run(config.sae_job(cfg))
+    from sae_sweep.train import sae_stage  # noqa: PLC0415
+
+    return sae_stage.run(config.sae_job(cfg))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -28,7 +31,7 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except SaeSweepError as exc:  # a problem the user can fix: say it plainly, no traceback
         log.error("%s", exc)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

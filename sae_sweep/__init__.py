@@ -1,36 +1,17 @@
 """sae-sweep: which sparse-autoencoder features are real?
 
-Data flows one way: text -> tokens (data.py) -> GPT (model.py, lit.py) -> MLP activations
--> SAE dictionaries -> artifacts (artifacts.py) -> analysis.
+Data flows one way, through products on disk::
+
+    text -> tokens -> GPT -> layer-L MLP activations -> SAE -> dictionaries  |  -> MCS, nulls, EMD -> report
+    train/corpus  train/tokens  train/gpt  train/harvest  train/sae  dictionary   analysis/...   analysis/report
+
+``sae_sweep.train`` makes the products and ``sae_sweep.analysis`` reads them; they meet only through the shared
+modules beside them: ``store`` (versioned artifacts, atomic builds, sha256 manifests), ``dictionary`` (a dictionary
+folder and its config.json schema), ``activations`` (the activation cache), ``truth`` (synthetic ground truth),
+``tracking`` (W&B) and ``errors``. ``config`` turns a Hydra config into either side's job.
 """
 
+from sae_sweep.errors import ConfigError, DataError, Interrupted, SaeSweepError, TrainingError
+
 __version__ = "0.1.0"
-
-
-class SaeSweepError(Exception):
-    """A problem the user can fix (bad config, missing file, offline download).
-
-    Entry points print these as one clear message, without a traceback.
-    """
-
-
-class ConfigError(SaeSweepError, ValueError):
-    """A configuration value is missing, unknown or out of range."""
-
-
-class DataError(SaeSweepError):
-    """A corpus, cache or artifact is missing, too small, corrupt or unreachable."""
-
-
-class TrainingError(SaeSweepError):
-    """Training diverged (a NaN or infinite loss); the last good checkpoint is kept."""
-
-
-class Interrupted(SaeSweepError):
-    """The job was asked to stop (SIGTERM, as SLURM sends before pre-emption) and saved a checkpoint first.
-
-    Entry points exit with 128 + SIGTERM = 143, the status a shell and SLURM give a job killed by SIGTERM, so
-    launchers treat it as interrupted, not failed by bad input; rerunning the same command resumes.
-    """
-
-    exit_code = 143
+__all__ = ["ConfigError", "DataError", "Interrupted", "SaeSweepError", "TrainingError", "__version__"]

@@ -1,7 +1,8 @@
 """The one place a Hydra/OmegaConf config becomes the plain dataclasses the library takes.
 
 Every section is checked here: an unknown key, a value of the wrong type or a value out of range ends the run before
-any work, with a ConfigError that names the key and what it accepts.
+any work, with a ConfigError that names the key and what it accepts. Each side is imported only by the function that
+builds its job, so ``analyze.py`` never loads Lightning and ``train.py`` never loads the analysis.
 """
 
 from __future__ import annotations
@@ -14,19 +15,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sae_sweep import ConfigError
-from sae_sweep.analysis import AnalysisConfig, SourceConfig
-from sae_sweep.analysis_job import AnalyzeJob
-from sae_sweep.artifacts import LoggerConfig, Paths
-from sae_sweep.data import DataConfig
-from sae_sweep.harvest import HarvestConfig
-from sae_sweep.lit import PretrainConfig, TrainerConfig
-from sae_sweep.model import GPTConfig
-from sae_sweep.pretrain import PretrainJob
-from sae_sweep.sae import SAEConfig
-from sae_sweep.sweep import UNTRAINED, SAEJob
-from sae_sweep.synthetic import CORPUS as SYNTHETIC
-from sae_sweep.synthetic import SyntheticConfig
+from sae_sweep.errors import ConfigError
+from sae_sweep.store import Paths
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.truth import CORPUS as SYNTHETIC
 
 STAGES = ("pretrain", "sae")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
@@ -92,6 +84,8 @@ def _paths(cfg: DictConfig) -> Paths:
 
 def _training(cfg: DictConfig) -> dict:
     """What both training stages take: trainer, logger, paths and the rerun switches."""
+    from sae_sweep.train.trainer import TrainerConfig  # noqa: PLC0415
+
     return {
         "trainer": build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
         "logger": build(LoggerConfig, _section(cfg, "logger"), "logger"),
@@ -106,7 +100,13 @@ def _synthetic(cfg: DictConfig) -> bool:
     return isinstance(data, (DictConfig, dict)) and data.get("corpus") == SYNTHETIC
 
 
-def pretrain_job(cfg: DictConfig) -> PretrainJob:
+def pretrain_job(cfg: DictConfig):
+    """The pretraining stage's job (``sae_sweep.train.pretrain.PretrainJob``)."""
+    from sae_sweep.train.corpus import DataConfig  # noqa: PLC0415 - the training side, only for a training job
+    from sae_sweep.train.gpt import GPTConfig  # noqa: PLC0415
+    from sae_sweep.train.gpt_module import PretrainConfig  # noqa: PLC0415
+    from sae_sweep.train.pretrain import PretrainJob  # noqa: PLC0415
+
     if _synthetic(cfg):
         raise ConfigError(
             "data=synthetic: there is no GPT to pretrain on synthetic data, whose activations are generated "
@@ -121,9 +121,14 @@ def pretrain_job(cfg: DictConfig) -> PretrainJob:
     )
 
 
-def sae_job(cfg: DictConfig) -> SAEJob:
-    """The SAE stage's job. data=synthetic adds the generator's config (and takes no GPT); gpt=untrained adds the
-    pretraining job whose seeded initialisation is the control GPT."""
+def sae_job(cfg: DictConfig):
+    """The SAE stage's job (``sae_sweep.train.sae_stage.SAEJob``). data=synthetic adds the generator's config (and
+    takes no GPT); gpt=untrained adds the pretraining job whose seeded initialisation is the control GPT."""
+    from sae_sweep.train.harvest import HarvestConfig  # noqa: PLC0415 - the training side, only for a training job
+    from sae_sweep.train.sae import SAEConfig  # noqa: PLC0415
+    from sae_sweep.train.sae_stage import UNTRAINED, SAEJob  # noqa: PLC0415
+    from sae_sweep.truth import SyntheticConfig  # noqa: PLC0415
+
     gpt = _coerce(cfg.get("gpt"), str | None, "gpt")
     synthetic = untrained = None
     if _synthetic(cfg):
@@ -142,7 +147,12 @@ def sae_job(cfg: DictConfig) -> SAEJob:
     )
 
 
-def analyze_job(cfg: DictConfig) -> AnalyzeJob:
+def analyze_job(cfg: DictConfig):
+    """The analysis stage's job (``sae_sweep.analysis.job.AnalyzeJob``)."""
+    from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415 - the analysis side, only for analysis
+    from sae_sweep.analysis.job import AnalyzeJob  # noqa: PLC0415
+    from sae_sweep.analysis.settings import AnalysisConfig  # noqa: PLC0415
+
     out_dir = _coerce(cfg.get("out_dir"), str | None, "out_dir")
     return AnalyzeJob(
         analysis=build(AnalysisConfig, _section(cfg, "analysis"), "analysis"),

@@ -1,36 +1,26 @@
-"""One layer's MLP activations of a trained GPT -> a float16 memmap cache, built once per key.
+"""One layer's MLP activations of a trained GPT -> an activation cache (``sae_sweep/activations.py``).
 
-The cache folder ``<cache>/activations/<key>/`` holds ``train.npy`` and ``val.npy`` ((N, d_in) float16)
-and ``meta.json`` (shapes, provenance and the sha256 of each file). The key is a digest of the GPT's weights, the
-layer, the corpus and the counts, so jobs of a sweep share one harvest. As with token caches, it is built under a
-temporary name and renamed under a file lock: concurrent jobs wait for the one that builds it, and none reads a
-half-written cache. No Lightning here: harvesting is a plain forward pass with a hook.
+The cache key is a digest of the GPT's weights, the layer, the corpus and the counts, so the jobs of a sweep share
+one harvest: the first builds it, the others wait and reuse it. No Lightning here: harvesting is a plain forward pass
+with a hook on the MLP's activation module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import time
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
-from sae_sweep import ConfigError, DataError
-from sae_sweep.data import TokenData, sha256_file
-from sae_sweep.model import GPT
+from sae_sweep.activations import FORMAT_VERSION, Activations, write_cache
+from sae_sweep.errors import ConfigError, DataError
+from sae_sweep.store import json_digest
+from sae_sweep.train.gpt import GPT
+from sae_sweep.train.tokens import TokenData
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
-META_FILE = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -48,22 +38,6 @@ class HarvestConfig:
                 raise ConfigError(f"harvest.{name} must be a positive integer, got {value!r}")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ConfigError(f"harvest.layer must be a non-negative integer, got {self.layer!r}")
-
-
-@dataclass
-class Activations:
-    path: Path
-    train: np.ndarray  # (n_tokens, d_in) float16 memmap
-    val: np.ndarray  # (n_val_tokens, d_in) float16 memmap
-    meta: dict
-
-    @property
-    def d_in(self) -> int:
-        return self.train.shape[1]
-
-    @property
-    def key(self) -> str:
-        return self.meta["key"]
 
 
 @torch.no_grad()
@@ -99,51 +73,8 @@ def _fill(model: GPT, tokens: np.ndarray, layer: int, n: int, cfg: HarvestConfig
 
 def cache_key(model_digest: str, tokens_key: str, cfg: HarvestConfig) -> str:
     ident = {"format": FORMAT_VERSION, "model": model_digest, "tokens": tokens_key, **asdict(cfg)}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_digest(ident)[:16]
     return f"L{cfg.layer}-N{cfg.n_tokens}-{digest}"
-
-
-def open_activations(path: Path, verify: bool = True) -> Activations:
-    meta = json.loads((path / META_FILE).read_text())
-    if verify:
-        for name, digest in meta["files"].items():
-            if sha256_file(path / name) != digest:
-                raise DataError(
-                    f"activation cache file {path / name} does not match the sha256 in its meta.json "
-                    "(truncated or edited): delete the folder to harvest again"
-                )
-    train = np.load(path / "train.npy", mmap_mode="r")
-    val = np.load(path / "val.npy", mmap_mode="r")
-    return Activations(path, train, val, meta)
-
-
-def write_cache(cache_dir: str | Path, key: str, fill: Callable[[Path], dict], describe: str) -> Activations:
-    """Return the activation cache ``<cache_dir>/activations/<key>``, building it first if it is not there.
-
-    ``fill(folder)`` writes ``train.npy`` and ``val.npy`` into a temporary folder and returns what meta.json should
-    say about them; the folder is then sealed (sha256 of each file) and renamed into place, all under a file lock, so
-    concurrent jobs build a key once and nobody reads a half-written cache. Harvesting and synthetic data share this.
-    """
-    root = Path(cache_dir) / "activations"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    with FileLock(str(root / f".{key}.lock")):
-        if not (final / META_FILE).exists():
-            tmp = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            try:
-                t0 = time.perf_counter()
-                meta = {"format": FORMAT_VERSION, "key": key, **fill(tmp)}
-                meta["files"] = {name: sha256_file(tmp / name) for name in ("train.npy", "val.npy")}
-                meta["seconds"] = round(time.perf_counter() - t0, 2)
-                (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-                os.replace(tmp, final)
-                log.info("%s in %.1fs -> %s", describe, meta["seconds"], final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log.info("reusing activation cache %s", final)
-    return open_activations(final)
 
 
 def harvest(model: GPT, model_digest: str, tokens: TokenData, cfg: HarvestConfig, cache_dir: str | Path) -> Activations:

@@ -1,15 +1,17 @@
 """report.md's "Findings": sentences generated from the numbers, never written by hand.
 
-Each function reads rows computed by analysis.py / beyond.py and returns a sentence (or None when its numbers are
-missing), choosing its wording by comparisons spelled out in the code: change the numbers and the findings change.
+Each function reads rows computed by note.py, features.py, seeds.py and baselines.py and returns a sentence (or
+None when its numbers are missing), choosing its wording by comparisons spelled out in the code: change the numbers
+and the findings change.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sae_sweep.analysis import Results
-from sae_sweep.beyond import Extras, first_seed_rows
+from sae_sweep.analysis.extras import Extras
+from sae_sweep.analysis.features import first_seed_rows
+from sae_sweep.analysis.note import Results, is_learned, is_random, random_name
 
 LOW_MODE_APPEARS = 0.10  # the low-MCS mode "appears" when at least this fraction of a dictionary is low-MCS
 
@@ -38,8 +40,8 @@ def low_mode_vs_random(res: Results, ex: Extras) -> str | None:
     """Is the low mode distinguishable from the isotropic null? Compare bootstrap intervals, not point values."""
     j = res.featured
     rows = [r for r in ex.emd_ci if r["dict_size"] == j]
-    learned = [r for r in rows if r["a"].startswith("learned") and r["b"] == "rand1"]
-    between = [r for r in rows if r["a"].startswith("rand") and r["b"].startswith("rand")]
+    learned = [r for r in rows if is_learned(r["a"]) and r["b"] == random_name(1)]
+    between = [r for r in rows if is_random(r["a"]) and is_random(r["b"])]
     if not learned or not between:
         return None
     lr, top = learned[0], max(between, key=lambda r: r["hi"])

@@ -1,30 +1,28 @@
-"""Stage ``analyze``: collect a sweep's dictionaries, compute the note's numbers, write the report (and to W&B)."""
+"""Stage ``analyze``: collect a sweep's dictionaries, compute the note's numbers and more, write the report (and W&B).
+
+``run`` is what ``analyze.py`` calls: the main variant and each control through ``note.compute`` and
+``extras.compute_extras``, then ``report.write_all`` into a temporary folder that replaces the old report whole
+(``store.atomic_folder``), a summary table on the console, and an analysis run on W&B when logging is on.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_sweep import SaeSweepError
-from sae_sweep.analysis import (
-    AnalysisConfig,
-    Results,
-    SourceConfig,
-    collect_local_variants,
-    collect_wandb,
-    compute,
-    counts,
-    main_variant,
-)
-from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths, wandb_host, wandb_reachable
-from sae_sweep.beyond import compute_extras, control_rows
-from sae_sweep.report import write_all
+from sae_sweep.analysis.baselines import control_rows
+from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
+from sae_sweep.analysis.extras import AnalysedRun, compute_extras
+from sae_sweep.analysis.note import Results, compute, counts, learned_name, random_name
+from sae_sweep.analysis.report import write_all
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.errors import SaeSweepError
+from sae_sweep.store import ArtifactStore, Paths, atomic_folder
+from sae_sweep.tracking import LoggerConfig, quiet_settings, wandb_mode
+from sae_sweep.truth import load_true_features
 
 log = logging.getLogger(__name__)
 
@@ -48,67 +46,62 @@ def _progress(iterable, total: int, description: str):
     return track(iterable, total=total, description=description, transient=True)
 
 
+def _collect(job: AnalyzeJob, api=None) -> tuple[Collection, list[ArtifactStore], str]:
+    """Every variant's dictionaries, the stores that may hold their true features, and where they came from."""
+    if job.source.kind == "local":
+        where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
+        found = collect_local_variants(where, job.analysis.layer)
+        return found, [ArtifactStore(where), ArtifactStore(job.paths.store)], str(where)
+    found = collect_wandb(job.source, job.analysis.layer, job.paths.cache / "wandb", api=api)
+    return found, [ArtifactStore(job.paths.store)], f"W&B project {job.source.project}"
+
+
+def _analyse(job: AnalyzeJob, variant: str, dicts: dict, stores: list[ArtifactStore], truth) -> AnalysedRun:
+    res = compute(dicts, job.analysis, progress=_progress)
+    ex = compute_extras(res, dicts, job.analysis, variant, job.paths.cache, truth, progress=_progress)
+    return AnalysedRun(variant, res, ex)
+
+
 def run(job: AnalyzeJob, api=None) -> Path:
     """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path."""
     cfg = job.analysis
-    if job.source.kind == "local":
-        where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
-        found = collect_local_variants(where, cfg.layer)
-        stores = [ArtifactStore(where), ArtifactStore(job.paths.store)]
-    else:
-        where = f"W&B project {job.source.project}"
-        found = collect_wandb(job.source, cfg.layer, job.paths.cache / "wandb", api=api)
-        stores = [ArtifactStore(job.paths.store)]
-    main = main_variant(found, cfg.variant, str(where))
-    dicts = found[main]
+    found, stores, where = _collect(job, api)
+    main_name = main_variant(found, cfg.variant, where)
+    dicts = found[main_name]
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
-    res = compute(dicts, cfg, progress=_progress)
-    extras = compute_extras(res, dicts, cfg, main, job.paths.cache, _true_features(stores, dicts), progress=_progress)
-    control_table = control_rows(main, res, dicts, extras.fits)
-    synthetic = (main, res, extras) if extras.ground_truth else None
+    main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
+    control_table = control_rows(main_name, main.results, dicts, main.extras.fits)
+    synthetic = None  # the first synthetic-data control, whose ground truth joins the report
     for variant in sorted(found) if cfg.controls else []:
-        if variant == main:
+        if variant == main_name:
             continue
         log.info("control %r: %d dictionaries", variant, len(found[variant]))
-        res_v = compute(found[variant], cfg, progress=_progress)
         true = _true_features(stores, found[variant])
-        ex_v = None
-        if true is not None and synthetic is None:
-            ex_v = compute_extras(res_v, found[variant], cfg, variant, job.paths.cache, true, progress=_progress)
-            synthetic = (variant, res_v, ex_v)
-        control_table += control_rows(variant, res_v, found[variant], ex_v.fits if ex_v else None)
-    if synthetic is not None and synthetic[0] == main:
-        synthetic = None  # the main run is the synthetic one: its ground truth is already in extras
-    out = job.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        figs = write_all(res, tmp, extras, control_table, synthetic, label=_label(main, dicts))
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print_summary(res, out / "findings.md")
+        if true is not None and synthetic is None and not main.extras.ground_truth:
+            synthetic = _analyse(job, variant, found[variant], stores, true)
+            fits = synthetic.extras.fits
+            res_v = synthetic.results
+        else:
+            res_v, fits = compute(found[variant], cfg, progress=_progress), None
+        control_table += control_rows(variant, res_v, found[variant], fits)
+    with atomic_folder(job.out, replace=True) as tmp:
+        figs = write_all(main, tmp, control_table, synthetic, label=_label(main_name, dicts))
+    print_summary(main.results, job.out / "findings.md")
     if job.logger.kind == "wandb":
-        _to_wandb(job, res, out, {k: out / p.name for k, p in figs.items()})
-    report = out / "report.md"
+        _to_wandb(job, main.results, job.out, {k: job.out / p.name for k, p in figs.items()})
+    report = job.out / "report.md"
     log.info("report: %s", report)
     return report
 
 
 def _true_features(stores: list[ArtifactStore], dicts: dict):
     """The true features of synthetic-data dictionaries (None for real activations, or when not found)."""
-    from sae_sweep.synthetic import load_true_features  # noqa: PLC0415
-
-    config = next(iter(dicts.values())).config
-    if not config.get("synthetic"):
+    recorded = next(iter(dicts.values())).config.synthetic
+    if not recorded:
         return None
     for store in stores:
         try:
-            true = load_true_features(store, config)
+            true = load_true_features(store, recorded)
         except SaeSweepError:
             continue
         if true is not None:
@@ -119,8 +112,8 @@ def _true_features(stores: list[ArtifactStore], dicts: dict):
 
 def _label(variant: str, dicts: dict) -> str:
     config = next(iter(dicts.values())).config
-    gpt = (config.get("gpt") or {}).get("artifact")
-    what = f"activations of {gpt}" if gpt else "synthetic activations" if config.get("synthetic") else "activations"
+    gpt = config.gpt_artifact
+    what = f"activations of {gpt}" if gpt else "synthetic activations" if config.synthetic else "activations"
     return f"{'the main run' if not variant else f'variant {variant!r}'} ({what})"
 
 
@@ -130,7 +123,7 @@ def print_summary(res: Results, findings: Path | None = None) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"MCS against J={res.reference} (high: MCS >= {res.config.threshold})")
-    for col in (
+    columns = (
         "size",
         "seed",
         "features",
@@ -140,23 +133,21 @@ def print_summary(res: Results, findings: Path | None = None) -> None:
         "high %",
         "EMD(learned,rand1)",
         "EMD(rand1,rand2)",
-    ):
+    )
+    for col in columns:
         table.add_column(col, justify="right")
+    rand2 = random_name(2) if res.config.n_random > 1 else random_name(1)
     for s in res.seeds:
         for r in counts(res, s):
-            names, m = res.emd[r["dict_size"]]
-            learned = next(i for i, n in enumerate(names) if n.startswith("learned"))
-            r1, r2 = names.index("rand1"), names.index("rand2") if "rand2" in names else names.index("rand1")
+            j = r["dict_size"]
             table.add_row(
-                str(r["dict_size"]),
-                str(s),
-                str(r["n"]),
+                *(str(r[k]) for k in ("dict_size", "seed", "n")),
                 f"{r['mean_mcs']:.3f}",
                 str(r["high"]),
                 str(r["low"]),
                 f"{100 * r['high_fraction']:.1f}",
-                f"{m[learned, r1]:.4f}",
-                f"{m[r1, r2]:.4f}",
+                f"{res.emd_between(j, learned_name(s, res.seeds), random_name(1)):.4f}",
+                f"{res.emd_between(j, random_name(1), rand2):.4f}",
             )
     means = ", ".join(
         f"M={M}: mean {res.null_mean[M]:.3f}, 99.9% {res.null_q999[M]:.3f}" for M in sorted(res.null_mean)
@@ -175,18 +166,15 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
 
         run_dir = job.paths.runs / "analysis"
         run_dir.mkdir(parents=True, exist_ok=True)
-        mode = job.logger.mode
-        if mode == "online" and not wandb_reachable():
-            log.warning("the W&B server (%s) cannot be reached: logging the analysis offline", wandb_host())
-            mode = "offline"
         run = wandb.init(
             project=job.logger.project,
             entity=job.logger.entity,
             job_type="analysis",
             dir=str(run_dir),
-            mode=mode,
+            mode=wandb_mode(job.logger, where=str(run_dir / "wandb")),
             config=asdict(job.analysis),
             tags=list(job.logger.tags),
+            settings=quiet_settings(),
         )
         run.log({key: wandb.Image(str(path)) for key, path in figs.items()})
         for table in sorted(out.glob("*.csv")):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sae_sweep import ConfigError
+from sae_sweep.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class SparseAutoencoder(nn.Module):
         ``generator`` (CPU) makes the one random draw. Returns the number of features resampled.
         """
         if self.tied:
-            raise ValueError("resample_ needs untied weights (a tied encoder row cannot be scaled apart from D)")
+            raise ConfigError("resample_ needs untied weights (a tied encoder row cannot be scaled apart from D)")
         idx = dead.nonzero().squeeze(1)  # (n,)
         if idx.numel() == 0:
             return 0
@@ -191,7 +191,7 @@ class SparseAutoencoder(nn.Module):
         bias gradient (no reduction pass). The returned tensors are views of buffers the next call overwrites.
         """
         if self.tied:
-            raise ValueError("fused_grads supports untied weights; use loss() and autograd for tied ones")
+            raise ConfigError("fused_grads supports untied weights; use loss() and autograd for tied ones")
         B, d = x.shape[0], self.d_in
         w = self._work_buffers(x)
         codes, grad_codes = w["codes"], w["grad_codes"]

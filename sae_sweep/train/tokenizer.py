@@ -10,9 +10,10 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from sae_sweep import DataError
+from sae_sweep.errors import DataError
 
 EOT = "<|endoftext|>"  # separates documents in every token stream
+TOKENIZER_FILE = "tokenizer.json"  # the file name in a token cache and a GPT folder
 
 
 class BPETokenizer:

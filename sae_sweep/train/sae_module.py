@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_sweep import ConfigError, TrainingError
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.errors import ConfigError, TrainingError
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
 CHUNK_ROWS = 1 << 18  # float16 -> float32 conversion happens per chunk of this many rows, not per batch
 
@@ -39,7 +39,10 @@ class ActivationBatches(IterableDataset):
         self.global_batch = batch_size * world
         self.steps_per_epoch = n_rows // self.global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{n_rows} activations are fewer than one batch of {self.global_batch}")
+            raise ConfigError(
+                f"the {n_rows} training activations are fewer than one step's batch of {self.global_batch} "
+                f"(sae.batch_size={batch_size} x {world} processes): raise harvest.n_tokens or lower sae.batch_size"
+            )
         self.batches_per_chunk = max(1, CHUNK_ROWS // self.global_batch)
 
     @property

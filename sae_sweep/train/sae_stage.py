@@ -11,40 +11,30 @@ dictionaries carry the variant in their names (``sae-L2-J1024-s0-untrained``), s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from sae_sweep import ConfigError, DataError, TrainingError
-from sae_sweep.artifacts import (
-    DICTIONARY_TYPE,
-    MODEL_TYPE,
-    WEIGHTS_FILE,
-    Artifact,
-    ArtifactStore,
-    Paths,
-    dictionary_name,
-    load_gpt,
-    write_dictionary,
-)
-from sae_sweep.data import open_prepared
-from sae_sweep.harvest import Activations, HarvestConfig, harvest
-from sae_sweep.lit import (
-    LoggerConfig,
-    TrainerConfig,
-    build_loggers,
-    build_trainer,
-    fit,
-)
-from sae_sweep.lit_sae import ActivationDataModule, SAEModule, evaluate_sae
-from sae_sweep.pretrain import PretrainJob, export_untrained
-from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
-from sae_sweep.sae import SAEConfig
-from sae_sweep.synthetic import SyntheticConfig, synthetic_activations
+from sae_sweep.activations import Activations
+from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
+from sae_sweep.errors import ConfigError, DataError, TrainingError
+from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest, json_digest
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
+from sae_sweep.train.harvest import HarvestConfig, harvest
+from sae_sweep.train.loggers import build_loggers, finish_wandb
+from sae_sweep.train.preemption import fit
+from sae_sweep.train.pretrain import PretrainJob, export_untrained
+from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
+from sae_sweep.train.sae import SAEConfig
+from sae_sweep.train.sae_module import ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.train.synthetic import synthetic_activations
+from sae_sweep.train.tokens import open_prepared
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
+from sae_sweep.truth import SyntheticConfig
 
 log = logging.getLogger(__name__)
 UNTRAINED = "untrained"  # gpt=untrained: the control GPT, never trained
@@ -83,6 +73,11 @@ class SAEJob:
         return dictionary_name(self.harvest.layer, self.sae.dict_size, self.sae.seed, self.variant)
 
     @property
+    def world(self) -> int:
+        """Processes training the one SAE (each takes its slice of every batch)."""
+        return self.trainer.devices * self.trainer.num_nodes
+
+    @property
     def group(self) -> str:
         """The W&B group: the jobs of one size and variant, across seeds."""
         return f"sae-L{self.harvest.layer}-J{self.sae.dict_size}" + (f"-{self.variant}" if self.variant else "")
@@ -105,8 +100,8 @@ def resolve_gpt(store: ArtifactStore, spec: str | None) -> Artifact:
 
 
 def run_id(job: SAEJob, acts_key: str) -> str:
-    ident = {"acts": acts_key, "sae": asdict(job.sae), "world": job.trainer.devices * job.trainer.num_nodes}
-    return f"{job.name}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
+    ident = {"acts": acts_key, "sae": asdict(job.sae), "world": job.world}
+    return f"{job.name}-{json_digest(ident)[:10]}"
 
 
 def _check_layer(layer: int, n_layer: int) -> None:
@@ -125,9 +120,8 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
         gpt_art = resolve_gpt(store, job.gpt)
     gpt = load_gpt(gpt_art.path)
     _check_layer(job.harvest.layer, gpt.model.config.n_layer)
-    log.info("GPT %s (%s)", gpt_art.ref, gpt_art.path)
     tokens = open_prepared(gpt.data, job.paths.cache)
-    model_digest = json.loads((gpt_art.path / "artifact.json").read_text())["files"][WEIGHTS_FILE]
+    model_digest = file_digest(gpt_art, WEIGHTS_FILE)
     device = "cuda" if job.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     acts = harvest(gpt.model.to(device), model_digest, tokens, job.harvest, job.paths.cache)
     if acts.d_in != gpt.model.config.d_mlp:
@@ -136,13 +130,25 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
     return acts, source, None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
 
 
-def run(job: SAEJob) -> Artifact:
-    world = job.trainer.devices * job.trainer.num_nodes
-    if job.sae.resample_every > 0 and world > 1:  # refused before any harvest, not at fit time
+def check(job: SAEJob) -> None:
+    """Constraints between values, checked before any harvest or training: ConfigError naming the keys and the fix."""
+    if job.sae.resample_every > 0 and job.world > 1:
         raise ConfigError(
-            f"sae.resample_every > 0 needs one process, but trainer asks for {world}: use trainer=cpu or trainer=gpu, "
-            "or set sae.resample_every=0"
+            f"sae.resample_every > 0 needs one process, but trainer asks for {job.world}: use trainer=cpu or "
+            "trainer=gpu, or set sae.resample_every=0"
         )
+    step_batch = job.sae.batch_size * job.world
+    if job.harvest.n_tokens < step_batch:
+        raise ConfigError(
+            f"harvest.n_tokens={job.harvest.n_tokens} is fewer than one step's batch of {step_batch} activations "
+            f"(sae.batch_size={job.sae.batch_size} x {job.world} processes): raise harvest.n_tokens or lower "
+            "sae.batch_size"
+        )
+
+
+def run(job: SAEJob) -> Artifact:
+    """Train one SAE on the job's activations and save its dictionary; a finished run returns its artifact."""
+    check(job)
     store = ArtifactStore(job.paths.store)
     if job.synthetic is not None:
         acts, features = synthetic_activations(
@@ -151,22 +157,36 @@ def run(job: SAEJob) -> Artifact:
         source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
     else:
         acts, source, uses = gpt_activations(job, store)
-
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
     if (finished := finished_artifact(run_dir, store, job.force)) is not None:
         return finished
+    module, trainer, loggers = _train(job, acts, rid, run_dir)
+    if not trainer.is_global_zero:
+        return None  # type: ignore[return-value] - only rank 0 saves
+    return _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store)
+
+
+def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
+    """Fit the SAE (resuming from last.ckpt when there is one); returns the module, the trainer and its loggers."""
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     if ckpt is not None:
         hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
         if hparams.get("d_in") not in (None, acts.d_in):
             raise DataError(f"checkpoint {ckpt} is for d_in={hparams['d_in']}, but the activations have {acts.d_in}")
         log.info("resuming from %s", ckpt)
-
     module = SAEModule(acts.d_in, job.sae)
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
-    n_steps = datamodule.dataset(world=job.trainer.devices * job.trainer.num_nodes).n_steps
-    log.info("training %s: d_in=%d, %d steps of %d on %s", rid, acts.d_in, n_steps, job.sae.batch_size, acts.path)
+    n_steps = datamodule.dataset(world=job.world).n_steps
+    log.info(
+        "training %s: J=%d, l1 %g, %d steps of %d activations (d_in=%d)",
+        job.name,
+        job.sae.dict_size,
+        job.sae.l1_coeff,
+        n_steps,
+        job.sae.batch_size,
+        acts.d_in,
+    )
     loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group)
     trainer = build_trainer(
         job.trainer,
@@ -179,69 +199,54 @@ def run(job: SAEJob) -> Artifact:
     fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return None  # type: ignore[return-value] - only rank 0 saves
-    if trainer.interrupted or not trainer.state.finished:  # global_step stays 0 here under ddp_spawn
+    if trainer.is_global_zero and (trainer.interrupted or not trainer.state.finished):  # ddp_spawn: global_step is 0
         raise TrainingError(f"SAE training of {rid} stopped early ({trainer.state.status}); rerun to resume")
+    return module, trainer, loggers
 
+
+def _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store) -> Artifact:
+    """Held-out metrics, the dictionary folder in the store, the W&B upload, the done marker, one line to say so."""
     sae = module.sae.cpu().eval()
     metrics, counts = evaluate_sae(sae, acts.val, job.sae.l1_coeff)
-    config = {
-        "name": job.name,
-        "variant": job.variant,
-        "d_in": acts.d_in,
-        "layer": job.harvest.layer,
-        "dict_size": job.sae.dict_size,
-        "seed": job.sae.seed,
-        "l1_coeff": job.sae.l1_coeff,
-        "sae": job.sae.to_dict(),
-        "harvest": asdict(job.harvest),
-        **source,
-        "activations": {"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
-        "steps": n_steps,
-        "n_resampled": module.n_resampled,
-        "run_id": rid,
-        "metrics": metrics,
-    }
+    config = DictionaryConfig(
+        name=job.name,
+        variant=job.variant,
+        d_in=acts.d_in,
+        layer=job.harvest.layer,
+        dict_size=job.sae.dict_size,
+        seed=job.sae.seed,
+        l1_coeff=job.sae.l1_coeff,
+        sae=job.sae.to_dict(),
+        harvest=asdict(job.harvest),
+        gpt=source["gpt"],
+        synthetic=source["synthetic"],
+        activations={"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
+        steps=trainer.max_steps,
+        n_resampled=module.n_resampled,
+        run_id=rid,
+        metrics=metrics,
+    )
     extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
     histogram = run_dir / "feature_density.png"
-    if _density_plot(counts, acts.val.shape[0], job.name, histogram):
-        extra["feature_density.png"] = histogram
+    from sae_sweep.train.density import density_figure  # noqa: PLC0415 - matplotlib only for this one figure
+
+    density_figure(counts, acts.val.shape[0], job.name, histogram)
+    extra["feature_density.png"] = histogram
     artifact = store.save(
-        job.name, DICTIONARY_TYPE, lambda folder: write_dictionary(folder, sae, config, counts, extra), config
+        job.name, DICTIONARY_TYPE, lambda folder: write_dictionary(folder, sae, config, counts, extra), asdict(config)
     )
-    finish_wandb(loggers, artifact, summary=metrics, uses=uses, density=(counts, acts.val.shape[0]))
+    live = counts[counts > 0]
+    histograms = {"feature_density/log10_frequency": np.log10(live / acts.val.shape[0])} if live.size else {}
+    finish_wandb(loggers, artifact, summary=metrics, uses=uses, histograms=histograms)
     mark_finished(run_dir, artifact)
     log.info(
-        "%s: val mse %.4g, fvu %.3f, L0 %.1f, dead %.1f%%; saved %s at %s",
+        "%s: val fvu %.3f, L0 %.1f, dead %.1f%% (mse %.4g); saved %s at %s",
         job.name,
-        metrics["val/mse"],
         metrics["val/fvu"],
         metrics["val/l0"],
         100 * metrics["val/dead_fraction"],
+        metrics["val/mse"],
         artifact.ref,
         artifact.path,
     )
     return artifact
-
-
-def _density_plot(counts, n: int, title: str, path: Path) -> bool:
-    """Histogram of log10 feature firing frequency on held-out activations (dead features in their own bar)."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    live = counts[counts > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if live.size:
-        ax.hist(np.log10(live / n), bins=50, color="tab:blue", label=f"live ({live.size})")
-    floor = np.log10(0.5 / n)
-    ax.bar([floor], [int((counts == 0).sum())], width=0.1, color="tab:red", label=f"dead ({int((counts == 0).sum())})")
-    ax.set(xlabel="log10 firing frequency (held-out activations)", ylabel="features", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True

@@ -10,31 +10,24 @@ starts from, never trained, so that SAEs on a trained and an untrained model dif
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from filelock import FileLock
 
-from sae_sweep import TrainingError
-from sae_sweep.artifacts import MODEL_TYPE, Artifact, ArtifactStore, Paths, write_gpt
-from sae_sweep.data import TOKENIZER_FILE, DataConfig, TokenData, prepare
-from sae_sweep.lit import (
-    GPTModule,
-    LoggerConfig,
-    PretrainConfig,
-    RandomBlocks,
-    TokenDataModule,
-    TrainerConfig,
-    build_loggers,
-    build_trainer,
-    fit,
-)
-from sae_sweep.model import GPT, GPTConfig
-from sae_sweep.runs import finish_wandb, finished_artifact, mark_finished, resolve_checkpoint
+from sae_sweep.errors import TrainingError
+from sae_sweep.store import Artifact, ArtifactStore, Paths, json_digest
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt
+from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
+from sae_sweep.train.loggers import build_loggers, finish_wandb
+from sae_sweep.train.preemption import fit
+from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
+from sae_sweep.train.tokenizer import TOKENIZER_FILE
+from sae_sweep.train.tokens import TokenData, prepare
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +60,7 @@ def run_id(job: PretrainJob, data_key: str) -> str:
         "pretrain": asdict(job.pretrain),
         "world": job.trainer.devices * job.trainer.num_nodes,
     }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{job.name}-{digest}"
+    return f"{job.name}-{json_digest(ident)[:10]}"
 
 
 @torch.no_grad()
@@ -169,17 +161,11 @@ def export_untrained(job: PretrainJob) -> Artifact:
     """
     tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
     model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
-    ident = {"data": tokens.key, "model": asdict(model_cfg), "seed": job.pretrain.seed}
-    init_id = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-    store = ArtifactStore(job.paths.store)
-    name = job.untrained_name
-    store.root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(store.root / f".{name}.lock")):
-        if name in store.names(MODEL_TYPE):
-            art = store.get(name)
-            if art.metadata.get("init_id") == init_id:
-                log.info("reusing untrained GPT %s", art.ref)
-                return art
+    init_id = json_digest({"data": tokens.key, "model": asdict(model_cfg), "seed": job.pretrain.seed})[:10]
+    val = float("nan")
+
+    def make():
+        nonlocal val
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
             torch.manual_seed(job.pretrain.seed)
             model = GPT(model_cfg)
@@ -196,13 +182,20 @@ def export_untrained(job: PretrainJob) -> Artifact:
             "pretrain": asdict(job.pretrain),
         }
         metadata = {"model": model_cfg.to_dict(), "data_key": tokens.key, **train_info}
-        artifact = store.save(
-            name,
-            MODEL_TYPE,
-            lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
-            metadata,
-        )
-    log.info(
-        "untrained GPT (seed %d, val loss %.3f): saved %s at %s", job.pretrain.seed, val, artifact.ref, artifact.path
+        return lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info), metadata
+
+    store = ArtifactStore(job.paths.store)
+    artifact, made = store.save_once(
+        job.untrained_name, MODEL_TYPE, same=lambda meta: meta.get("init_id") == init_id, make=make
     )
+    if made:
+        log.info(
+            "untrained GPT (seed %d, val loss %.3f): saved %s at %s",
+            job.pretrain.seed,
+            val,
+            artifact.ref,
+            artifact.path,
+        )
+    else:
+        log.info("reusing untrained GPT %s", artifact.ref)
     return artifact

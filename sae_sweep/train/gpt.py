@@ -2,18 +2,24 @@
 
 The shape defaults are the note's: 6 layers, a 32-wide residual stream, 4 heads of 8 and an MLP of 4 x 32 = 128.
 Each block's MLP post-activation is the named submodule ``transformer.h[i].mlp.act``, so harvesting can hook it.
+A trained GPT is one folder (``write_gpt``/``load_gpt``): weights, config, tokenizer and the corpus it saw.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sae_sweep import ConfigError
+from sae_sweep.errors import ConfigError
+from sae_sweep.store import MANIFEST, verify
+from sae_sweep.train.tokenizer import TOKENIZER_FILE
 
 GELU_VARIANTS = ("exact", "tanh")
 
@@ -158,3 +164,46 @@ class GPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+
+# ------------------------------------------------------------------------------------------ the GPT's folder
+
+MODEL_TYPE = "model"
+WEIGHTS_FILE, MODEL_CONFIG_FILE, DATA_FILE = "model.safetensors", "config.json", "data.json"
+
+
+def write_gpt(folder: Path, model: GPT, tokenizer_file: Path, data_meta: dict, train_info: dict) -> None:
+    """Fill ``folder`` with a self-describing GPT: weights, config, tokenizer and the corpus it was trained on."""
+    from safetensors.torch import save_model  # noqa: PLC0415
+
+    save_model(model, str(folder / WEIGHTS_FILE))  # drops the tied lm_head copy; load_model restores it
+    config = {"model": model.config.to_dict(), "train": train_info}
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(tokenizer_file, folder / TOKENIZER_FILE)
+    (folder / DATA_FILE).write_text(json.dumps(data_meta, indent=2) + "\n")
+
+
+@dataclass
+class LoadedGPT:
+    model: GPT  # in eval mode, on the CPU
+    tokenizer: object  # BPETokenizer | GPT2Tokenizer
+    config: dict  # config.json: {"model": GPTConfig fields, "train": how it was trained}
+    data: dict  # the token cache's meta.json: corpus, key, token counts
+    path: Path
+
+
+def load_gpt(path: str | Path, verify_files: bool = True) -> LoadedGPT:
+    """Load a GPT folder (a store version, or any folder ``write_gpt`` filled) onto the CPU."""
+    from safetensors.torch import load_model  # noqa: PLC0415
+
+    from sae_sweep.train.tokenizer import load_tokenizer  # noqa: PLC0415 - tokenizers loads only with a GPT
+
+    path = Path(path)
+    if verify_files and (path / MANIFEST).exists():
+        verify(path)
+    config = json.loads((path / MODEL_CONFIG_FILE).read_text())
+    model = GPT(GPTConfig(**config["model"]))
+    load_model(model, str(path / WEIGHTS_FILE))
+    model.eval()
+    data = json.loads((path / DATA_FILE).read_text())
+    return LoadedGPT(model, load_tokenizer(path / TOKENIZER_FILE), config, data, path)

@@ -1,0 +1,15 @@
+"""Analysis: dictionaries -> MCS -> nulls, EMD, matching -> per-feature facts -> findings -> report.
+
+    collect.py                       every dictionary of a layer, from a folder or W&B, by variant
+    settings.py                      AnalysisConfig (conf/analyze.yaml's ``analysis`` node)
+    mcs.py, nulls.py                 max cosine similarity and pairings; the exact and sampled random baselines
+    stats.py, mixture.py             EMD and bootstrap intervals; the null + Beta fit that counts real features
+    note.py                          the note's numbers (Figures 3-12)
+    features.py, seeds.py            per-feature facts (liveness, movement, matching, split); across seeds
+    baselines.py, extras.py          anisotropic nulls, ground truth, controls; everything beyond, gathered
+    findings.py                      sentences chosen by comparisons in code
+    figures.py, figures_beyond.py    the figures, through matplotlib's object API
+    report.py, job.py                the report folder; stage ``analyze``
+
+Nothing here imports Lightning; dictionaries arrive through ``sae_sweep.dictionary``.
+"""

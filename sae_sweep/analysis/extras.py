@@ -1,0 +1,104 @@
+"""Everything beyond the note for one run, gathered: per-feature facts, seeds, nulls and truth, into ``Extras``.
+
+The note leaves open whether low-MCS features are dead, fits to noise, or real features a larger dictionary missed,
+and rests on one threshold, one matching rule, isotropic nulls and no error bars. ``compute_extras`` adds, for one
+run's ``Results``: liveness, movement, matching beyond max, a principled split (features.py); the seed-to-seed spread
+and features shared across seeds (seeds.py); anisotropic nulls and, on synthetic data, the ground truth
+(baselines.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sae_sweep.analysis.baselines import anisotropic, ground_truth_rows
+from sae_sweep.analysis.features import (
+    FeatureTable,
+    Key,
+    decoder_rows,
+    emd_ci_rows,
+    feature_table,
+    liveness_row,
+    matching_row,
+    movement_row,
+    split_row,
+    try_fit,
+)
+from sae_sweep.analysis.mixture import MixtureFit
+from sae_sweep.analysis.note import Results
+from sae_sweep.analysis.nulls import analytic_null_quantile
+from sae_sweep.analysis.seeds import seed_spread, shared_rows
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.dictionary import Dictionary
+
+
+@dataclass
+class Extras:
+    variant: str
+    null_q: dict[int, float]  # M -> the analytic null's analysis.null_quantile for (K, M)
+    features: dict[Key, FeatureTable] = field(default_factory=dict)
+    fits: dict[Key, MixtureFit] = field(default_factory=dict)
+    liveness: list[dict] = field(default_factory=list)
+    movement: list[dict] = field(default_factory=list)
+    matching: list[dict] = field(default_factory=list)
+    shared: list[dict] = field(default_factory=list)
+    split: list[dict] = field(default_factory=list)
+    emd_ci: list[dict] = field(default_factory=list)
+    spread: list[dict] = field(default_factory=list)
+    anisotropic: list[dict] = field(default_factory=list)
+    anisotropic_samples: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # size -> null -> MCS
+    ground_truth: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnalysedRun:
+    """One variant's name, the note's numbers on its dictionaries, and everything beyond them."""
+
+    variant: str
+    results: Results
+    extras: Extras
+
+
+def compute_extras(
+    res: Results,
+    dicts: dict[Key, Dictionary],
+    cfg: AnalysisConfig,
+    variant: str = "",
+    cache_dir: Path | None = None,
+    true_features: np.ndarray | None = None,
+    progress=None,
+) -> Extras:
+    """Everything beyond the note for one run. ``cache_dir``: where the activation caches are (anisotropic nulls)."""
+    track = progress or (lambda it, total, description: it)
+    ref = res.reference
+    ex = Extras(variant, {M: analytic_null_quantile(cfg.null_quantile, res.d_in, M) for M in sorted({ref, *res.sizes})})
+    q = ex.null_q[ref]
+    keys = [(j, s) for s in res.seeds for j in res.sizes if j < ref and res.vs_reference(j, s) is not None]
+    for j, s in track(keys, len(keys), "features beyond max"):
+        v = res.vs_reference(j, s)
+        t = feature_table(dicts[(j, s)], dicts[(ref, s)], v, cfg)
+        ex.features[(j, s)] = t
+        fit = try_fit(v, res.d_in, ref)
+        if fit is not None:
+            ex.fits[(j, s)] = fit
+        ex.liveness.append(liveness_row(j, s, t, cfg, q))
+        ex.movement.append(movement_row(j, s, t, cfg))
+        ex.split.append(split_row(j, s, v, fit, cfg, q))
+        ex.matching.append(matching_row(j, s, ref, decoder_rows(dicts[(j, s)]), decoder_rows(dicts[(ref, s)]), v, cfg))
+    for j in track(sorted(res.emd), len(res.emd), "bootstrap EMDs"):
+        ex.emd_ci += emd_ci_rows(res, j, cfg)
+    ex.shared = shared_rows(dicts, res.seeds, cfg)
+    ex.spread = seed_spread(
+        {"split": ex.split, "liveness": ex.liveness, "movement": ex.movement, "matching": ex.matching}
+    )
+    if cache_dir is not None and keys:
+        found = anisotropic(res, dicts, cfg, cache_dir)
+        ex.anisotropic, ex.anisotropic_samples = found.rows, found.samples
+        ex.notes += [found.note] if found.note else []
+    if true_features is not None:
+        ex.ground_truth = ground_truth_rows(res, dicts, true_features, cfg, ex.fits)
+    return ex

@@ -1,0 +1,166 @@
+"""Per-feature facts beyond MCS, and the per-dictionary rows they give.
+
+For each dictionary scored against the reference of its seed: held-out firing frequency and encoder-decoder cosine
+(liveness), the decoder's cosine with its own initialisation (movement), MCS against the reference's live features,
+Hungarian matching beside max, the high-MCS fraction at the exact null's quantile with bootstrap intervals and a
+two-component fit (split), and bootstrap intervals for every EMD. Arrays in, rows (lists of dicts) out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from sae_sweep.analysis.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
+from sae_sweep.analysis.mixture import MixtureFit, fit_null_mixture
+from sae_sweep.analysis.note import Results, emd_samples
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.analysis.stats import emd_ci, proportion_ci
+from sae_sweep.dictionary import Dictionary
+from sae_sweep.errors import DataError
+
+log = logging.getLogger(__name__)
+Key = tuple[int, int]  # (dict_size, seed)
+
+
+@dataclass
+class FeatureTable:
+    """Per-feature arrays of one dictionary (dict_size,), scored against the reference of its seed."""
+
+    mcs: np.ndarray
+    mcs_live_ref: np.ndarray  # MCS against the reference's live features only
+    firing: np.ndarray  # held-out firing frequency (0: dead)
+    enc_dec_cos: np.ndarray  # cosine of encoder row j with decoder column j
+    init_cos: np.ndarray  # cosine of decoder column j with itself at initialisation
+
+
+def decoder_rows(d: Dictionary) -> np.ndarray:
+    return d.decoder.T.numpy()  # (dict_size, d_in): features as rows
+
+
+def fraction(mask: np.ndarray, within: np.ndarray | None = None) -> float:
+    """The fraction of ``mask`` that is true (among ``within``); NaN when there is nothing to count."""
+    base = mask if within is None else mask[within]
+    return float(base.mean()) if base.size else float("nan")
+
+
+def try_fit(v: np.ndarray, K: int, M: int) -> MixtureFit | None:
+    """The two-component fit, or None where there are too few features to fit (a tiny dictionary)."""
+    try:
+        return fit_null_mixture(v, K, M)
+    except DataError as exc:
+        log.warning("no two-component fit for %d features: %s", v.size, exc)
+        return None
+
+
+def feature_table(d: Dictionary, ref: Dictionary, mcs: np.ndarray, cfg: AnalysisConfig) -> FeatureTable:
+    enc = d.tensors.get("encoder.weight")
+    dec = decoder_rows(d)
+    enc_cos = np.ones(d.dict_size) if enc is None else rowwise_cosine(enc.numpy(), dec)  # tied: encoder = D^T
+    live = ref.firing_counts > 0
+    if live.any():
+        live_rows = decoder_rows(ref)[live]
+        mcs_live = max_cosine_similarity(dec, live_rows, chunk_size=cfg.chunk_size, device=cfg.device)[0]
+    else:
+        mcs_live = np.full(d.dict_size, np.nan)
+    return FeatureTable(
+        mcs=mcs,
+        mcs_live_ref=mcs_live,
+        firing=d.firing_counts / d.config.n_val_tokens,
+        enc_dec_cos=enc_cos,
+        init_cos=rowwise_cosine(dec, d.tensors["decoder_init"].T.numpy()),
+    )
+
+
+def liveness_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig, q: float) -> dict:
+    low = t.mcs < cfg.threshold
+    dead = t.firing == 0
+    return {
+        "dict_size": j,
+        "seed": s,
+        "n_low": int(low.sum()),
+        "low_dead_fraction": fraction(dead, low),  # low-MCS features that never fire
+        "low_live_null_fraction": fraction(~dead & (t.mcs < q), low),  # fire, but as close as random vectors
+        "high_dead_fraction": fraction(dead, ~low),
+        "median_log10_freq_low": float(np.median(np.log10(t.firing[low & ~dead]))) if (low & ~dead).any() else None,
+        "median_log10_freq_high": float(np.median(np.log10(t.firing[~low & ~dead]))) if (~low & ~dead).any() else None,
+        "enc_dec_cos_low": float(np.median(t.enc_dec_cos[low])) if low.any() else None,
+        "enc_dec_cos_high": float(np.median(t.enc_dec_cos[~low])) if (~low).any() else None,
+        "high_fraction": fraction(~low),
+        "high_fraction_live_ref": fraction(t.mcs_live_ref >= cfg.threshold),
+    }
+
+
+def movement_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig) -> dict:
+    low = t.mcs < cfg.threshold
+    stayed = t.init_cos >= cfg.stay_cosine
+    return {
+        "dict_size": j,
+        "seed": s,
+        "n_low": int(low.sum()),
+        "low_stayed": int((stayed & low).sum()),
+        "low_stayed_fraction": fraction(stayed, low),
+        "high_stayed_fraction": fraction(stayed, ~low),
+        "median_init_cos_low": float(np.median(t.init_cos[low])) if low.any() else None,
+        "median_init_cos_high": float(np.median(t.init_cos[~low])) if (~low).any() else None,
+    }
+
+
+def split_row(j: int, s: int, v: np.ndarray, fit: MixtureFit | None, cfg: AnalysisConfig, q: float) -> dict:
+    hi, hi_lo, hi_hi = proportion_ci(v >= cfg.threshold, cfg.n_boot, cfg.level, seed=cfg.seed)
+    nq, nq_lo, nq_hi = proportion_ci(v >= q, cfg.n_boot, cfg.level, seed=cfg.seed + 1)
+    return {
+        "dict_size": j,
+        "seed": s,
+        "n": v.size,
+        "threshold": cfg.threshold,
+        "high_fraction": hi,
+        "high_lo": hi_lo,
+        "high_hi": hi_hi,
+        "null_quantile": q,
+        "high_null_fraction": nq,
+        "high_null_lo": nq_lo,
+        "high_null_hi": nq_hi,
+        "mixture_n_real": fit.n_real if fit else None,
+        "mixture_null_weight": fit.null_weight if fit else None,
+    }
+
+
+def matching_row(j: int, s: int, ref: int, a: np.ndarray, b: np.ndarray, v: np.ndarray, cfg: AnalysisConfig) -> dict:
+    row = {
+        "dict_size": j,
+        "seed": s,
+        "reference": ref,
+        "mmcs": float(v.mean()),
+        "high_fraction_max": fraction(v >= cfg.threshold),
+    }
+    if max(j, ref) <= cfg.hungarian_max:
+        _, _, cos = hungarian_match(a, b)
+        row.update(hungarian_mean=float(cos.mean()), high_fraction_hungarian=fraction(cos >= cfg.threshold))
+    else:
+        row.update(hungarian_mean=None, high_fraction_hungarian=None)
+    return row
+
+
+def emd_ci_rows(res: Results, j: int, cfg: AnalysisConfig) -> list[dict]:
+    """Every EMD of the size-j matrix with its bootstrap interval (both samples resampled)."""
+    low = {k: v[v < cfg.cutoff] for k, v in emd_samples(res, j).items()}
+    names = list(low)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if low[a].size == 0 or low[b].size == 0:
+                continue
+            value, lo, hi = emd_ci(low[a], low[b], cfg.n_boot, cfg.level, seed=cfg.seed + len(rows))
+            rows.append({"dict_size": j, "a": a, "b": b, "emd": value, "lo": lo, "hi": hi})
+    return rows
+
+
+def first_seed_rows(rows: list[dict]) -> list[dict]:
+    """The rows of the smallest seed, by dictionary size (what a single-seed figure or sentence shows)."""
+    if not rows:
+        return []
+    seed = min(r["seed"] for r in rows)
+    return sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["dict_size"])

@@ -1,0 +1,161 @@
+"""The figures beyond the note (13-18): liveness, movement, the principled split, anisotropic nulls, controls and
+ground truth. Object API only, as figures.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from sae_sweep.analysis.extras import Extras
+from sae_sweep.analysis.features import first_seed_rows
+from sae_sweep.analysis.figures import LEARNED, NULL, RANDOM, save
+from sae_sweep.analysis.note import Results
+from sae_sweep.analysis.nulls import analytic_null_pdf
+
+
+def _featured_table(ex: Extras, res: Results):
+    key = (res.featured, res.seeds[0])
+    return ex.features.get(key) or (next(iter(ex.features.values())) if ex.features else None)
+
+
+def fig_liveness(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 13: MCS against log firing frequency (dead features on the left edge), coloured by encoder-decoder cos."""
+    t = _featured_table(ex, res)
+    if t is None:
+        return None
+    dead = t.firing == 0
+    floor = np.log10(t.firing[~dead].min()) - 0.5 if (~dead).any() else -6.0
+    x = np.where(dead, floor, np.log10(np.where(dead, 1.0, t.firing)))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    sc = ax.scatter(x, t.mcs, c=t.enc_dec_cos, s=5, cmap="viridis", vmin=-1, vmax=1, linewidths=0)
+    fig.colorbar(sc, ax=ax, label="encoder-decoder cosine")
+    ax.axvline(floor + 0.25, color="gray", lw=0.6, ls=":")
+    ax.axhline(res.config.threshold, color="gray", lw=0.8, ls="--")
+    ax.axhline(
+        ex.null_q[res.reference], color=NULL, lw=0.8, ls=":", label=f"null {res.config.null_quantile:g} quantile"
+    )
+    ax.set(
+        xlabel="log10 held-out firing frequency (dead: left edge)",
+        ylabel=f"MCS vs J={res.reference}",
+        title=f"Fig. 13: liveness against MCS, J={res.featured} ({int(dead.sum())} dead)",
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)
+
+
+def fig_movement(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 14: MCS against each feature's cosine with its own decoder direction at initialisation."""
+    t = _featured_table(ex, res)
+    if t is None:
+        return None
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    ax.scatter(t.init_cos, t.mcs, s=5, alpha=0.5, color=LEARNED, linewidths=0)
+    ax.axvline(res.config.stay_cosine, color="gray", lw=0.8, ls=":", label=f"stayed (cos >= {res.config.stay_cosine})")
+    ax.axhline(res.config.threshold, color="gray", lw=0.8, ls="--")
+    ax.set(
+        xlabel="cosine with own initial direction",
+        ylabel=f"MCS vs J={res.reference}",
+        title=f"Fig. 14: movement from initialisation, J={res.featured}",
+    )
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def fig_split(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 15: the two-component fit (exact null + learned Beta) over the featured size's MCS histogram."""
+    from scipy import stats  # noqa: PLC0415
+
+    key = (res.featured, res.seeds[0])
+    fit = ex.fits.get(key)
+    v = res.vs_reference(*key)
+    if fit is None or v is None:
+        return None
+    edges = np.linspace(0.0, 1.0, res.config.bins + 1)
+    width = edges[1] - edges[0]
+    x = np.linspace(0.005, 0.995, 400)
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    ax.hist(v, bins=edges, color=LEARNED, alpha=0.6, label=f"J={res.featured} vs {res.reference}")
+    ax.plot(
+        x,
+        fit.null_weight * analytic_null_pdf(x, res.d_in, res.reference) * v.size * width,
+        color=NULL,
+        label=f"null component ({fit.null_weight * v.size:.0f})",
+    )
+    ax.plot(
+        x,
+        (1 - fit.null_weight) * stats.beta.pdf(x, fit.a, fit.b) * v.size * width,
+        color="tab:green",
+        label=f"learned component ({fit.n_real:.0f} real)",
+    )
+    ax.axvline(res.config.threshold, color="gray", ls="--", lw=0.8, label=f"fixed {res.config.threshold}")
+    ax.axvline(ex.null_q[res.reference], color=NULL, ls=":", lw=0.8, label=f"null {res.config.null_quantile:g} q")
+    ax.set(xlabel="MCS", ylabel="features", title="Fig. 15: a principled split and a two-component fit")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def fig_anisotropic(res: Results, ex: Extras, path: Path) -> Path | None:
+    """Figure 16: the learned MCS distribution beside isotropic and anisotropic random dictionaries."""
+    if not ex.anisotropic_samples:
+        return None
+    j = res.featured if res.featured in ex.anisotropic_samples else min(ex.anisotropic_samples)
+    samples = ex.anisotropic_samples[j]
+    edges = np.linspace(min(0.0, *(v.min() for v in samples.values())), 1.0, res.config.bins + 1)
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for (name, v), color in zip(samples.items(), (LEARNED, RANDOM, "tab:green", "tab:purple"), strict=False):
+        ax.hist(v, bins=edges, histtype="step", lw=1.4, color=color, label=name.replace("_", " "))
+    ax.set(xlabel="MCS", ylabel="features", title=f"Fig. 16: learned vs random nulls, J={j} vs {res.reference}")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def fig_controls(table: list[dict], path: Path) -> Path | None:
+    """Figure 17: high-MCS fraction and estimated real features per size, one line per variant."""
+    variants = sorted({r["variant"] for r in table})
+    if len(variants) < 2:
+        return None
+    fig = Figure(figsize=(10, 4))
+    a1, a2 = fig.subplots(1, 2)
+    for v in variants:
+        rows = first_seed_rows([r for r in table if r["variant"] == v])
+        sizes = [r["dict_size"] for r in rows]
+        a1.plot(sizes, [r["high_fraction"] for r in rows], marker="o", label=v)
+        a2.plot(sizes, [np.nan if r["mixture_n_real"] is None else r["mixture_n_real"] for r in rows], marker="o")
+    for ax, ylabel in ((a1, "high-MCS fraction (vs own reference)"), (a2, "real features (two-component fit)")):
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="dictionary size", ylabel=ylabel)
+    a1.legend(fontsize=7)
+    fig.suptitle("Fig. 17: controls side by side")
+    return save(fig, path)
+
+
+def fig_ground_truth(ex: Extras, path: Path) -> Path | None:
+    """Figure 18: synthetic data: true features recovered and low-MCS fraction per size, true count marked."""
+    rows = first_seed_rows(ex.ground_truth)
+    if not rows:
+        return None
+    sizes = [r["dict_size"] for r in rows]
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    ax.plot(
+        sizes,
+        [r["recovered_fraction"] for r in rows],
+        marker="o",
+        label=f"true features recovered (MCS > {rows[0]['cosine']})",
+    )
+    ax.plot(sizes, [r["matched_fraction"] for r in rows], marker="s", label="dictionary features that are true ones")
+    ax.plot(sizes, [r["low_vs_truth_fraction"] for r in rows], marker="v", label="low-MCS fraction (vs the truth)")
+    low = [(r["dict_size"], r["low_fraction"]) for r in rows if r["low_fraction"] is not None]
+    if low:
+        ax.plot(*zip(*low, strict=True), marker="^", label="low-MCS fraction (vs the largest dictionary)")
+    ax.axvline(rows[0]["n_true"], color="gray", ls="--", lw=0.8, label=f"true count {rows[0]['n_true']}")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="dictionary size", ylabel="fraction", ylim=(-0.02, 1.02), title="Fig. 18: known ground truth")
+    ax.legend(fontsize=7)
+    return save(fig, path)

@@ -1,0 +1,43 @@
+"""The analysis's settings: what ``conf/analyze.yaml``'s ``analysis`` node becomes (every field is there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sae_sweep.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    layer: int = 2  # which layer's dictionaries to compare
+    reference: int | None = None  # dict size every smaller one is scored against; None: the largest (the note: 8192)
+    featured: int | None = None  # dict size of the single-size figures (the note: 1024); None: closest to 1024
+    cutoff: float = 0.5  # EMDs compare the MCS < cutoff part of each distribution (the low mode)
+    threshold: float = 0.5  # MCS >= threshold counts as high-MCS
+    n_random: int = 4  # random dictionary pairs per size (Rand 1..R of the note)
+    seed: int = 0  # random baselines
+    chunk_size: int = 4096  # rows of A per MCS block: memory is chunk_size x |B| floats
+    device: str | None = None  # MCS device; None: CUDA when available
+    bins: int = 50
+    # Beyond the note (issue 6)
+    variant: str | None = None  # the main run: "" = the note's setup; None: "" when present, else the only variant
+    controls: bool = True  # also analyse every other variant found (untrained GPT, resampling, l1, synthetic)
+    n_boot: int = 1000  # bootstrap replicates (features resampled) for every EMD and proportion
+    level: float = 0.95  # confidence level of the bootstrap intervals
+    null_quantile: float = 0.999  # the principled split: MCS above this quantile of the exact null is high
+    stay_cosine: float = 0.99  # a feature whose decoder has cosine >= this with its initial direction never left
+    shared_cosine: float = 0.7  # cross-seed Hungarian matches at or above this count as shared (Paulo & Belrose)
+    recovered_cosine: float = 0.9  # synthetic data: a true feature is recovered at MCS above this
+    hungarian_max: int = 8192  # Hungarian matching only for dictionaries up to this size (it builds J x M matrices)
+
+    def __post_init__(self) -> None:
+        for name in ("n_random", "chunk_size", "bins", "n_boot", "hungarian_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")
+        for name in ("cutoff", "threshold", "stay_cosine", "shared_cosine", "recovered_cosine"):
+            if not -1.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"analysis.{name} must be in (-1, 1], got {getattr(self, name)!r}")
+        for name in ("level", "null_quantile"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"analysis.{name} must be in (0, 1), got {getattr(self, name)!r}")

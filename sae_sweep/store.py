@@ -1,0 +1,303 @@
+"""Products on disk: the versioned artifact store, atomic builds, and sha256 manifests.
+
+Every product sae-sweep writes (a token or activation cache, a GPT, a dictionary, a report) is built in a temporary
+sibling folder and renamed into place, so a reader never sees half of one (``atomic_folder``); a product that
+several jobs may want at once is built by one of them under a file lock while the others wait (``build_once``); and
+each records the sha256 of its files, checked on load (``verify_files``).
+
+Layout of the store::
+
+    <store>/<name>/v0/ ... v1/ ...      each version: the product's files + artifact.json
+    <store>/<name>/latest               a one-line file naming the newest version ("v1")
+
+``artifact.json`` holds the name, type, version, metadata and the sha256 of every file. ``latest`` moves only after
+a version is complete. Names never contain ``/`` and match W&B artifact names, so the same product can be logged to
+W&B and pulled back from either place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from sae_sweep.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "artifact.json"
+LATEST = "latest"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ------------------------------------------------------------------------------------------- digests and files
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_digest(obj) -> str:
+    """The sha256 (hex) of ``obj`` as sorted-key JSON: the key of a cache or a run, from the settings that shape it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def verify_files(folder: Path, files: dict[str, str], what: str, fix: str) -> None:
+    """Check each ``folder/name`` against its recorded sha256; a missing or changed file raises DataError.
+
+    ``what`` names the product in the message ("token cache", "artifact sae-L2-J64-s0") and ``fix`` says what to do.
+    """
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{what}: file {path} is missing. {fix}")
+        if sha256_file(path) != digest:
+            raise DataError(
+                f"{what}: file {path} does not match the sha256 recorded for it (truncated or edited). {fix}"
+            )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # safetensors reports ENOSPC as its own error type, not as an OSError
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; on success rename it to ``final``, on failure delete it.
+
+    ``replace``: swap out an existing ``final`` (the old one is moved aside first, then deleted), so that ``final``
+    is always one whole product. Without it ``final`` must not exist yet.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if replace and final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_once(final: Path, fill: Callable[[Path], None], ready: str) -> bool:
+    """Make the folder ``final`` once, even across processes: True if this call built it, False if it was there.
+
+    Under a file lock beside it, ``final`` counts as built when ``final/ready`` exists; otherwise ``fill(tmp)``
+    writes the product into a temporary folder (``ready`` last) and the folder is renamed into place.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / f".{final.name}.lock")):
+        if (final / ready).exists():
+            return False
+        with atomic_folder(final) as tmp:
+            fill(tmp)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    version: int
+    type: str
+    path: Path
+    metadata: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise DataError(
+            f"artifact name {name!r} is invalid: use letters, digits, '.', '_' and '-' (no '/'), "
+            "as W&B artifact names do"
+        )
+    return name
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is not a readable artifact ({MANIFEST}: {exc})") from None
+
+
+def verify(path: Path) -> dict:
+    """Read ``path/artifact.json`` and check every file's sha256 against it; return the manifest."""
+    manifest = read_manifest(path)
+    fix = f"Delete that version folder ({path}), or train it again."
+    verify_files(path, manifest["files"], f"artifact {manifest['name']}", fix)
+    return manifest
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name[1:]) for p in folder.iterdir() if re.fullmatch(r"v\d+", p.name))
+
+    def save(self, name: str, type: str, write: Callable[[Path], None], metadata: dict | None = None) -> Artifact:
+        """Create a new version of ``name``: ``write(folder)`` fills a fresh folder, then it is sealed.
+
+        Sealing records the sha256 of each file in artifact.json, renames the folder to ``v<N>`` and moves
+        ``latest``. If ``write`` fails (a full disk, say), the previous versions are untouched.
+        """
+        check_name(name)
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            try:
+                write(tmp)
+            except Exception as exc:
+                if _disk_full(exc):
+                    raise DataError(
+                        f"the disk is full: writing a new version of {name} to {self.root} failed ({exc}). "
+                        "The previous versions are intact; free some space and rerun."
+                    ) from exc
+                raise
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            with FileLock(str(folder / ".lock")):
+                version = (self._versions(name) or [-1])[-1] + 1
+                manifest = {
+                    "name": name,
+                    "type": type,
+                    "version": version,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "metadata": metadata or {},
+                    "files": files,
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                final = folder / f"v{version}"
+                os.replace(tmp, final)
+                atomic_write_text(folder / LATEST, f"v{version}\n")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.debug("saved artifact %s:v%d to %s", name, version, final)
+        return Artifact(name, version, type, final, manifest["metadata"])
+
+    def save_once(
+        self, name: str, type: str, same: Callable[[dict], bool], make: Callable[[], tuple[Callable, dict]]
+    ) -> tuple[Artifact, bool]:
+        """The latest version of ``name`` if ``same(its metadata)``, else a new one; once, even across processes.
+
+        ``make()`` returns the (write, metadata) of ``save`` and is called only when a version must be made. Returns
+        (artifact, made here). For products that are a pure function of their settings (an untrained GPT, synthetic
+        true features), so that the jobs of a sweep that all need one save it as one version.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{check_name(name)}.lock")):
+            if name in self.names(type):
+                art = self.get(name)
+                if same(art.metadata):
+                    return art, False
+            write, metadata = make()
+            return self.save(name, type, write, metadata), True
+
+    def get(self, spec: str, verify_files: bool = True) -> Artifact:
+        """Resolve ``name``, ``name:latest``, ``name:v3`` or a folder path to a verified artifact."""
+        path = Path(spec).expanduser()
+        if (path / MANIFEST).is_file():
+            folder = path
+        else:
+            name, _, alias = spec.partition(":")
+            check_name(name)
+            versions = self._versions(name)
+            if not versions:
+                known = ", ".join(sorted(self.names())) or "none"
+                raise DataError(f"no artifact {name!r} in the store {self.root} (it holds: {known})")
+            alias = alias or LATEST
+            if alias == LATEST:
+                latest_file = self.root / name / LATEST
+                alias = latest_file.read_text().strip() if latest_file.exists() else f"v{versions[-1]}"
+            folder = self.root / name / alias
+            if not re.fullmatch(r"v\d+", alias) or not folder.is_dir():
+                have = ", ".join(f"v{v}" for v in versions)
+                raise DataError(f"artifact {name!r} has no version {alias!r} (it has {have}, and latest)")
+        manifest = verify(folder) if verify_files else read_manifest(folder)
+        return Artifact(manifest["name"], manifest["version"], manifest["type"], folder, manifest["metadata"])
+
+    def names(self, type: str | None = None) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for folder in sorted(self.root.iterdir()):
+            versions = self._versions(folder.name)
+            if not versions:
+                continue
+            if type is not None and read_manifest(folder / f"v{versions[-1]}")["type"] != type:
+                continue
+            out.append(folder.name)
+        return out
+
+    def latest_of_type(self, type: str) -> Artifact | None:
+        """The most recently created artifact of ``type`` across all names, or None."""
+        best = None
+        for name in self.names(type):
+            art = self.get(name, verify_files=False)
+            mtime = art.path.stat().st_mtime_ns
+            if best is None or mtime > best[0]:
+                best = (mtime, art)
+        return None if best is None else self.get(str(best[1].path))
+
+
+def file_digest(artifact: Artifact, filename: str) -> str:
+    """The sha256 of one file of ``artifact``, as its manifest records it."""
+    return read_manifest(artifact.path)["files"][filename]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where products live: ``cache/`` (tokens, activations), ``store/`` (artifacts), ``runs/`` (checkpoints, logs)."""
+
+    root: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"

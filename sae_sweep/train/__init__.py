@@ -1,0 +1,11 @@
+"""Training: text -> tokens -> GPT -> activations -> SAE -> dictionary, one cached product per arrow.
+
+    corpus.py, tokenizer.py, tokens.py     the text and its token cache
+    gpt.py, gpt_module.py, pretrain.py     the tiny nanoGPT, its Lightning step, stage ``pretrain``
+    harvest.py, synthetic.py               activation caches: a GPT's MLP, or generated with known features
+    sae.py, sae_module.py, sae_stage.py    the SAE, its Lightning step, stage ``sae`` (one job of a sweep)
+    trainer.py, preemption.py, runs.py     the shared Trainer, clean stops on SIGTERM/requeue, a run's folder
+    loggers.py, density.py                 CSV + guarded W&B logging; the one figure a job draws
+
+Nothing here imports the analysis, scipy, or (until a job draws its histogram) matplotlib.
+"""

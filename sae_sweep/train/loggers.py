@@ -1,0 +1,223 @@
+"""A training run's loggers: a CSV of every metric that survives resumes, and a W&B logger that never ends a run.
+
+``build_loggers`` makes both (W&B offline when asked or when its server cannot be reached); ``finish_wandb``
+uploads the finished artifact to the run, with its summary and the feature-density histogram, and closes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from sae_sweep.store import Artifact
+from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_settings, wandb_mode
+
+log = logging.getLogger(__name__)
+
+
+def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None = None) -> list:
+    """A CSV logger always; a W&B logger unless logger=none, guarded so that W&B trouble never ends the run."""
+    csv_logger = ResumingCSVLogger(run_dir, name="csv", version="")
+    loggers: list = [csv_logger]
+    if cfg.kind == "wandb":
+        offline = wandb_mode(cfg, where=str(run_dir / "wandb")) == "offline"
+        wandb_logger = GuardedWandbLogger(
+            csv_path=Path(csv_logger.log_dir) / "metrics.csv",
+            name=name,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=group,
+            tags=list(cfg.tags),
+            save_dir=str(run_dir),
+            offline=offline,
+            settings=quiet_settings(),
+        )
+        loggers.append(wandb_logger)
+    return loggers
+
+
+class ResumingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that a resumed run keeps the rows its interrupted run wrote before the resume.
+
+    Lightning's deletes metrics.csv when a run starts in a folder that has one, so a job resumed after a kill, a
+    SIGTERM or a requeue would keep only the curves from where it resumed. This one keeps every earlier row before the
+    first step the resumed run logs (the rows after it are logged again, from the same batches), and writes its rows
+    out at every checkpoint, not only every 100 steps.
+    """
+
+    @property
+    def experiment(self):
+        if self._experiment is None and rank_zero_only.rank == 0:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir)
+        return CSVLogger.experiment.fget(self)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()  # the rows up to each checkpoint reach the disk with it: a resumed run's curves have no gap
+
+
+class _ResumingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # instead of deleting an earlier metrics.csv, trim it at the first save
+        self._earlier = os.path.isfile(self.metrics_file_path)
+
+    def save(self) -> None:
+        if self._earlier and self.metrics:
+            self._keep_rows_before(min(int(m["step"]) for m in self.metrics))
+        super().save()
+
+    def _keep_rows_before(self, step: int) -> None:
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self.metrics_keys, self._earlier = header, False  # the next save appends (or widens the header)
+
+
+class GuardedWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, except that a W&B failure never ends the run.
+
+    The first exception from W&B (its service process gone, a full disk under its run folder, a server error) is
+    warned about once, naming the step, where the metrics go on (the CSV beside the run) and how to upload what W&B
+    logged before it (``wandb sync``); then W&B is off for the rest of the run. Training, the CSV metrics, the
+    checkpoints and the local artifact carry on. ``failure`` says what went wrong (None while W&B works).
+    """
+
+    def __init__(self, *args, csv_path: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.csv_path = csv_path
+        self.failure: str | None = None
+        self.wandb_dir: Path | None = None  # the run's folder, which `wandb sync` uploads
+        self._step = 0
+
+    @property
+    def experiment(self):
+        if self.failure is not None:
+            return _WandbOff()
+        try:
+            run = WandbLogger.experiment.fget(self)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never end a training run
+            self.fail("starting the W&B run", exc)
+            return _WandbOff()
+        if self.wandb_dir is None and isinstance(getattr(run, "dir", None), str):
+            self.wandb_dir = Path(run.dir).parent
+        return run
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._guarded("logging hyperparameters", super().log_hyperparams, params, *args, **kwargs)
+
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        self._step = self._step if step is None else step
+        self._guarded("logging metrics", super().log_metrics, metrics, step)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self._guarded("logging a checkpoint", super().after_save_checkpoint, checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        self._guarded("finalizing", super().finalize, status)
+
+    def _guarded(self, what: str, fn, *args, **kwargs):
+        if self.failure is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never end a training run
+            self.fail(what, exc)
+            return None
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        """Warn once and switch W&B off for the rest of this run; let go of the broken W&B run."""
+        if self.failure is not None:
+            return
+        self.failure = f"{type(exc).__name__}: {exc}"
+        sync = (
+            f"to upload what W&B logged before the failure, run `wandb sync {self.wandb_dir}`"
+            if self.wandb_dir is not None
+            else "nothing reached W&B"
+        )
+        log.warning(
+            "W&B logging failed at step %d while %s (%s); W&B is off for the rest of this run, which goes on: "
+            "metrics continue in %s, checkpoints and the artifact are kept locally; %s",
+            self._step,
+            what,
+            self.failure,
+            self.csv_path,
+            sync,
+        )
+        abandon_run(self._experiment)
+
+
+class _WandbOff:
+    """What ``GuardedWandbLogger.experiment`` gives once W&B is off: every attribute and call is a no-op."""
+
+    def __getattr__(self, name: str):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+def finish_wandb(
+    loggers: list,
+    artifact: Artifact,
+    summary: dict | None = None,
+    uses: str | None = None,
+    histograms: dict | None = None,
+) -> None:
+    """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
+
+    ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``histograms``: name ->
+    1-D array, each logged as a W&B histogram. A W&B failure here, or one earlier in the run, is warned about and
+    never fatal: the artifact is already safe in the local store.
+    """
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        if getattr(lg, "failure", None) is not None:  # W&B was switched off mid-run (already warned about)
+            log.warning(
+                "W&B has been off since it failed (%s): %s is kept locally at %s",
+                lg.failure,
+                artifact.ref,
+                artifact.path,
+            )
+            continue
+        try:
+            run = lg.experiment
+            offline = bool(run.offline)
+            run_dir = Path(run.dir).parent
+            _log_to_run(run, artifact, summary, uses if not offline else None, histograms or {})
+            run.finish()
+        except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
+            if hasattr(lg, "fail"):
+                lg.fail(f"uploading the artifact {artifact.ref}", exc)
+            else:
+                log.warning(
+                    "W&B logging failed (%s: %s); the artifact is safe at %s", type(exc).__name__, exc, artifact.path
+                )
+            continue
+        if offline:
+            log.info("W&B run kept offline; upload it with: wandb sync %s", run_dir)
+
+
+def _log_to_run(run, artifact: Artifact, summary: dict | None, uses: str | None, histograms: dict) -> None:
+    import wandb  # noqa: PLC0415
+
+    if uses:
+        run.use_artifact(uses)
+    if summary:
+        run.summary.update(summary)
+    if histograms:
+        run.log({name: wandb.Histogram(values) for name, values in histograms.items()})
+    log_artifact(run, artifact)

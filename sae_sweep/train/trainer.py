@@ -1,0 +1,124 @@
+"""One Lightning Trainer for both training stages: step-based, checkpointing atomically, quiet on the console.
+
+``build_trainer`` wires in the pre-emption callbacks (``preemption.py``), the atomic checkpoint IO (``runs.py``), a
+rich progress bar over steps, and SLURM's environment when there is one (one requeue path: submitit's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from sae_sweep.errors import ConfigError
+from sae_sweep.train.preemption import CheckpointBeforeRequeue, CheckpointOnSigterm, ReportResume
+from sae_sweep.train.runs import CKPT_DIR, AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
+
+# Lightning notices that are expected here and would only bury the useful lines of a run's output.
+warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")  # we checkpoint after steps
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # batches are built in-process
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners (devices found, "try litlogger" tips, the LOCAL_RANK line) off the console:
+    its info messages go through these loggers, its warnings and errors still show."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # ddp_spawn locally: plain ddp re-launches the script (and so the whole sweep)
+    precision: str = "32-true"  # bf16-mixed on GPUs that have it; CPU bf16 autocast is slower here
+    compile: bool = False  # torch.compile: slow to start, and a 32-wide model has little to fuse
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"trainer.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"trainer.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if str(self.precision) not in PRECISIONS:
+            raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("devices", "num_nodes", "log_every_n_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"trainer.{name} must be a positive integer, got {value!r}")
+
+
+class _StepProgressBar(RichProgressBar):
+    """Rich progress over steps: runs here are step-based, so Lightning's "Epoch 0/-2" label would only confuse."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
+
+
+def build_trainer(
+    tcfg: TrainerConfig,
+    *,
+    run_dir: Path,
+    max_steps: int,
+    loggers: list,
+    ckpt_every: int,
+    callbacks: tuple = (),
+    val_every: int | None = None,
+    grad_clip: float | None = None,
+    log_every: int | None = None,
+) -> pl.Trainer:
+    """One Trainer for every stage: step-based, checkpointing atomically to ``run_dir/checkpoints/last.ckpt``."""
+    quiet_lightning()
+    callbacks = [
+        *callbacks,
+        ModelCheckpoint(dirpath=run_dir / CKPT_DIR, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every),
+        CheckpointOnSigterm(run_dir / CKPT_DIR / "last.ckpt"),
+        CheckpointBeforeRequeue(run_dir / CKPT_DIR / "last.ckpt"),
+        ReportResume(),
+    ]
+    if tcfg.progress_bar:
+        callbacks.append(_StepProgressBar(refresh_rate=10, leave=True))  # redraws cost ~0.1 ms each
+    strategy, plugins = tcfg.strategy, [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Requeueing is submitit's job (it catches USR2 and resubmits, once CheckpointBeforeRequeue has written
+        # last.ckpt at the step in progress; the rerun resumes there), so Lightning's own USR1 requeue stays off:
+        # one requeue path, not two.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        if strategy.startswith("ddp") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            strategy = "ddp"  # SLURM started one process per device (tasks_per_node = devices): spawn no more
+    return pl.Trainer(
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        num_nodes=tcfg.num_nodes,
+        strategy=strategy,
+        precision=tcfg.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if val_every else 0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=grad_clip or None,
+        logger=loggers or False,
+        log_every_n_steps=log_every or tcfg.log_every_n_steps,
+        enable_progress_bar=tcfg.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+        plugins=plugins,
+        callbacks=callbacks,
+    )
