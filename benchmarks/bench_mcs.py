@@ -6,14 +6,14 @@
 
 Paths, all on the same random N(0, 1) float32 dictionaries (rows are features):
 
-* ours       ``sae_sweep.similarity.max_cosine_similarity`` (values and indices).
+* ours       ``sae_sweep.analysis.mcs.max_cosine_similarity`` (values and indices).
 * naive      numpy: normalise, the full ``a @ b.T`` product, ``max`` and ``argmax`` over it.
 * mm_rows    the bare chunked ``torch.mm``: ``chunk_size x n_b`` products into one reused buffer, nothing else.
-* mm_tiled   the bare ``torch.mm`` of exactly the tiles ours runs (``chunk_size x similarity._COL_BLOCK``), no max.
+* mm_tiled   the bare ``torch.mm`` of exactly the tiles ours runs (``chunk_size x mcs._COL_BLOCK``), no max.
 
 Every measurement runs in a fresh spawned process, so peak memory is that path's alone: ru_maxrss after the work
 minus ru_maxrss right after the inputs were created. Repeats interleave the paths so machine noise hits all of them;
-medians are printed with ratios. The EMD part times ``similarity.emd`` (sorted-sample fast path) against
+medians are printed with ratios. The EMD part times ``stats.emd`` (sorted-sample fast path) against
 ``scipy.stats.wasserstein_distance`` on two equal-size samples.
 """
 
@@ -33,8 +33,10 @@ import numpy as np
 import scipy.stats
 import torch
 
-from sae_sweep import similarity
-from sae_sweep.similarity import emd, max_cosine_similarity, random_dictionary
+from sae_sweep.analysis import mcs
+from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.nulls import random_dictionary
+from sae_sweep.analysis.stats import emd
 
 PATHS = ("ours", "naive", "mm_rows", "mm_tiled")
 
@@ -75,13 +77,13 @@ def child(path: str, n_a: int, n_b: int, K: int, chunk: int) -> tuple[float, flo
         "ours": lambda: run_ours(small_a, small_b, chunk),
         "naive": lambda: run_naive(small_a, small_b, chunk),
         "mm_rows": lambda: run_mm(small_a, small_b, chunk, None),
-        "mm_tiled": lambda: run_mm(small_a, small_b, chunk, similarity._COL_BLOCK),
+        "mm_tiled": lambda: run_mm(small_a, small_b, chunk, mcs._COL_BLOCK),
     }[path]
     work = {
         "ours": lambda: run_ours(a, b, chunk),
         "naive": lambda: run_naive(a, b, chunk),
         "mm_rows": lambda: run_mm(a, b, chunk, None),
-        "mm_tiled": lambda: run_mm(a, b, chunk, similarity._COL_BLOCK),
+        "mm_tiled": lambda: run_mm(a, b, chunk, mcs._COL_BLOCK),
     }[path]
     warm()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -110,10 +112,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 def report_mcs(shape, K: int, results: dict, chunk: int, sweep: list[int]) -> None:
     n_a, n_b = shape
     gflop = 2 * n_a * n_b * K / 1e9
-    print(
-        f"\nMCS {n_a} x {n_b}, K={K} ({gflop:.0f} GFLOP per product, chunk_size={chunk}, col block "
-        f"{similarity._COL_BLOCK})"
-    )
+    print(f"\nMCS {n_a} x {n_b}, K={K} ({gflop:.0f} GFLOP per product, chunk_size={chunk}, col block {mcs._COL_BLOCK})")
     print(f"  {'path':<16}{'median s':>10}{'min s':>9}{'GFLOP/s':>9}{'peak MB':>10}{'mean MCS':>10}")
     med: dict[str, float] = {}
     mem: dict[str, float] = {}

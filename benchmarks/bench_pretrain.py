@@ -20,17 +20,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from sae_sweep.lit import (
-    GPTModule,
-    LoggerConfig,
-    PretrainConfig,
-    RandomBlocks,
-    TokenDataModule,
-    TrainerConfig,
-    build_loggers,
-    build_trainer,
-)
-from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train.gpt import GPT, GPTConfig
+from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
+from sae_sweep.train.loggers import build_loggers
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
 
 
 class StepTimer(pl.Callback):

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sae_sweep.lit import TrainerConfig, build_trainer
-from sae_sweep.lit_sae import ActivationDataModule, SAEModule
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
 
 D_IN, L1, WARMUP = 128, 1e-3, 2
 

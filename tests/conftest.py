@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+
+from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
 
 # Never reach a server from tests: W&B writes offline runs, HF libraries stay offline.
 os.environ["WANDB_MODE"] = "offline"
@@ -74,3 +78,53 @@ def fresh_root(gpt_root: Path, tmp_path: Path, name: str = "root") -> Path:
     root = tmp_path / name
     shutil.copytree(gpt_root, root)
     return root
+
+
+def dictionary_config(name: str = "sae-L2-J64-s0", **fields) -> DictionaryConfig:
+    """A complete config.json schema for hand-made dictionaries: the fields a test names, the rest plausible."""
+    from sae_sweep.train.harvest import HarvestConfig  # noqa: PLC0415
+    from sae_sweep.train.sae import SAEConfig  # noqa: PLC0415
+
+    values = {
+        "name": name,
+        "variant": "",
+        "d_in": 16,
+        "layer": 2,
+        "dict_size": 64,
+        "seed": 0,
+        "l1_coeff": 1e-3,
+        "sae": SAEConfig(dict_size=fields.get("dict_size", 64), seed=fields.get("seed", 0)).to_dict(),
+        "harvest": {**HarvestConfig().__dict__, "n_val_tokens": 1000},
+        "gpt": {"artifact": "gpt-embedded-s0:v0", "digest": "0" * 64},
+        "synthetic": None,
+        "activations": {"key": "L2-N1000-test", "digest": "0" * 64, "n_tokens": 1000},
+        "steps": 1,
+        "n_resampled": 0,
+        "run_id": f"{name}-test",
+        "metrics": {"val/fvu": 0.1, "val/l0": 5.0, "val/dead_fraction": 0.0, "val/mse": 0.01},
+    }
+    return DictionaryConfig(**{**values, **fields})
+
+
+def save_dict(
+    store,
+    J: int,
+    seed: int,
+    d_in: int = 16,
+    layer: int = 2,
+    decoder=None,
+    variant="",
+    counts=None,
+    extra: dict | None = None,
+):
+    """Save a hand-made dictionary of size J (decoder (d_in, J) if given, else a seeded orthogonal one) to ``store``."""
+    from sae_sweep.train.sae import SAEConfig, SparseAutoencoder  # noqa: PLC0415
+
+    sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
+    if decoder is not None:
+        with torch.no_grad():
+            sae.decoder.copy_(torch.as_tensor(decoder, dtype=torch.float32))
+    name = dictionary_name(layer, J, seed, variant)
+    config = dictionary_config(name, variant=variant, d_in=d_in, layer=layer, dict_size=J, seed=seed, **(extra or {}))
+    counts = np.ones(J, dtype=np.int64) if counts is None else counts
+    return store.save(name, DICTIONARY_TYPE, lambda f: write_dictionary(f, sae, config, counts), config.__dict__)

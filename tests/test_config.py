@@ -6,8 +6,8 @@ from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from sae_sweep import ConfigError, config
-from sae_sweep.data import DataConfig
-from sae_sweep.lit import PretrainConfig
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.gpt_module import PretrainConfig
 
 from .conftest import CONF, compose
 

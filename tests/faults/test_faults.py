@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from sae_sweep import DataError
-from sae_sweep.artifacts import ArtifactStore, load_dictionary, load_gpt, write_dictionary
-from sae_sweep.runs import verify_checkpoint
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.dictionary import load_dictionary, write_dictionary
+from sae_sweep.store import ArtifactStore
+from sae_sweep.train.gpt import load_gpt
+from sae_sweep.train.runs import verify_checkpoint
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
-from ..conftest import REPO, SMOKE, fresh_root, run_train
+from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SAE_ARGS = [*SMOKE, "logger=none", "harvest.n_tokens=400000", "sae.dict_size=1024", "sae.ckpt_every=100"]
@@ -169,7 +171,7 @@ def test_sigterm_under_ddp_checkpoints_and_resumes(gpt_root, tmp_path):
     log = again.stdout + again.stderr
     assert again.returncode == 0 and "resuming from" in log and "Restored all states" in log, log[-3000:]
     resumed = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert resumed.config["steps"] == DDP_STEPS
+    assert resumed.config.steps == DDP_STEPS
     assert_whole_curves(resumed.path / "metrics.csv", last_step=DDP_STEPS)
 
 
@@ -191,7 +193,8 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path):
 
 PREP = """
 import sys
-from sae_sweep.data import DataConfig, prepare
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.tokens import prepare
 prepare(DataConfig(corpus="embedded", vocab_size=512, max_bytes=300000, val_fraction=0.2), sys.argv[1])
 """
 
@@ -292,7 +295,8 @@ def test_full_disk_during_an_artifact_write_keeps_the_previous_version(small_dis
 
     def writer(dict_size):
         sae = SparseAutoencoder(128, SAEConfig(dict_size=dict_size))
-        return lambda folder: write_dictionary(folder, sae, {"dict_size": dict_size}, [0] * dict_size)
+        config = dictionary_config(f"sae-L2-J{dict_size}-s0", d_in=128, dict_size=dict_size)
+        return lambda folder: write_dictionary(folder, sae, config, [0] * dict_size)
 
     store.save("sae-L2-J256-s0", "sae-dictionary", writer(256))  # about 0.4 MB: fits
     with pytest.raises(DataError, match=r"the disk is full: writing a new version of sae-L2-J256-s0 .* intact"):
@@ -329,7 +333,7 @@ def test_usr2_requeues_a_submitit_job_which_resumes_at_the_step_it_stopped(gpt_r
     step = int(saved.group(1))
     assert 100 <= step < 1562 and "resuming from" in logs and f"resumed at step {step} of 1562" in logs, logs[-3000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert d.config["steps"] == 1562
+    assert d.config.steps == 1562
     assert_whole_curves(d.path / "metrics.csv")  # the rows before the requeue were kept, none logged twice
     assert_same_tensors(d.tensors, reference_sae.tensors, "dictionary")
 
@@ -356,5 +360,5 @@ def test_wandb_dying_mid_run_does_not_fail_the_job(gpt_root, tmp_path):
     assert f"run `wandb sync {wandb_dir}`" in output
     assert "Traceback" not in output, output[-3000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert d.config["steps"] == 1562
+    assert d.config.steps == 1562
     assert_whole_curves(d.path / "metrics.csv")  # the CSV went on after W&B failed

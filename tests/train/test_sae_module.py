@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from sae_sweep import ConfigError, TrainingError, lit_sae
-from sae_sweep.lit import TrainerConfig, build_trainer
-from sae_sweep.lit_sae import ActivationBatches, ActivationDataModule, SAEModule, evaluate_sae
-from sae_sweep.runs import last_checkpoint
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep import ConfigError, TrainingError
+from sae_sweep.train import sae_module
+from sae_sweep.train.runs import last_checkpoint
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae_module import ActivationBatches, ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
 
 
 @pytest.fixture
 def acts_file(tmp_path, monkeypatch):
     """1000 rows whose first column is the row number, so every batch says which rows it holds."""
-    monkeypatch.setattr(lit_sae, "CHUNK_ROWS", 96)  # several chunks even on tiny data
+    monkeypatch.setattr(sae_module, "CHUNK_ROWS", 96)  # several chunks even on tiny data
     rows = np.zeros((1000, 4), dtype=np.float16)
     rows[:, 0] = np.arange(1000)
     path = tmp_path / "acts.npy"
@@ -62,7 +63,7 @@ def test_ranks_split_each_global_batch(acts_file):
 
 
 def test_too_few_rows_for_one_batch(acts_file):
-    with pytest.raises(ValueError, match="fewer than one batch of 2000"):
+    with pytest.raises(ConfigError, match="fewer than one step's batch of 2000 .sae.batch_size=1000 x 2 processes.: raise harvest.n_tokens"):
         ActivationBatches(acts_file, 1000, seed=0, world=2)
 
 
@@ -108,8 +109,8 @@ def test_reset_adam_zeroes_exactly_the_given_rows():
         opt.step()
     before = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in sae.parameters()}
     idx = torch.tensor([1, 3])
-    lit_sae.reset_adam_(opt, sae.decoder, idx, dim=1)
-    lit_sae.reset_adam_(opt, sae.encoder, idx, dim=0)
+    sae_module.reset_adam_(opt, sae.decoder, idx, dim=1)
+    sae_module.reset_adam_(opt, sae.encoder, idx, dim=0)
     keep = torch.tensor([0, 2])
     for p, dim in ((sae.decoder, 1), (sae.encoder, 0)):
         for key in ("exp_avg", "exp_avg_sq"):

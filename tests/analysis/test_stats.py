@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from sae_sweep import ConfigError, DataError, stats
-from sae_sweep.similarity import sample_analytic_null
-from sae_sweep.stats import MixtureFit, bootstrap_ci, emd_ci, fit_null_mixture, proportion_ci, shared_fraction
+from sae_sweep import ConfigError, DataError
+from sae_sweep.analysis import mixture, stats
+from sae_sweep.analysis.mixture import MixtureFit, fit_null_mixture
+from sae_sweep.analysis.nulls import sample_analytic_null
+from sae_sweep.analysis.stats import bootstrap_ci, emd_ci, proportion_ci, shared_fraction
 
 K, M = 128, 8192  # the note's width and reference dictionary size
 
@@ -178,7 +180,7 @@ def test_beta_mle_matches_scipy_from_a_poor_start():
     x = np.random.default_rng(8).beta(2, 5, size=50_000)
     ref_a, ref_b, _, _ = scipy.stats.beta.fit(x, floc=0, fscale=1)
     for start in [(1.0, 1.0), (1e-3, 1e4), (300.0, 2.0)]:
-        a, b = stats._beta_mle(np.log(x).mean(), np.log1p(-x).mean(), *start)
+        a, b = mixture._beta_mle(np.log(x).mean(), np.log1p(-x).mean(), *start)
         assert a == pytest.approx(ref_a, rel=1e-6) and b == pytest.approx(ref_b, rel=1e-6)
 
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep import harvest as H
-from sae_sweep.data import DataConfig, prepare
-from sae_sweep.harvest import HarvestConfig, harvest, mlp_activations
-from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.train import harvest as H
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.gpt import GPT, GPTConfig
+from sae_sweep.train.harvest import HarvestConfig, harvest, mlp_activations
+from sae_sweep.train.tokens import prepare
 
 
 @pytest.fixture
@@ -80,9 +81,10 @@ def test_layer_outside_model_fails_before_any_work(tokens, tmp_path):
 
 HARVEST_SCRIPT = """
 import logging, sys, torch
-from sae_sweep.data import DataConfig, prepare
-from sae_sweep.harvest import HarvestConfig, harvest
-from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.tokens import prepare
+from sae_sweep.train.harvest import HarvestConfig, harvest
+from sae_sweep.train.gpt import GPT, GPTConfig
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
 corpus, cache = sys.argv[1], sys.argv[2]
 tokens = prepare(DataConfig(corpus="text_files", paths=(corpus,), vocab_size=300, val_fraction=0.1), cache)

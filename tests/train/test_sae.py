@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
 
 def hand_set(decoder_bias: bool = False) -> SparseAutoencoder:

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from sae_sweep import ConfigError, DataError
-from sae_sweep import data as D
-from sae_sweep import tokenizer as T
-from sae_sweep.data import DataConfig, prepare
-from sae_sweep.tokenizer import BPETokenizer
+from sae_sweep.store import sha256_file
+from sae_sweep.train import corpus as C
+from sae_sweep.train import tokenizer as T
+from sae_sweep.train import tokens as D
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.tokenizer import BPETokenizer
+from sae_sweep.train.tokens import prepare
 
-from .conftest import SAMPLE
+from ..conftest import SAMPLE
 
 
 def small_cfg(corpus_dir, **kw) -> DataConfig:
@@ -153,7 +156,7 @@ def test_openwebtext_offline_fails_fast_with_a_fix(tmp_path):
 
 
 def test_embedded_corpus_is_stdlib_without_tests():
-    files = D.embedded_files()
+    files = C.embedded_files()
     names = {f.name for f in files}
     assert "os.py" in names and "json" in {f.parent.name for f in files}
     assert not any(part.startswith("test") for f in files for part in f.parts[-3:])
@@ -165,4 +168,4 @@ def test_meta_records_sha256_of_every_file(corpus_dir, tmp_path):
     data = prepare(small_cfg(corpus_dir), tmp_path / "cache")
     meta = json.loads((data.path / "meta.json").read_text())
     assert set(meta["files"]) == {"train.bin", "val.bin", "tokenizer.json"}
-    assert meta["files"]["val.bin"] == D.sha256_file(data.path / "val.bin")
+    assert meta["files"]["val.bin"] == sha256_file(data.path / "val.bin")

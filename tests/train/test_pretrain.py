@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from sae_sweep.artifacts import ArtifactStore, load_gpt
+from sae_sweep.store import ArtifactStore
+from sae_sweep.train.gpt import load_gpt
 
-from .conftest import REPO, run_train
+from ..conftest import REPO, run_train
 
 pytestmark = pytest.mark.slow
 SMOKE = ["stage=pretrain", "experiment=smoke"]

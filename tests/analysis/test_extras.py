@@ -1,6 +1,8 @@
-"""Issue 6's analysis (beyond.py, findings.py, the report's new sections) on small dictionaries made by hand."""
+"""The analysis beyond the note (features, seeds, baselines, extras, findings, the report's sections) on small
+dictionaries made by hand."""
 
 import csv
+import dataclasses
 import re
 from dataclasses import asdict, replace
 
@@ -9,23 +11,20 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep.analysis import AnalysisConfig, SourceConfig, collect_local, collect_local_variants, compute
-from sae_sweep.analysis_job import AnalyzeJob, run
-from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths
-from sae_sweep.beyond import (
-    Extras,
-    FeatureTable,
-    _liveness_row,
-    _movement_row,
-    compute_extras,
-    control_rows,
-    feature_table,
-    ground_truth_rows,
-    seed_spread,
-)
-from sae_sweep.findings import controls, ground_truth, liveness, low_mode_vs_random
-from sae_sweep.synthetic import SyntheticConfig, true_features
-from tests.test_analysis import save_dict
+from sae_sweep.analysis.baselines import control_rows, ground_truth_rows
+from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_local_variants
+from sae_sweep.analysis.extras import Extras, compute_extras
+from sae_sweep.analysis.features import FeatureTable, feature_table, liveness_row, movement_row
+from sae_sweep.analysis.findings import controls, ground_truth, liveness, low_mode_vs_random
+from sae_sweep.analysis.job import AnalyzeJob, run
+from sae_sweep.analysis.note import compute
+from sae_sweep.analysis.seeds import seed_spread
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.store import ArtifactStore, Paths
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.truth import SyntheticConfig, true_features
+
+from ..conftest import save_dict
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def test_feature_table_exact(store):
     a.tensors["encoder.weight"] = torch.tensor(
         [[1, 0, 0, 0], [-1, 0, 0, 0], [0, 0, 2, 0], [0, 1, 0, 0]], dtype=torch.float32
     )
-    a.config["harvest"] = {"n_val_tokens": 40}
+    a.config = dataclasses.replace(a.config, harvest={"n_val_tokens": 40})
     cfg = AnalysisConfig()
     t = feature_table(a, d[(8, 0)], np.array([1.0, 1.0, 0.0, 0.7]), cfg)
     np.testing.assert_allclose(t.enc_dec_cos, [1, 0, 1, 1 / np.sqrt(2)], atol=1e-6)
@@ -98,7 +97,7 @@ def table(mcs, firing, init_cos=None, live=None) -> FeatureTable:
 def test_liveness_row_exact():
     # 6 features: low = the first four (MCS < 0.5); of them two dead, one live below q=0.4, one live above.
     t = table([0.2, 0.3, 0.35, 0.45, 0.9, 0.95], [0, 0, 0.01, 0.1, 0.0, 0.001], live=[0.2, 0.6, 0.6, 0.6, 0.9, 0.3])
-    r = _liveness_row(64, 1, t, AnalysisConfig(threshold=0.5), q=0.4)
+    r = liveness_row(64, 1, t, AnalysisConfig(threshold=0.5), q=0.4)
     assert (r["dict_size"], r["seed"], r["n_low"]) == (64, 1, 4)
     assert r["low_dead_fraction"] == 0.5 and r["low_live_null_fraction"] == 0.25
     assert r["high_dead_fraction"] == 0.5
@@ -108,19 +107,18 @@ def test_liveness_row_exact():
 
 def test_movement_row_exact():
     t = table([0.1, 0.2, 0.3, 0.9], [1, 1, 1, 1], init_cos=[1.0, 0.995, 0.5, 0.999])
-    r = _movement_row(8, 0, t, AnalysisConfig(threshold=0.5, stay_cosine=0.99))
+    r = movement_row(8, 0, t, AnalysisConfig(threshold=0.5, stay_cosine=0.99))
     assert (r["n_low"], r["low_stayed"]) == (3, 2)
     assert r["low_stayed_fraction"] == pytest.approx(2 / 3) and r["high_stayed_fraction"] == 1.0
     assert r["median_init_cos_low"] == pytest.approx(0.995)
 
 
 def test_seed_spread_exact():
-    ex = Extras("", {})
-    ex.split = [
+    split = [
         {"dict_size": 8, "seed": 0, "high_fraction": 0.2, "high_null_fraction": 0.5, "mixture_n_real": 3.0},
         {"dict_size": 8, "seed": 1, "high_fraction": 0.4, "high_null_fraction": 0.5, "mixture_n_real": 5.0},
     ]
-    rows = {r["metric"]: r for r in seed_spread(ex)}
+    rows = {r["metric"]: r for r in seed_spread({"split": split})}
     assert rows["high_fraction"]["mean"] == pytest.approx(0.3)
     assert rows["high_fraction"]["sd"] == pytest.approx(np.sqrt(0.02))
     assert rows["high_null_fraction"]["sd"] == 0.0 and rows["mixture_n_real"]["max"] == 5.0

@@ -11,18 +11,23 @@ import torch
 from safetensors.torch import load_file
 
 from sae_sweep import ConfigError, DataError, config
-from sae_sweep import synthetic as S
-from sae_sweep.artifacts import WEIGHTS_FILE, ArtifactStore, LoggerConfig, Paths, load_dictionary
-from sae_sweep.harvest import HarvestConfig, open_activations
-from sae_sweep.lit import TrainerConfig
-from sae_sweep.model import GPT
-from sae_sweep.pretrain import export_untrained
-from sae_sweep.sae import SAEConfig
-from sae_sweep.similarity import max_cosine_similarity
-from sae_sweep.sweep import SAEJob, resolve_gpt
-from sae_sweep.synthetic import SyntheticConfig, load_true_features, sample, synthetic_activations, true_features
+from sae_sweep import truth as S
+from sae_sweep.activations import open_activations
+from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.dictionary import load_dictionary
+from sae_sweep.store import ArtifactStore, Paths
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train import synthetic as SYN
+from sae_sweep.train.gpt import GPT, WEIGHTS_FILE
+from sae_sweep.train.harvest import HarvestConfig
+from sae_sweep.train.pretrain import export_untrained
+from sae_sweep.train.sae import SAEConfig
+from sae_sweep.train.sae_stage import SAEJob, resolve_gpt
+from sae_sweep.train.synthetic import sample, synthetic_activations
+from sae_sweep.train.trainer import TrainerConfig
+from sae_sweep.truth import SyntheticConfig, load_true_features, true_features
 
-from .conftest import SMOKE, compose, run_train
+from ..conftest import SMOKE, compose, run_train
 
 TINY = SyntheticConfig(n_features=16, d_in=8, active=3.0, noise=0.0, seed=1)
 
@@ -105,7 +110,7 @@ def test_cache_is_harvest_format_and_reused(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.load(features.path / S.FEATURES_FILE), true_features(TINY))
     assert json.loads((features.path / S.CONFIG_FILE).read_text()) == asdict(TINY)
 
-    monkeypatch.setattr(S, "_write_split", lambda *a: (_ for _ in ()).throw(AssertionError("generated twice")))
+    monkeypatch.setattr(SYN, "_write_split", lambda *a: (_ for _ in ()).throw(AssertionError("generated twice")))
     monkeypatch.setattr(S, "true_features", lambda *a: (_ for _ in ()).throw(AssertionError("features rebuilt")))
     again, features_again = synthetic_activations(TINY, 5000, 700, tmp_path / "cache", store)
     assert again.path == acts.path and features_again.ref == features.ref
@@ -118,11 +123,11 @@ def test_cache_is_harvest_format_and_reused(tmp_path, monkeypatch):
     ids=lambda c: next(iter(c)),
 )
 def test_every_value_changes_the_cache_key_and_the_features_name(change):
-    base = S.cache_key(TINY, 1000, 100)
-    assert S.cache_key(replace(TINY, **change), 1000, 100) != base
+    base = SYN.cache_key(TINY, 1000, 100)
+    assert SYN.cache_key(replace(TINY, **change), 1000, 100) != base
     assert S.features_name(replace(TINY, **change)) != S.features_name(TINY)
-    assert len({base, S.cache_key(TINY, 1001, 100), S.cache_key(TINY, 1000, 101)}) == 3
-    assert S.cache_key(TINY, 1000, 100) == base  # and nothing else does
+    assert len({base, SYN.cache_key(TINY, 1001, 100), SYN.cache_key(TINY, 1000, 101)}) == 3
+    assert SYN.cache_key(TINY, 1000, 100) == base  # and nothing else does
 
 
 @pytest.mark.parametrize(
@@ -232,10 +237,10 @@ def test_load_true_features_reads_the_artifact_or_regenerates(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     art = S.save_true_features(store, TINY)
     recorded = {"synthetic": {**asdict(TINY), "features": art.ref}, "gpt": None}
-    np.testing.assert_array_equal(load_true_features(store, recorded), true_features(TINY))
-    np.testing.assert_array_equal(load_true_features(ArtifactStore(tmp_path / "empty"), recorded), true_features(TINY))
-    assert load_true_features(store, {"gpt": {"artifact": "gpt-embedded-s0:v0"}, "synthetic": None}) is None
-    assert load_true_features(store, {"gpt": {"artifact": "gpt-embedded-s0:v0"}}) is None
+    np.testing.assert_array_equal(load_true_features(store, recorded["synthetic"]), true_features(TINY))
+    empty = ArtifactStore(tmp_path / "empty")
+    np.testing.assert_array_equal(load_true_features(empty, recorded["synthetic"]), true_features(TINY))
+    assert load_true_features(store, None) is None  # a dictionary of GPT activations records synthetic: null
 
 
 @pytest.mark.slow
@@ -266,8 +271,8 @@ def test_a_dictionary_at_least_the_true_count_recovers_the_true_features(tmp_pat
     ]
     for name in store.names("sae-dictionary"):
         d = load_dictionary(store.get(name).path)
-        assert d.config["gpt"] is None and d.config["variant"] == "synthetic-l1-0.003"
-        truth = load_true_features(store, d.config)
+        assert d.config.gpt is None and d.config.variant == "synthetic-l1-0.003"
+        truth = load_true_features(store, d.config.synthetic)
         assert truth.shape == (64, 128)
         mcs, _ = max_cosine_similarity(truth, d.decoder.T, device="cpu")
         assert (mcs > 0.9).mean() >= 0.9, (name, np.sort(mcs)[:10])

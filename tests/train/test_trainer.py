@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep.lit import PretrainConfig, RandomBlocks
+from sae_sweep.train.gpt_module import PretrainConfig, RandomBlocks
 
 
 def test_lr_schedule_exact_points():

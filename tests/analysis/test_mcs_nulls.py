@@ -7,8 +7,10 @@ import pytest
 import scipy.stats
 import torch
 
-from sae_sweep import ConfigError, DataError, similarity
-from sae_sweep.similarity import (
+from sae_sweep import ConfigError, DataError
+from sae_sweep.analysis import mcs
+from sae_sweep.analysis.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
+from sae_sweep.analysis.nulls import (
     activation_covariance,
     activation_dictionary,
     analytic_null_cdf,
@@ -16,16 +18,12 @@ from sae_sweep.similarity import (
     analytic_null_mean,
     analytic_null_pdf,
     analytic_null_quantile,
-    emd,
-    emd_matrix,
     gaussian_dictionary,
-    hungarian_match,
-    max_cosine_similarity,
     random_dictionary,
-    rowwise_cosine,
     sample_analytic_null,
     sampled_null,
 )
+from sae_sweep.analysis.stats import emd, emd_matrix
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -82,7 +80,7 @@ def test_accepts_torch_tensors_and_transposed_views():
 
 @pytest.mark.parametrize("col_block", [4096, 7, 1])  # one block, ragged blocks, one column per block
 def test_chunked_equals_unchunked(monkeypatch, col_block):
-    monkeypatch.setattr(similarity, "_COL_BLOCK", col_block)
+    monkeypatch.setattr(mcs, "_COL_BLOCK", col_block)
     a, b = random_dictionary(40, 24, seed=4), random_dictionary(53, 24, seed=5)
     whole_v, whole_i = max_cosine_similarity(a, b, chunk_size=10_000)
     chunk_v, chunk_i = max_cosine_similarity(a, b, chunk_size=3)
@@ -96,16 +94,16 @@ def test_chunked_equals_unchunked(monkeypatch, col_block):
 def test_zero_row_raises_naming_the_row():
     a = np.ones((4, 3), dtype=np.float32)
     a[2] = 0
-    with pytest.raises(ValueError, match="row 2 of a has zero norm"):
+    with pytest.raises(DataError, match="row 2 of a has zero norm"):
         max_cosine_similarity(a, np.ones((2, 3)))
-    with pytest.raises(ValueError, match="row 2 of b has zero norm"):
+    with pytest.raises(DataError, match="row 2 of b has zero norm"):
         max_cosine_similarity(np.ones((2, 3)), a)
 
 
 def test_width_mismatch_raises_naming_both_widths():
-    with pytest.raises(ValueError, match="a has width 128 but b has width 64"):
+    with pytest.raises(DataError, match="a has width 128 but b has width 64"):
         max_cosine_similarity(np.ones((2, 128)), np.ones((3, 64)))
-    with pytest.raises(ValueError, match="a has width 5 but b has width 6"):
+    with pytest.raises(DataError, match="a has width 5 but b has width 6"):
         hungarian_match(np.ones((2, 5)), np.ones((2, 6)))
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep.model import GPT, GPTConfig
+from sae_sweep.train.gpt import GPT, GPTConfig
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=8)
 

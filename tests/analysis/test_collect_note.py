@@ -9,38 +9,14 @@ import pytest
 import torch
 
 from sae_sweep import DataError
-from sae_sweep.analysis import AnalysisConfig, SourceConfig, collect_local, collect_wandb, compute, counts
-from sae_sweep.analysis_job import AnalyzeJob, run
-from sae_sweep.artifacts import ArtifactStore, LoggerConfig, Paths, dictionary_name, write_dictionary
-from sae_sweep.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_wandb
+from sae_sweep.analysis.job import AnalyzeJob, run
+from sae_sweep.analysis.note import compute, counts
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.store import ArtifactStore, Paths
+from sae_sweep.tracking import LoggerConfig
 
-
-def save_dict(
-    store: ArtifactStore,
-    J: int,
-    seed: int,
-    d_in: int = 16,
-    layer: int = 2,
-    decoder=None,
-    variant="",
-    counts=None,
-    extra: dict | None = None,
-):
-    sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
-    if decoder is not None:
-        with torch.no_grad():
-            sae.decoder.copy_(decoder)
-    name = dictionary_name(layer, J, seed, variant)
-    config = {
-        "name": name,
-        "layer": layer,
-        "dict_size": J,
-        "seed": seed,
-        "sae": SAEConfig(dict_size=J, seed=seed).to_dict(),
-        **(extra or {}),
-    }
-    counts = np.ones(J, dtype=np.int64) if counts is None else counts
-    return store.save(name, "sae-dictionary", lambda f: write_dictionary(f, sae, config, counts), config)
+from ..conftest import save_dict
 
 
 @pytest.fixture

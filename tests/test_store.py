@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sae_sweep import DataError
-from sae_sweep.artifacts import ArtifactStore, load_gpt, write_gpt
-from sae_sweep.model import GPT, GPTConfig
-from sae_sweep.tokenizer import BPETokenizer
+from sae_sweep.store import ArtifactStore
+from sae_sweep.train.gpt import GPT, GPTConfig, load_gpt, write_gpt
+from sae_sweep.train.tokenizer import BPETokenizer
 
 from .conftest import SAMPLE
 

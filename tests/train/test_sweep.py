@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
-from sae_sweep.artifacts import ArtifactStore, load_dictionary
+from sae_sweep.dictionary import load_dictionary
+from sae_sweep.store import ArtifactStore
 
-from .conftest import REPO, SMOKE, fresh_root, run_train
+from ..conftest import REPO, SMOKE, fresh_root, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +31,10 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert names == ["sae-L2-J128-s0", "sae-L2-J128-s1", "sae-L2-J64-s0", "sae-L2-J64-s1"]
     for name in names:
         d = load_dictionary(store.get(name).path)
-        assert d.decoder.shape == (128, d.config["dict_size"]) and d.config["l1_coeff"] == 1e-3
+        assert d.decoder.shape == (128, d.config.dict_size) and d.config.l1_coeff == 1e-3
         torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(d.dict_size))
         assert d.firing_counts.shape == (d.dict_size,) and d.firing_counts.sum() > 0
-        assert 0 < d.config["metrics"]["val/fvu"] < 5
+        assert 0 < d.config.metrics["val/fvu"] < 5
         assert {"metrics.csv", "feature_density.png", "sae.safetensors"} <= {p.name for p in d.path.iterdir()}
     seeds = {n: load_dictionary(store.get(n).path).decoder for n in names}
     assert not torch.equal(seeds["sae-L2-J64-s0"], seeds["sae-L2-J64-s1"])
@@ -85,7 +86,7 @@ def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
     proc = run_train(["-m", *SMOKE, *ddp, "logger=none", "sae.dict_size=64"], root)
     assert proc.returncode == 0, out(proc)[-4000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J64-s0").path)
-    assert d.config["steps"] == 20480 // (256 * 2)  # each step consumed one batch per process
+    assert d.config.steps == 20480 // (256 * 2)  # each step consumed one batch per process
     torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(64))
 
 
@@ -119,7 +120,7 @@ def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_pa
     assert again.returncode == 0, out(again)[-3000:]
     assert "resuming from" in out(again)
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert d.config["steps"] == 600000 // 256
+    assert d.config.steps == 600000 // 256
     third = run_train(args, root)
     assert third.returncode == 0 and "already finished as sae-L2-J1024-s0:v0" in out(third)
 
@@ -153,8 +154,8 @@ def test_untrained_control_beside_the_trained_gpt(gpt_root, tmp_path):
     assert proc.returncode == 0, out(proc)[-4000:]
     store = ArtifactStore(root / "store")
     d = load_dictionary(store.get("sae-L2-J64-s0-untrained").path)
-    assert d.config["variant"] == "untrained" and d.config["gpt"]["artifact"] == "gpt-embedded-s0-untrained:v0"
-    assert d.config["synthetic"] is None
+    assert d.config.variant == "untrained" and d.config.gpt["artifact"] == "gpt-embedded-s0-untrained:v0"
+    assert d.config.synthetic is None
     trained = store.get("gpt-embedded-s0").metadata
     assert trained["steps"] == 30 and store.get("gpt-embedded-s0-untrained").metadata["steps"] == 0
     assert len(list((root / "cache" / "activations").glob("L2-*"))) == 1  # the untrained GPT's own harvest
@@ -162,5 +163,5 @@ def test_untrained_control_beside_the_trained_gpt(gpt_root, tmp_path):
     plain = run_train([*SMOKE, "logger=none", "sae.dict_size=64"], root)
     assert plain.returncode == 0, out(plain)[-4000:]
     d = load_dictionary(store.get("sae-L2-J64-s0").path)
-    assert d.config["gpt"]["artifact"] == "gpt-embedded-s0:v0" and d.config["variant"] == ""
+    assert d.config.gpt["artifact"] == "gpt-embedded-s0:v0" and d.config.variant == ""
     assert len(list((root / "cache" / "activations").glob("L2-*"))) == 2
