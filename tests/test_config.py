@@ -1,13 +1,23 @@
 """The real conf/ composed with Hydra, and its conversion to checked dataclasses."""
 
+import dataclasses
+
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from sae_sweep import ConfigError, config
+from sae_sweep.analysis.collect import SourceConfig
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.gpt import GPTConfig
 from sae_sweep.train.gpt_module import PretrainConfig
+from sae_sweep.train.harvest import HarvestConfig
+from sae_sweep.train.sae import SAEConfig
+from sae_sweep.train.trainer import TrainerConfig
+from sae_sweep.truth import SyntheticConfig
 
 from .conftest import CONF, compose
 
@@ -112,3 +122,51 @@ def test_synthetic_experiment_straddles_the_true_count():
     sizes = [int(s) for s in cfg.hydra.sweeper.params["sae.dict_size"].split(",")]
     assert min(sizes) < job.synthetic.n_features in sizes and max(sizes) >= 4 * job.synthetic.n_features
     assert job.harvest.n_tokens == 1_000_000 and job.gpt is None and job.variant == "synthetic-l1-0.005"
+
+
+# Every dataclass field has a key in its YAML node, so every documented override works (Hydra refuses a key that is
+# not in the node). One exception, derived rather than set: the GPT's vocab_size comes from the tokenizer
+# (data.vocab_size), so model.vocab_size is not a knob.
+DERIVED = {("model", "vocab_size")}
+
+
+TRAIN_NODES = {  # group -> its dataclass, per option
+    "data": lambda option: SyntheticConfig if option == "synthetic" else DataConfig,
+    "model": lambda option: GPTConfig,
+    "pretrain": lambda option: PretrainConfig,
+    "harvest": lambda option: HarvestConfig,
+    "sae": lambda option: SAEConfig,
+    "trainer": lambda option: TrainerConfig,
+    "logger": lambda option: LoggerConfig,
+}
+ANALYZE_NODES = {"source": lambda option: SourceConfig, "logger": lambda option: LoggerConfig}
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _compose(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def _group_cases():
+    cases = [("train", g, o, f) for g, f in TRAIN_NODES.items() for o in options(g)]
+    return cases + [("analyze", g, o, f) for g, f in ANALYZE_NODES.items() for o in options(g)]
+
+
+@pytest.mark.parametrize("config_name, group, option, cls_of", _group_cases(), ids=lambda x: str(x)[:20])
+def test_every_dataclass_field_is_a_key_of_its_yaml_node(config_name, group, option, cls_of):
+    overrides = [f"{group}={option}"] + (["data.paths=[x.txt]"] if option == "text_files" else [])
+    node = _compose(config_name, overrides)[group]
+    want = _fields(cls_of(option)) - {k for g, k in DERIVED if g == group}
+    assert set(node) == want, f"{group}={option}: missing {sorted(want - set(node))}, extra {sorted(set(node) - want)}"
+
+
+def test_every_analysis_field_is_in_analyze_yaml_and_overrides_work():
+    cfg = _compose("analyze", ["analysis.n_boot=100", "analysis.controls=false", "analysis.variant=untrained"])
+    assert set(cfg.analysis) == _fields(AnalysisConfig)
+    job = config.analyze_job(cfg)
+    assert (job.analysis.n_boot, job.analysis.controls, job.analysis.variant) == (100, False, "untrained")
+    assert job.analysis == AnalysisConfig(n_boot=100, controls=False, variant="untrained")  # the rest: defaults

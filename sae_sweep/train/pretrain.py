@@ -16,18 +16,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from sae_sweep.errors import TrainingError
 from sae_sweep.store import Artifact, ArtifactStore, Paths, json_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt
 from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
 from sae_sweep.train.loggers import build_loggers, finish_wandb
-from sae_sweep.train.preemption import fit
 from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
 from sae_sweep.train.tokenizer import TOKENIZER_FILE
 from sae_sweep.train.tokens import TokenData, prepare
-from sae_sweep.train.trainer import TrainerConfig, build_trainer
+from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +75,8 @@ def evaluate(model: GPT, tokens: TokenData, cfg: PretrainConfig) -> float:
 
 
 def run(job: PretrainJob) -> Artifact:
+    """Pretrain the GPT (resuming an interrupted run) and save it as a ``model`` artifact; a finished run returns its
+    artifact."""
     tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
     model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
     rid = run_id(replace(job, model=model_cfg), tokens.key)
@@ -84,13 +84,12 @@ def run(job: PretrainJob) -> Artifact:
     store = ArtifactStore(job.paths.store)
     if (finished := finished_artifact(run_dir, store, job.force)) is not None:
         return finished
-
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     torch.manual_seed(job.pretrain.seed)
     module = GPTModule(model_cfg, job.pretrain, compile=job.trainer.compile)
     log.info(
         "pretraining %s: %.2fM parameters (%.2fM without position embeddings) on %s, %d train tokens",
-        rid,
+        job.name,
         module.model.num_params(False) / 1e6,
         module.model.num_params() / 1e6,
         tokens.meta["config"]["corpus"],
@@ -110,28 +109,27 @@ def run(job: PretrainJob) -> Artifact:
         grad_clip=job.pretrain.grad_clip,
     )
     datamodule = TokenDataModule(tokens.path / "train.bin", tokens.path / "val.bin", model_cfg.block_size, job.pretrain)
-    fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    fit_to_end(trainer, module, datamodule, ckpt, what=f"pretraining of {rid}")
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 exports
-    if trainer.interrupted or not trainer.state.finished:  # global_step stays 0 here under ddp_spawn
-        raise TrainingError(f"pretraining of {rid} stopped early ({trainer.state.status}); rerun to resume")
-    steps = job.pretrain.max_steps
+    return _export(job, module.model.cpu().float(), tokens, rid, val_init, trainer.world_size, loggers, store)
 
-    model = module.model.cpu().float()
+
+def _export(job, model: GPT, tokens: TokenData, rid: str, val_init, world: int, loggers, store) -> Artifact:
+    """The trained GPT's final validation loss, its folder in the store, the W&B upload, one line to say so."""
+    steps = job.pretrain.max_steps
     val_final = evaluate(model, tokens, job.pretrain)
     train_info = {
         "run_id": rid,
         "steps": steps,
-        "tokens_seen": steps * job.pretrain.batch_size * model_cfg.block_size * trainer.world_size,
+        "tokens_seen": steps * job.pretrain.batch_size * model.config.block_size * world,
         "val_loss_init": val_init,
         "val_loss": val_final,
         "unigram_entropy": tokens.meta["unigram_entropy"],
         "pretrain": asdict(job.pretrain),
         "trainer": asdict(job.trainer),
     }
-    metadata = {"model": model_cfg.to_dict(), "data_key": tokens.key, **train_info}
+    metadata = {"model": model.config.to_dict(), "data_key": tokens.key, **train_info}
     artifact = store.save(
         job.name,
         MODEL_TYPE,
@@ -139,9 +137,10 @@ def run(job: PretrainJob) -> Artifact:
         metadata,
     )
     finish_wandb(loggers, artifact)
-    mark_finished(run_dir, artifact)
+    mark_finished(job.paths.runs / rid, artifact)
     log.info(
-        "val loss %.3f nats/token (unigram entropy %.3f, at init %s); saved %s at %s",
+        "%s: val loss %.3f nats/token (unigram entropy %.3f, at init %s); saved %s at %s",
+        job.name,
         val_final,
         tokens.meta["unigram_entropy"],
         f"{val_init:.3f}" if val_init else "n/a",

@@ -20,20 +20,19 @@ import torch
 
 from sae_sweep.activations import Activations
 from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
-from sae_sweep.errors import ConfigError, DataError, TrainingError
+from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest, json_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.loggers import build_loggers, finish_wandb
-from sae_sweep.train.preemption import fit
 from sae_sweep.train.pretrain import PretrainJob, export_untrained
 from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
 from sae_sweep.train.sae import SAEConfig
 from sae_sweep.train.sae_module import ActivationDataModule, SAEModule, evaluate_sae
 from sae_sweep.train.synthetic import synthetic_activations
 from sae_sweep.train.tokens import open_prepared
-from sae_sweep.train.trainer import TrainerConfig, build_trainer
+from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
 from sae_sweep.truth import SyntheticConfig
 
 log = logging.getLogger(__name__)
@@ -196,11 +195,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
         ckpt_every=job.sae.ckpt_every,
         log_every=job.sae.log_every,
     )
-    fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    if trainer.is_global_zero and (trainer.interrupted or not trainer.state.finished):  # ddp_spawn: global_step is 0
-        raise TrainingError(f"SAE training of {rid} stopped early ({trainer.state.status}); rerun to resume")
+    fit_to_end(trainer, module, datamodule, ckpt, what=f"SAE training of {rid}")
     return module, trainer, loggers
 
 

@@ -16,7 +16,7 @@ the config: the same whatever chunks it is written in, and the same on every mac
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +70,26 @@ def _combine(rows: np.ndarray, cols: np.ndarray, mags: np.ndarray, features: np.
     return x
 
 
-def sample(cfg: SyntheticConfig, features: np.ndarray, split: str, start: int, stop: int):
-    """Rows ``start:stop`` of ``split`` ("train" or "val"): activations (stop - start, d_in) float32 and their true
-    codes (stop - start, n_features), a scipy.sparse CSR matrix with x = codes @ features + noise."""
-    from scipy import sparse  # noqa: PLC0415 - only callers that want the codes need scipy
+@dataclass(frozen=True)
+class TrueCodes:
+    """The true codes of some rows, as coordinates: x[rows[i]] has feature cols[i] active with magnitude values[i]."""
 
+    rows: np.ndarray  # (nnz,) int64, ascending; columns ascending within a row
+    cols: np.ndarray  # (nnz,) int64
+    values: np.ndarray  # (nnz,) float32, > 0
+    shape: tuple[int, int]  # (n_rows, n_features)
+
+    def toarray(self) -> np.ndarray:
+        dense = np.zeros(self.shape, dtype=np.float32)
+        dense[self.rows, self.cols] = self.values
+        return dense
+
+
+def sample(cfg: SyntheticConfig, features: np.ndarray, split: str, start: int, stop: int):
+    """Rows ``start:stop`` of ``split`` ("train" or "val"): activations (stop - start, d_in) float32 and their
+    ``TrueCodes``, with x = codes @ features + noise."""
     x, (rows, cols, mags) = _rows(cfg, features, split, start, stop)
-    codes = sparse.csr_matrix((mags, (rows, cols)), shape=(stop - start, cfg.n_features))
-    return x, codes
+    return x, TrueCodes(rows, cols, mags, (stop - start, cfg.n_features))
 
 
 def _rows(cfg: SyntheticConfig, features: np.ndarray, split: str, start: int, stop: int):

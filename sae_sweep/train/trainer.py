@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from sae_sweep.errors import ConfigError
-from sae_sweep.train.preemption import CheckpointBeforeRequeue, CheckpointOnSigterm, ReportResume
+from sae_sweep.errors import ConfigError, TrainingError
+from sae_sweep.train.preemption import CheckpointBeforeRequeue, CheckpointOnSigterm, ReportResume, fit
 from sae_sweep.train.runs import CKPT_DIR, AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -122,3 +123,13 @@ def build_trainer(
         plugins=plugins,
         callbacks=callbacks,
     )
+
+
+def fit_to_end(trainer: pl.Trainer, module: pl.LightningModule, datamodule, ckpt: Path | None, what: str) -> None:
+    """Train to ``max_steps`` (from ``ckpt`` when resuming), release the process group, and make sure rank 0 got
+    there: a run that stopped early raises TrainingError (rerunning resumes it)."""
+    fit(trainer, module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if trainer.is_global_zero and (trainer.interrupted or not trainer.state.finished):  # ddp_spawn: global_step is 0
+        raise TrainingError(f"{what} stopped early ({trainer.state.status}); rerun to resume")

@@ -256,7 +256,8 @@ def test_edited_checkpoint_dictionary_and_cache_are_named_and_refused(gpt_root, 
         f.seek(-4, 2)
         f.write(b"\xff\xff\xff\xff")
     proc = run_train([*args, "force=true"], root)
-    assert proc.returncode == 2 and f"activation cache file {acts} does not match" in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert f"activation cache: file {acts} does not match the sha256" in proc.stdout + proc.stderr
 
 
 def test_unreachable_wandb_server_does_not_fail_the_job(gpt_root, tmp_path):

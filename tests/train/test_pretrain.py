@@ -1,9 +1,5 @@
 """Pretraining through the real entry point, in subprocesses, as a user runs it."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,7 +7,7 @@ import pytest
 from sae_sweep.store import ArtifactStore
 from sae_sweep.train.gpt import load_gpt
 
-from ..conftest import REPO, run_train
+from ..conftest import kill_at_first_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
 SMOKE = ["stage=pretrain", "experiment=smoke"]
@@ -71,20 +67,7 @@ def test_force_trains_a_new_version(smoke_run):
 
 def test_killed_pretrain_resumes_from_last_checkpoint(tmp_path):
     args = [*SMOKE, "logger=none", "pretrain.max_steps=600", "pretrain.ckpt_every=20", "pretrain.val_every=300"]
-    env = {**os.environ, "SAE_SWEEP_ROOT": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list(tmp_path.glob("runs/*/checkpoints/last.ckpt")), "no checkpoint was written before the kill"
+    kill_at_first_checkpoint(args, tmp_path, timeout=120)
     assert not list(tmp_path.glob("store/*/v*")), "the job finished before it could be killed"
     again = run_train(args, tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -63,7 +63,7 @@ def test_ranks_split_each_global_batch(acts_file):
 
 
 def test_too_few_rows_for_one_batch(acts_file):
-    with pytest.raises(ConfigError, match="fewer than one step's batch of 2000 .sae.batch_size=1000 x 2 processes.: raise harvest.n_tokens"):
+    with pytest.raises(ConfigError, match=r"fewer than one step's batch of 2000 \(sae.batch_size=1000 x 2 processes\)"):
         ActivationBatches(acts_file, 1000, seed=0, world=2)
 
 

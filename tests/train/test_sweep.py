@@ -2,10 +2,8 @@
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch
 from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore
 
-from ..conftest import REPO, SMOKE, fresh_root, run_train
+from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +38,9 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert not torch.equal(seeds["sae-L2-J64-s0"], seeds["sae-L2-J64-s1"])
     # The GPT was trained once (by the fixture) and the activations harvested once for all four jobs.
     assert store.names("model") == ["gpt-embedded-s0"] and store.get("gpt-embedded-s0").version == 0
-    assert len(list((root / "cache" / "activations").glob("L2-*"))) == 1
-    assert out(proc).count("harvested ") == 1 and out(proc).count("reusing activation cache") == 3
+    (cache,) = (root / "cache" / "activations").glob("L2-*")  # one cache, nothing half-written beside it
+    assert not list((root / "cache" / "activations").glob(".*tmp*"))
+    assert {load_dictionary(store.get(n).path).config.activations["key"] for n in names} == {cache.name}
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
     assert len(list(root.glob("runs/sae-*/wandb/offline-run-*"))) == 4
 
@@ -101,21 +100,7 @@ def test_submitit_local_launcher(gpt_root, tmp_path):
 def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
     args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
-    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not list(root.glob("runs/sae-*/checkpoints/last.ckpt")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list(root.glob("runs/sae-*/checkpoints/last.ckpt")), "no checkpoint before the kill"
-    assert not ArtifactStore(root / "store").names("sae-dictionary"), "finished before the kill"
+    kill_at_first_checkpoint(args, root)
     again = run_train(args, root)
     assert again.returncode == 0, out(again)[-3000:]
     assert "resuming from" in out(again)

@@ -1,0 +1,108 @@
+"""The package's two halves meet only through products on disk: training never loads the analysis (nor scipy or
+matplotlib itself, bar the one histogram), and the analysis never loads Lightning or the training side."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sae_sweep.store import ArtifactStore
+
+from .conftest import REPO, SMOKE, fresh_root, save_dict
+
+PACKAGE = REPO / "sae_sweep"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module an import statement of ``path`` names, at any depth (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def _under(modules: set[str], prefix: str) -> set[str]:
+    return {m for m in modules if m == prefix or m.startswith(prefix + ".")}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "train").glob("*.py")), ids=lambda p: p.name)
+def test_training_modules_import_no_analysis_and_no_scipy(path):
+    names = imports_of(path)
+    assert not _under(names, "sae_sweep.analysis") and not _under(names, "scipy"), names
+    if path.name != "density.py":  # the feature-density histogram, drawn at the end of a job
+        assert not _under(names, "matplotlib"), names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "analysis").glob("*.py")), ids=lambda p: p.name)
+def test_analysis_modules_import_no_lightning_and_no_training(path):
+    names = imports_of(path)
+    assert not _under(names, "lightning") and not _under(names, "sae_sweep.train"), names
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_pyplot_state_and_no_backend_switch(path):
+    text = path.read_text()
+    assert "matplotlib.pyplot" not in imports_of(path) and "matplotlib.use(" not in text
+
+
+def _modules_after(code: str, root: Path) -> dict:
+    """Run ``code`` in a fresh interpreter (cwd = the repo) and return the JSON its last line prints."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_an_sae_job_loads_no_analysis_module(gpt_root, tmp_path):
+    """A real SAE job, in-process in a fresh interpreter: afterwards no sae_sweep.analysis module is loaded.
+
+    (scipy and matplotlib.pyplot are loaded by torchmetrics, which Lightning imports; that our training code imports
+    neither, bar the histogram module, is what the static checks above prove.)
+    """
+    root = fresh_root(gpt_root, tmp_path)
+    code = (
+        "import json, os, sys\n"
+        "os.environ['SAE_SWEEP_ROOT'] = sys.argv[1]\n"
+        "from tests.conftest import compose\n"
+        "import train\n"
+        f"art = train.run(compose({[*SMOKE, 'logger=none', 'sae.dict_size=64']!r}))\n"
+        "print(json.dumps({'artifact': str(art.path), 'modules': sorted(sys.modules)}))\n"
+    )
+    out = _modules_after(code, root)
+    assert Path(out["artifact"], "sae.safetensors").is_file()
+    ours = {m for m in out["modules"] if m.startswith("sae_sweep")}
+    assert "sae_sweep.train.sae_stage" in ours and "sae_sweep.train.density" in ours
+    assert not _under(ours, "sae_sweep.analysis"), ours
+
+
+def test_analysis_loads_neither_lightning_nor_the_training_side(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    for J in (8, 16):
+        save_dict(store, J, 0)
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from sae_sweep.analysis.collect import SourceConfig\n"
+        "from sae_sweep.analysis.job import AnalyzeJob, run\n"
+        "from sae_sweep.analysis.settings import AnalysisConfig\n"
+        "from sae_sweep.store import Paths\n"
+        "from sae_sweep.tracking import LoggerConfig\n"
+        "root = Path(sys.argv[1])\n"
+        "job = AnalyzeJob(AnalysisConfig(n_boot=20), SourceConfig(), LoggerConfig(kind='none'), Paths(root))\n"
+        "report = run(job)\n"
+        "print(json.dumps({'report': str(report), 'modules': sorted(sys.modules)}))\n"
+    )
+    out = _modules_after(code, tmp_path)
+    assert Path(out["report"]).is_file()
+    modules = set(out["modules"])
+    assert not _under(modules, "lightning") and not _under(modules, "pytorch_lightning"), "Lightning was loaded"
+    assert not _under(modules, "sae_sweep.train"), _under(modules, "sae_sweep.train")
+    assert "matplotlib.pyplot" not in modules  # figures through the object API: a notebook's pyplot is untouched
