@@ -82,7 +82,8 @@ def log_artifact(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",)
     import wandb  # noqa: PLC0415
 
     art = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata)
-    art.add_dir(str(artifact.path))
+    for path in sorted(p for p in artifact.path.rglob("*") if p.is_file()):  # file by file: add_dir prints a line
+        art.add_file(str(path), name=path.relative_to(artifact.path).as_posix())
     return run.log_artifact(art, aliases=list(aliases))
 
 

@@ -97,6 +97,7 @@ class GuardedWandbLogger(WandbLogger):
 
     def __init__(self, *args, csv_path: Path, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)  # deprecated in W&B: passing it at all prints a warning
         self.csv_path = csv_path
         self.failure: str | None = None
         self.wandb_dir: Path | None = None  # the run's folder, which `wandb sync` uploads

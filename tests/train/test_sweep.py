@@ -42,7 +42,8 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert not list((root / "cache" / "activations").glob(".*tmp*"))
     assert {load_dictionary(store.get(n).path).config.activations["key"] for n in names} == {cache.name}
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
-    assert len(list(root.glob("runs/sae-*/wandb/offline-run-*"))) == 4
+    runs = list(root.glob("runs/sae-*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 4 and all(b"sae.safetensors" in r.read_bytes() for r in runs)  # the artifact's manifest
 
     # A control sweep beside it: suffixed names, the main dictionaries untouched.
     control = run_train(["-m", *SMOKE, "control=small_l1", "sae.dict_size=64,128", "sae.seed=0"], root)
