@@ -66,6 +66,17 @@ def run_train(args: list[str], root: Path, timeout: float = 600, **kw):
 SMOKE = ["experiment=smoke"]
 
 
+def run_at_once(args: list[str], n: int, timeout: float = 300) -> list[str]:
+    """Start ``n`` copies of ``python args...`` together and wait for all; each must exit 0. Returns their outputs."""
+    procs = [
+        subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(n)
+    ]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    return outs
+
+
 def kill_at_first_checkpoint(args: list[str], root: Path, timeout: float = 300) -> None:
     """Start train.py with ``args`` under ``root``, SIGKILL it as soon as its first last.ckpt exists, and check that
     it was killed mid-run: a checkpoint is there and nothing reached the store."""

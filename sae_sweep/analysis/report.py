@@ -149,7 +149,8 @@ def write_all(
 def findings_markdown(found: dict[str, list[str]]) -> str:
     md = io.StringIO()
     md.write(
-        "## Findings\n\n_Generated from this report's numbers by `sae_sweep/analysis/findings.py`: no hand-written claims._\n\n"
+        "## Findings\n\n_Generated from this report's numbers by `sae_sweep/analysis/findings.py`: "
+        "no hand-written claims._\n\n"
     )
     for label, items in found.items():
         md.write(f"### {label}\n\n")

@@ -7,6 +7,7 @@ uploads the finished artifact to the run, with its summary and the feature-densi
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from sae_sweep.store import Artifact
+from sae_sweep.store import Artifact, atomic_write_text
 from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_settings, wandb_mode
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,11 @@ class _ResumingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, out.getvalue())
         self.metrics_keys, self._earlier = header, False  # the next save appends (or widens the header)
 
 

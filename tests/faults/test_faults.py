@@ -19,7 +19,7 @@ from sae_sweep.train.gpt import load_gpt
 from sae_sweep.train.runs import verify_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
-from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_train
+from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_at_once, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SAE_ARGS = [*SMOKE, "logger=none", "harvest.n_tokens=400000", "sae.dict_size=1024", "sae.ckpt_every=100"]
@@ -202,17 +202,7 @@ prepare(DataConfig(corpus="embedded", vocab_size=512, max_bytes=300000, val_frac
 def test_racing_token_preps_build_once_and_match_a_serial_run(tmp_path):
     script = tmp_path / "prep.py"
     script.write_text("import logging, sys\nlogging.basicConfig(level=logging.INFO, stream=sys.stdout)\n" + PREP)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "shared")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    outs = run_at_once([str(script), str(tmp_path / "shared")], 4)
     assert "".join(outs).count("preparing tokens") == 1
     serial = subprocess.run([sys.executable, str(script), str(tmp_path / "serial")], capture_output=True, timeout=300)
     assert serial.returncode == 0

@@ -13,6 +13,8 @@ from sae_sweep.train.gpt import GPT, GPTConfig
 from sae_sweep.train.harvest import HarvestConfig, harvest, mlp_activations
 from sae_sweep.train.tokens import prepare
 
+from ..conftest import run_at_once
+
 
 @pytest.fixture
 def tokens(corpus_dir, tmp_path):
@@ -83,6 +85,8 @@ HARVEST_SCRIPT = """
 import logging, sys, torch
 from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.tokens import prepare
+
+from ..conftest import run_at_once
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.gpt import GPT, GPTConfig
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
@@ -100,18 +104,7 @@ def test_concurrent_jobs_harvest_once_and_match_a_serial_run(corpus_dir, tmp_pat
     script = tmp_path / "job.py"
     script.write_text(HARVEST_SCRIPT)
     pattern = str(corpus_dir / "*.txt")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), pattern, str(tmp_path / "shared")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(3)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    logs = "".join(outs)
+    logs = "".join(run_at_once([str(script), pattern, str(tmp_path / "shared")], 3))
     assert logs.count("harvested 30000") == 1 and logs.count("reusing activation cache") == 2, logs
     assert logs.count("preparing tokens") == 1
     serial = subprocess.run(
