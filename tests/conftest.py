@@ -77,18 +77,18 @@ def run_at_once(args: list[str], n: int, timeout: float = 300) -> list[str]:
     return outs
 
 
-def kill_at_first_checkpoint(args: list[str], root: Path, timeout: float = 300) -> None:
-    """Start train.py with ``args`` under ``root``, SIGKILL it as soon as its first last.ckpt exists, and check that
-    it was killed mid-run: a checkpoint is there and nothing reached the store."""
+def kill_at_first_checkpoint(args: list[str], root: Path, runs: str = "runs/*", timeout: float = 300) -> None:
+    """Start train.py with ``args`` under ``root``, SIGKILL it as soon as a run folder matching ``runs`` has a
+    last.ckpt, and check that it was killed mid-run: that checkpoint is there and no dictionary reached the store."""
     env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
     cmd = [sys.executable, str(REPO / "train.py"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
-    while not list(root.glob("runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
+    while not list(root.glob(f"{runs}/checkpoints/last.ckpt")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(root.glob("runs/*/checkpoints/last.ckpt")), "no checkpoint was written before the kill"
+    assert list(root.glob(f"{runs}/checkpoints/last.ckpt")), "no checkpoint was written before the kill"
     assert not list(root.glob("store/*/v*/sae.safetensors")), "the job finished before it could be killed"
 
 

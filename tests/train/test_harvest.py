@@ -85,8 +85,6 @@ HARVEST_SCRIPT = """
 import logging, sys, torch
 from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.tokens import prepare
-
-from ..conftest import run_at_once
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.gpt import GPT, GPTConfig
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)

@@ -101,7 +101,7 @@ def test_submitit_local_launcher(gpt_root, tmp_path):
 def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
     args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
-    kill_at_first_checkpoint(args, root)
+    kill_at_first_checkpoint(args, root, runs="runs/sae-*")
     again = run_train(args, root)
     assert again.returncode == 0, out(again)[-3000:]
     assert "resuming from" in out(again)
