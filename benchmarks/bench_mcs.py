@@ -153,7 +153,7 @@ def bench_emd(size: int, repeats: int) -> None:
         scipy_t.append(time.perf_counter() - t0)
     f, s = statistics.median(fast_t), statistics.median(scipy_t)
     print(f"\nEMD of two samples of {size:.0e} values ({repeats} repeats)")
-    print(f"  similarity.emd (sorted fast path)   {f * 1e3:8.1f} ms   W1 = {fast:.15f}")
+    print(f"  stats.emd (sorted fast path)   {f * 1e3:8.1f} ms   W1 = {fast:.15f}")
     print(f"  scipy.stats.wasserstein_distance    {s * 1e3:8.1f} ms   W1 = {ref:.15f}")
     print(f"  speed-up {s / f:.1f}x, relative difference {abs(fast - ref) / ref:.1e}")
 
