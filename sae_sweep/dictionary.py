@@ -51,17 +51,25 @@ class DictionaryConfig:
     n_resampled: int  # dead features resampled in training (0 unless sae.resample_every > 0)
     run_id: str  # the training run's folder under runs/
     metrics: dict  # held-out metrics: val/mse, val/l1, val/loss, val/l0, val/fvu, val/dead_fraction
+    training: dict  # how training ended (train/convergence.py): until, converged, converged_at_step, steps,
+    #                 activations_seen, last_improvement, last_drift, window, loss_tol, drift_tol, evaluations
 
     REQUIRED_NESTED = {
         "harvest": ("n_val_tokens",),
         "activations": ("key",),
         "metrics": ("val/fvu", "val/l0", "val/dead_fraction"),
+        "training": ("converged", "activations_seen"),
     }
 
     @property
     def n_val_tokens(self) -> int:
         """How many held-out activations the firing counts were taken over."""
         return int(self.harvest["n_val_tokens"])
+
+    @property
+    def converged(self) -> bool:
+        """Whether training met its stopping rule (``training.converged``) before its cap."""
+        return bool(self.training["converged"])
 
     @property
     def gpt_artifact(self) -> str | None:

@@ -130,6 +130,7 @@ def dictionary_config(name: str = "sae-L2-J64-s0", **fields) -> DictionaryConfig
         "n_resampled": 0,
         "run_id": f"{name}-test",
         "metrics": {"val/fvu": 0.1, "val/l0": 5.0, "val/dead_fraction": 0.0, "val/mse": 0.01},
+        "training": {"until": "converged", "converged": True, "converged_at_step": 1, "activations_seen": 256},
     }
     return DictionaryConfig(**{**values, **fields})
 

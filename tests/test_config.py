@@ -99,7 +99,8 @@ def test_sae_defaults_are_the_replications():
     cfg = compose([])
     assert config.stage(cfg) == "sae"
     job = config.sae_job(cfg)
-    assert (job.sae.l1_coeff, job.sae.lr, job.sae.batch_size, job.sae.epochs) == (1e-3, 1e-3, 256, 1)
+    assert (job.sae.l1_coeff, job.sae.lr, job.sae.batch_size, job.sae.init) == (1e-3, 1e-3, 256, "linear")
+    assert (job.sae.until, job.sae.epochs) == ("converged", 4)  # a cap, not a budget
     assert (job.sae.tied, job.sae.decoder_bias, job.harvest.layer, job.gpt) == (False, False, 2, None)
     assert job.name == "sae-L2-J1024-s0"
 

@@ -4,7 +4,9 @@
     recon  x^ = D c (+ b_dec)                        (B, d_in); D is (d_in, dict_size), unit-norm columns
     loss   = mean((x^ - x)^2) + l1_coeff * mean_batch(||c||_1)
 
-D is the note's dictionary: column j is feature j. ``normalize_decoder_`` restores unit columns after every step.
+D is the note's dictionary: column j is feature j, initialised orthogonal; the encoder starts as the replication's
+(``nn.Linear``'s default, independent of D) or, with ``init=transpose``, as D^T. ``normalize_decoder_`` restores
+unit columns after every step.
 ``fused_grads`` computes the exact gradients of the loss with five matrix products into preallocated buffers, with
 no autograd graph; the autograd path (``loss``) is the reference it is tested against, and is used for tied
 weights and under DDP. ``resample_`` re-initialises dead features (Towards Monosemanticity's resampling).
@@ -19,6 +21,9 @@ from torch import nn
 
 from sae_sweep.errors import ConfigError
 
+INITS = ("linear", "transpose")
+UNTILS = ("converged", "budget")
+
 
 @dataclass(frozen=True)
 class SAEConfig:
@@ -26,9 +31,17 @@ class SAEConfig:
     l1_coeff: float = 1e-3  # alpha of the note
     seed: int = 0  # initialisation; the GPT has its own seed
     data_seed: int | None = None  # activation order; None: the same as seed
+    init: str = "linear"  # linear: the replication's encoder, a default nn.Linear (weight and bias U(+-1/sqrt(d_in)),
+    #                       independent of the decoder); transpose: encoder = D^T with zero bias (a control)
     lr: float = 1e-3  # Adam, as the replication
     batch_size: int = 256  # the replication's batch
-    epochs: int = 1  # passes over the harvested activations
+    epochs: int = 4  # passes over the harvested activations: the cap (until=converged) or the budget (until=budget)
+    until: str = "converged"  # converged: stop once the held-out loss and the decoder have settled; budget: all epochs
+    eval_every: int = 250  # steps between held-out evaluations (loss, FVU, L0, dead, decoder drift)
+    eval_rows: int = 4096  # held-out activations each evaluation uses (the first rows of the validation split)
+    window: int = 4  # evaluations over which the best held-out loss must gain less than loss_tol
+    loss_tol: float = 2e-3  # relative gain of the best held-out loss over the window that counts as settled
+    drift_tol: float = 0.02  # mean 1 - cos of the live decoder columns between evaluations that counts as settled
     decoder_bias: bool = False  # a learned b_dec subtracted before encoding and added back (input centring)
     tied: bool = False  # encoder weight = D^T
     dead_window: int = 1000  # steps without firing before a feature counts as dead
@@ -37,7 +50,15 @@ class SAEConfig:
     resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
 
     def __post_init__(self) -> None:
-        for name in ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every"):
+        if self.init not in INITS:
+            raise ConfigError(f"sae.init must be one of {INITS}, got {self.init!r}")
+        if self.until not in UNTILS:
+            raise ConfigError(f"sae.until must be one of {UNTILS}, got {self.until!r}")
+        for name in ("loss_tol", "drift_tol"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
+        names = ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every", "eval_every")
+        for name in (*names, "eval_rows", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sae.{name} must be a positive integer, got {value!r}")
@@ -74,8 +95,14 @@ class SparseAutoencoder(nn.Module):
         nn.init.orthogonal_(decoder, generator=gen)  # orthonormal rows (or columns when dict_size <= d_in)
         decoder /= decoder.norm(dim=0, keepdim=True)
         self.decoder = nn.Parameter(decoder)  # (d_in, dict_size): the note's D
-        self.encoder = None if cfg.tied else nn.Parameter(decoder.t().clone())  # (dict_size, d_in)
-        self.encoder_bias = nn.Parameter(torch.zeros(cfg.dict_size))
+        if cfg.init == "linear":  # nn.Linear(d_in, dict_size)'s default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(d_in))
+            bound = 1 / d_in**0.5
+            encoder = torch.empty(cfg.dict_size, d_in).uniform_(-bound, bound, generator=gen)  # (dict_size, d_in)
+            bias = torch.empty(cfg.dict_size).uniform_(-bound, bound, generator=gen)
+        else:
+            encoder, bias = decoder.t().clone(), torch.zeros(cfg.dict_size)
+        self.encoder = None if cfg.tied else nn.Parameter(encoder)
+        self.encoder_bias = nn.Parameter(bias)
         self.decoder_bias = nn.Parameter(torch.zeros(d_in)) if cfg.decoder_bias else None
         self.register_buffer("decoder_init", decoder.clone(), persistent=False)
         self._work_key: tuple | None = None

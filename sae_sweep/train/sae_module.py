@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep.errors import ConfigError, TrainingError
+from sae_sweep.train.convergence import StoppingRule, evaluate
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
 CHUNK_ROWS = 1 << 18  # float16 -> float32 conversion happens per chunk of this many rows, not per batch
@@ -105,6 +106,9 @@ class SAEModule(pl.LightningModule):
         self.sae = SparseAutoencoder(d_in, cfg)
         # The step at which each feature last fired; saved in checkpoints so dead counts survive a resume.
         self.register_buffer("last_fired", torch.zeros(cfg.dict_size, dtype=torch.long))
+        self.rule = StoppingRule(cfg.window, cfg.loss_tol, cfg.drift_tol)
+        self.held_out: torch.Tensor | None = None  # (eval_rows, d_in) float32, set by the stage before fit
+        self.previous_decoder: torch.Tensor | None = None  # D at the last evaluation, for the drift
         if cfg.resample_every:  # only then, so the default run's checkpoints and metrics are unchanged
             # Features resampled [at the latest resampling, in total]; saved in checkpoints so a resume keeps them.
             self.register_buffer("resampled", torch.zeros(2, dtype=torch.long))
@@ -127,6 +131,33 @@ class SAEModule(pl.LightningModule):
                 "sae.resample_every > 0 needs the run's length (resampling stops at half of it): give the Trainer "
                 f"a positive max_steps, not {self.trainer.max_steps}."
             )
+
+    def on_train_start(self) -> None:
+        if self.cfg.until == "converged" and self.rule.converged_at is not None:  # resumed after it had converged
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["convergence"] = {"rule": self.rule.state_dict(), "previous_decoder": self.previous_decoder}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("convergence")
+        if state is not None:
+            self.rule.load_state_dict(state["rule"])
+            self.previous_decoder = state["previous_decoder"]
+
+    @torch.no_grad()
+    def check_convergence(self, step: int) -> None:
+        """Evaluate on the held-out rows, log it, and stop the run once the rule is met (with until=converged)."""
+        was_training = self.sae.training
+        ev = evaluate(self.sae.eval(), self.held_out, self.cfg.l1_coeff, self.previous_decoder, step)
+        self.sae.train(was_training)
+        self.previous_decoder = self.sae.decoder.detach().clone()
+        settled = self.rule.update(ev)
+        logged = {f"heldout/{k}": v for k, v in vars(ev).items() if k != "step" and v is not None}
+        for logger in self.trainer.loggers if self.trainer.is_global_zero else ():  # one row, at this step only
+            logger.log_metrics({**logged, "heldout/settled": float(settled)}, step=step)
+        if settled and self.cfg.until == "converged":
+            self.trainer.should_stop = True
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.sae.parameters(), lr=self.cfg.lr)
@@ -153,6 +184,8 @@ class SAEModule(pl.LightningModule):
         every = self.cfg.resample_every
         if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
             self.resample(x, step)
+        if self.held_out is not None and (step + 1) % self.cfg.eval_every == 0:
+            self.check_convergence(step + 1)
         if (step + 1) % self.cfg.log_every == 0 or step == 0:  # logging costs ~0.3 ms: not every step
             metrics = self.metrics(x, out["codes"].detach(), mse, step)
             self.log_dict(metrics)

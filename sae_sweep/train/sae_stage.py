@@ -38,6 +38,7 @@ from sae_sweep.truth import SyntheticConfig
 log = logging.getLogger(__name__)
 UNTRAINED = "untrained"  # gpt=untrained: the control GPT, never trained
 DEFAULT_L1 = SAEConfig().l1_coeff  # a dictionary trained at another l1_coeff says so in its name
+DEFAULT_INIT = SAEConfig().init  # and one started from another initialisation
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class SAEJob:
             parts.append("synthetic")
         if self.gpt == UNTRAINED:
             parts.append(UNTRAINED)
+        if self.sae.init != DEFAULT_INIT:
+            parts.append(f"init-{self.sae.init}")
         if self.sae.resample_every > 0:
             parts.append("resample")
         if self.sae.l1_coeff != DEFAULT_L1:
@@ -175,13 +178,15 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
             raise DataError(f"checkpoint {ckpt} is for d_in={hparams['d_in']}, but the activations have {acts.d_in}")
         log.info("resuming from %s", ckpt)
     module = SAEModule(acts.d_in, job.sae)
+    module.held_out = torch.from_numpy(np.asarray(acts.val[: job.sae.eval_rows], dtype=np.float32))
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
     n_steps = datamodule.dataset(world=job.world).n_steps
     log.info(
-        "training %s: J=%d, l1 %g, %d steps of %d activations (d_in=%d)",
+        "training %s: J=%d, l1 %g, until %s (at most %d steps of %d activations, d_in=%d)",
         job.name,
         job.sae.dict_size,
         job.sae.l1_coeff,
+        job.sae.until,
         n_steps,
         job.sae.batch_size,
         acts.d_in,
@@ -216,10 +221,11 @@ def _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store
         gpt=source["gpt"],
         synthetic=source["synthetic"],
         activations={"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
-        steps=trainer.max_steps,
+        steps=trainer.global_step,
         n_resampled=module.n_resampled,
         run_id=rid,
         metrics=metrics,
+        training=module.rule.summary(job.sae.until, trainer.global_step, job.sae.batch_size * job.world),
     )
     extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
     histogram = run_dir / "feature_density.png"
@@ -234,9 +240,13 @@ def _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store
     histograms = {"feature_density/log10_frequency": np.log10(live / acts.val.shape[0])} if live.size else {}
     finish_wandb(loggers, artifact, summary=metrics, uses=uses, histograms=histograms)
     mark_finished(run_dir, artifact)
+    how = config.training
+    ended = f"converged at step {how['converged_at_step']}" if how["converged"] else "did NOT converge"
     log.info(
-        "%s: val fvu %.3f, L0 %.1f, dead %.1f%% (mse %.4g); saved %s at %s",
+        "%s: %s (%d activations); val fvu %.3f, L0 %.1f, dead %.1f%% (mse %.4g); saved %s at %s",
         job.name,
+        ended,
+        how["activations_seen"],
         metrics["val/fvu"],
         metrics["val/l0"],
         100 * metrics["val/dead_fraction"],

@@ -259,6 +259,7 @@ def test_a_dictionary_at_least_the_true_count_recovers_the_true_features(tmp_pat
         "harvest.n_val_tokens=10000",
         "sae.dict_size=128,256",
         "sae.l1_coeff=3e-3",
+        "sae.epochs=1",
         "logger=none",
     ]
     proc = run_train(args, tmp_path)

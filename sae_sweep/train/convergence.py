@@ -1,0 +1,109 @@
+"""When has an SAE finished learning? Periodic held-out evaluation, decoder drift, and the stopping rule.
+
+Every ``sae.eval_every`` steps the SAE is evaluated on a fixed held-out sample (the first ``sae.eval_rows`` rows of
+the validation activations): loss, MSE, FVU, L0, the fraction of features that never fire there, and the decoder's
+drift since the previous evaluation (for the features that fire: the mean of 1 - cos between each decoder column
+and itself then). With ``sae.until=converged`` training stops at the first evaluation where both settle:
+
+* the best held-out loss improved by less than ``sae.loss_tol`` (relative) over the last ``sae.window``
+  evaluations, and
+* the drift is below ``sae.drift_tol``,
+
+or when it reaches its cap (``sae.epochs`` passes over the activations). ``sae.until=budget`` trains the whole cap.
+The rule's state travels in checkpoints, so a resumed run stops at the same step as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class Evaluation:
+    step: int  # optimizer steps done when it was taken
+    loss: float
+    mse: float
+    fvu: float
+    l0: float
+    dead_fraction: float  # features that fire on no held-out row
+    drift: float | None  # mean 1 - cos of the live features' decoder columns since the previous evaluation
+
+
+@torch.no_grad()
+def evaluate(sae, x: torch.Tensor, l1_coeff: float, previous_decoder: torch.Tensor | None, step: int) -> Evaluation:
+    """The SAE on the held-out rows ``x`` (n, d_in) float32; drift against ``previous_decoder`` (d_in, J)."""
+    recon, codes = sae(x)  # (n, d_in), (n, J)
+    mse = (recon - x).pow(2).mean()
+    l1 = codes.sum(dim=1).mean()
+    fired = (codes > 0).any(dim=0)  # (J,)
+    drift = None
+    if previous_decoder is not None and fired.any():
+        cos = (sae.decoder[:, fired] * previous_decoder[:, fired]).sum(dim=0)  # unit columns: the dot is the cosine
+        drift = float((1 - cos).mean())
+    total_var = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+    return Evaluation(
+        step=step,
+        loss=float(mse + l1_coeff * l1),
+        mse=float(mse),
+        fvu=float(mse * x.numel() / total_var),
+        l0=float((codes > 0).sum(dim=1).float().mean()),
+        dead_fraction=float((~fired).float().mean()),
+        drift=drift,
+    )
+
+
+@dataclass
+class StoppingRule:
+    """Converged when the best loss gained less than ``loss_tol`` (relative) over ``window`` evaluations and the
+    latest drift is below ``drift_tol``. ``history`` holds every evaluation so far."""
+
+    window: int
+    loss_tol: float
+    drift_tol: float
+    history: list[Evaluation] = field(default_factory=list)
+    converged_at: int | None = None  # the step of the evaluation that met the rule
+
+    def update(self, ev: Evaluation) -> bool:
+        """Record ``ev``; True once the rule is met (and from then on)."""
+        self.history.append(ev)
+        if self.converged_at is None and self._settled():
+            self.converged_at = ev.step
+        return self.converged_at is not None
+
+    def improvement(self) -> float | None:
+        """Relative gain of the best loss over the last ``window`` evaluations (None until there are enough)."""
+        losses = [e.loss for e in self.history]
+        if len(losses) <= self.window:
+            return None
+        before, now = min(losses[: -self.window]), min(losses)
+        return (before - now) / max(abs(now), 1e-12)
+
+    def _settled(self) -> bool:
+        gain, drift = self.improvement(), self.history[-1].drift
+        return gain is not None and gain < self.loss_tol and drift is not None and drift < self.drift_tol
+
+    def state_dict(self) -> dict:
+        return {"history": [asdict(e) for e in self.history], "converged_at": self.converged_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [Evaluation(**e) for e in state["history"]]
+        self.converged_at = state["converged_at"]
+
+    def summary(self, until: str, steps: int, batch: int) -> dict:
+        """What config.json records: whether and where it converged, the criterion's last values, the budget used."""
+        last = self.history[-1] if self.history else None
+        return {
+            "until": until,
+            "converged": self.converged_at is not None,
+            "converged_at_step": self.converged_at,
+            "steps": steps,
+            "activations_seen": steps * batch,
+            "last_improvement": self.improvement(),
+            "last_drift": None if last is None else last.drift,
+            "window": self.window,
+            "loss_tol": self.loss_tol,
+            "drift_tol": self.drift_tol,
+            "evaluations": len(self.history),
+        }

@@ -1,0 +1,160 @@
+"""The replication's initialisation, and training to a measured convergence: the rule on hand-made curves, its
+record, and a resumed run that stops where an uninterrupted one does."""
+
+import math
+from dataclasses import replace
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from sae_sweep import ConfigError
+from sae_sweep.train.convergence import Evaluation, StoppingRule, evaluate
+from sae_sweep.train.runs import last_checkpoint
+from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
+from sae_sweep.train.trainer import TrainerConfig, build_trainer
+
+
+def test_linear_init_is_nn_linears_distribution_and_independent_of_the_decoder():
+    d, J = 128, 4096
+    sae = SparseAutoencoder(d, SAEConfig(dict_size=J, seed=3))
+    bound = 1 / math.sqrt(d)  # nn.Linear(d, J): kaiming_uniform(a=sqrt(5)) weight and U(-1/sqrt(d), 1/sqrt(d)) bias
+    for t in (sae.encoder.detach(), sae.encoder_bias.detach()):
+        assert t.abs().max() <= bound and t.abs().max() > 0.99 * bound
+        assert abs(t.mean()) < 0.02 * bound and abs(t.var() - bound**2 / 3) < 0.02 * bound**2
+    reference = torch.nn.Linear(d, J)  # the same law, drawn by PyTorch itself
+    assert abs(reference.weight.detach().var() - sae.encoder.detach().var()) < 0.02 * bound**2
+    cos = torch.nn.functional.cosine_similarity(sae.encoder.detach(), sae.decoder.detach().t(), dim=1)  # (J,)
+    assert abs(cos.mean()) < 0.01 and cos.abs().max() < 0.5  # random directions in 128-d: |cos| ~ 0.09
+    assert sae.decoder.norm(dim=0).sub(1).abs().max() < 1e-5  # the decoder is still orthogonal with unit columns
+    again = SparseAutoencoder(d, SAEConfig(dict_size=J, seed=3))
+    assert torch.equal(again.encoder, sae.encoder) and torch.equal(again.encoder_bias, sae.encoder_bias)
+
+
+def test_transpose_init_is_the_decoders_transpose_with_zero_bias():
+    sae = SparseAutoencoder(16, SAEConfig(dict_size=32, seed=1, init="transpose"))
+    assert torch.equal(sae.encoder.detach(), sae.decoder.detach().t()) and not sae.encoder_bias.any()
+    linear = SparseAutoencoder(16, SAEConfig(dict_size=32, seed=1))
+    assert torch.equal(linear.decoder, sae.decoder)  # the same decoder whatever the encoder's start
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("init", "xavier", "sae.init must be one of"),
+        ("until", "forever", "sae.until must be one of"),
+        ("eval_every", 0, "sae.eval_every must be a positive integer"),
+        ("loss_tol", -1.0, "sae.loss_tol must be >= 0"),
+    ],
+)
+def test_bad_convergence_settings_are_named(field, value, needle):
+    with pytest.raises(ConfigError, match=needle):
+        SAEConfig(**{field: value})
+
+
+def ev(step: int, loss: float, drift: float | None = 0.001) -> Evaluation:
+    return Evaluation(step, loss, loss, 0.1, 10.0, 0.0, drift)
+
+
+def test_rule_stops_at_the_first_settled_evaluation_and_not_before():
+    # Losses fall by 10%, 5%, 2%, then 0.1% per evaluation; window 2, tolerance 0.5%.
+    losses = [1.0, 0.9, 0.855, 0.838, 0.837, 0.8362, 0.8355, 0.835]
+    rule = StoppingRule(window=2, loss_tol=5e-3, drift_tol=0.01)
+    stops = [rule.update(ev(100 * (i + 1), loss)) for i, loss in enumerate(losses)]
+    # gain over the last 2 at the 5th evaluation: (0.855 - 0.837) / 0.837 = 2.2%; at the 6th: 0.22% -> settled
+    assert stops == [False, False, False, False, False, True, True, True] and rule.converged_at == 600
+    assert rule.improvement() == pytest.approx((0.8362 - 0.835) / 0.835)  # best before the window vs best now
+
+
+def test_rule_waits_for_the_decoder_to_settle_too():
+    rule = StoppingRule(window=1, loss_tol=1e-2, drift_tol=0.01)
+    assert not rule.update(ev(1, 1.0, drift=None))  # the first evaluation has no drift yet
+    assert not rule.update(ev(2, 1.0, drift=0.05))  # the loss is flat, but the features still turn
+    assert rule.update(ev(3, 1.0, drift=0.005))
+    summary = rule.summary("converged", steps=3, batch=8)
+    assert summary["converged"] and summary["converged_at_step"] == 3 and summary["activations_seen"] == 24
+
+
+def test_evaluate_measures_drift_on_features_that_fire_only():
+    sae = SparseAutoencoder(2, SAEConfig(dict_size=2, seed=0, init="transpose"))
+    with torch.no_grad():
+        sae.decoder.copy_(torch.eye(2))
+        sae.encoder.copy_(torch.eye(2))
+        sae.encoder_bias.copy_(torch.tensor([0.0, -10.0]))  # feature 1 never fires
+    before = torch.tensor([[math.cos(0.1), 0.0], [math.sin(0.1), 1.0]])  # feature 0 turned by 0.1 rad since
+    e = evaluate(sae, torch.tensor([[1.0, 0.0], [2.0, 0.0]]), 0.0, before, step=7)
+    assert e.drift == pytest.approx(1 - math.cos(0.1), rel=1e-5)
+    assert e.dead_fraction == 0.5 and e.l0 == 1.0 and e.mse == 0.0
+
+
+CFG = SAEConfig(
+    dict_size=8,
+    batch_size=8,
+    seed=0,
+    data_seed=0,
+    ckpt_every=6,
+    log_every=2,
+    eval_every=4,
+    window=2,
+    loss_tol=0.05,
+    drift_tol=1.0,
+    epochs=4,
+)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def _fit(tmp_path, acts, name, module, *callbacks, ckpt=None) -> pl.Trainer:
+    module.held_out = torch.from_numpy(np.load(acts)[:64].astype(np.float32))
+    trainer = build_trainer(
+        TrainerConfig(progress_bar=False),
+        run_dir=tmp_path / name,
+        max_steps=4 * 64,
+        loggers=[],
+        ckpt_every=CFG.ckpt_every,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, datamodule=ActivationDataModule(acts, CFG), ckpt_path=ckpt)
+    return trainer
+
+
+def test_a_run_resumed_mid_window_stops_at_the_uninterrupted_runs_step(tmp_path):
+    acts = tmp_path / "acts.npy"
+    np.save(acts, np.random.default_rng(0).normal(size=(64 * 8, 4)).astype(np.float16))  # 64 steps a pass
+    torch.manual_seed(0)
+    whole = SAEModule(4, CFG)
+    trainer = _fit(tmp_path, acts, "whole", whole)
+    stop = whole.rule.converged_at
+    assert stop is not None and trainer.global_step == stop < 4 * 64  # stopped early, at an evaluation
+    with pytest.raises(Killed):
+        _fit(tmp_path, acts, "cut", SAEModule(4, CFG), KillAt(stop - 2))
+    ckpt = last_checkpoint(tmp_path / "cut")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] % CFG.eval_every != 0 and len(saved["convergence"]["rule"]["history"]) >= 1
+    resumed = SAEModule(4, CFG)
+    again = _fit(tmp_path, acts, "cut", resumed, ckpt=str(ckpt))
+    assert again.global_step == stop and resumed.rule.converged_at == stop
+    assert [e.loss for e in resumed.rule.history] == [e.loss for e in whole.rule.history]
+    for k, v in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+
+
+def test_until_budget_trains_the_whole_cap_and_still_records_the_rule(tmp_path):
+    acts = tmp_path / "acts.npy"
+    np.save(acts, np.random.default_rng(0).normal(size=(64 * 8, 4)).astype(np.float16))
+    module = SAEModule(4, replace(CFG, until="budget"))
+    trainer = _fit(tmp_path, acts, "budget", module)
+    assert trainer.global_step == 4 * 64 and module.rule.converged_at is not None
