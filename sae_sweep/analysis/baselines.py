@@ -110,6 +110,7 @@ def ground_truth_rows(
                 ),  # the low-MCS mode, scored against the truth
                 "low_fraction": None if v is None else fraction(v < cfg.threshold),
                 "mixture_n_real": None if fit is None else fit.n_real,
+                "converged": res.converged.get((j, s)),
             }
         )
     return rows
@@ -143,6 +144,7 @@ def control_rows(variant: str, res: Results, dicts: dict[Key, Dictionary], fits:
                     "l0": metrics["val/l0"],
                     "n_resampled": d.config.n_resampled,
                     "emd_learned_rand1": res.emd_between(j, learned_name(s, res.seeds), random_name(1)),
+                    "converged": res.converged.get((j, s)),
                 }
             )
     return rows

@@ -88,6 +88,7 @@ def compute_extras(
         ex.liveness.append(liveness_row(j, s, t, cfg, q))
         ex.movement.append(movement_row(j, s, t, cfg))
         ex.split.append(split_row(j, s, v, fit, cfg, q))
+        ex.split[-1]["converged"] = res.converged.get((j, s))
         ex.matching.append(matching_row(j, s, ref, decoder_rows(dicts[(j, s)]), decoder_rows(dicts[(ref, s)]), v, cfg))
     for j in track(sorted(res.emd), len(res.emd), "bootstrap EMDs"):
         ex.emd_ci += emd_ci_rows(res, j, cfg)

@@ -109,6 +109,7 @@ def movement_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig) -> dict:
 
 
 def split_row(j: int, s: int, v: np.ndarray, fit: MixtureFit | None, cfg: AnalysisConfig, q: float) -> dict:
+    """High-MCS fractions at the fixed threshold and at the null quantile, with intervals, and the fit's count."""
     hi, hi_lo, hi_hi = proportion_ci(v >= cfg.threshold, cfg.n_boot, cfg.level, seed=cfg.seed)
     nq, nq_lo, nq_hi = proportion_ci(v >= q, cfg.n_boot, cfg.level, seed=cfg.seed + 1)
     return {

@@ -168,10 +168,10 @@ def fig_counts(rows: list[dict], path: Path, proportions: bool, threshold: float
     ax = fig.subplots()
     ax.bar(x - 0.2, [r[key_hi] for r in rows], 0.4, color=LEARNED, label=f"high MCS (>= {threshold})")
     ax.bar(x + 0.2, [r[key_lo] for r in rows], 0.4, color=RANDOM, label=f"low MCS (< {threshold})")
-    ax.set_xticks(x, [str(s) for s in sizes])
+    ax.set_xticks(x, [f"{r['dict_size']}{'' if r.get('converged', True) else '*'}" for r in rows])
     what = "Proportion" if proportions else "Number"
     ax.set(
-        xlabel="dictionary size",
+        xlabel="dictionary size" + (" (* did not converge)" if any(r.get("converged") is False for r in rows) else ""),
         ylabel=what.lower() + " of features",
         title=f"Fig. {12 if proportions else 11}: {what} of high- and low-MCS features",
     )

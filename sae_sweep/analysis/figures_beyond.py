@@ -156,6 +156,8 @@ def fig_ground_truth(ex: Extras, path: Path) -> Path | None:
         ax.plot(*zip(*low, strict=True), marker="^", label="low-MCS fraction (vs the largest dictionary)")
     ax.axvline(rows[0]["n_true"], color="gray", ls="--", lw=0.8, label=f"true count {rows[0]['n_true']}")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="dictionary size", ylabel="fraction", ylim=(-0.02, 1.02), title="Fig. 18: known ground truth")
+    unconverged = [str(r["dict_size"]) for r in rows if r.get("converged") is False]
+    xlabel = "dictionary size" + (f" (did not converge: J={', '.join(unconverged)})" if unconverged else "")
+    ax.set(xlabel=xlabel, ylabel="fraction", ylim=(-0.02, 1.02), title="Fig. 18: known ground truth")
     ax.legend(fontsize=7)
     return save(fig, path)

@@ -209,9 +209,27 @@ def ground_truth(ex: Extras) -> str | None:
     return text + "."
 
 
+def training(res: Results) -> str | None:
+    """Which dictionaries met their stopping rule: the numbers of the others describe dictionaries still learning."""
+    if not res.training:
+        return None
+    done = [r for r in res.training if r["converged"]]
+    not_done = [r for r in res.training if not r["converged"]]
+    name = lambda r: f"J={r['dict_size']} s{r['seed']}"  # noqa: E731
+    if not not_done:
+        return f"All {len(done)} dictionaries met their stopping rule (held-out loss and decoder drift settled)."
+    seen = ", ".join(f"{name(r)} ({r['activations_seen'] / 1e6:.2g}M)" for r in not_done)
+    return (
+        f"{len(done)} of {len(res.training)} dictionaries met their stopping rule; {len(not_done)} did not converge "
+        f"within their cap ({seen} activations seen): their numbers below describe dictionaries that were still "
+        "learning, and are marked * in the figures and `converged = False` in the tables."
+    )
+
+
 def findings(res: Results, ex: Extras, control_table: list[dict] | None = None) -> list[str]:
     """Every finding whose numbers exist, in reading order."""
     out = [
+        training(res),
         bimodality(res, ex),
         low_mode_vs_random(res, ex),
         liveness(res, ex),

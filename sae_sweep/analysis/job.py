@@ -67,6 +67,7 @@ def run(job: AnalyzeJob, api=None) -> Path:
     cfg = job.analysis
     found, stores, where = _collect(job, api)
     main_name = main_variant(found, cfg.variant, where)
+    _warn_unconverged([found[v] for v in sorted(found) if v == main_name or cfg.controls])
     dicts = found[main_name]
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
     main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
@@ -92,6 +93,19 @@ def run(job: AnalyzeJob, api=None) -> Path:
     report = job.out / "report.md"
     log.info("report: %s", report)
     return report
+
+
+def _warn_unconverged(collections: list[dict]) -> None:
+    """One warning per dictionary that did not meet its stopping rule: its numbers describe a dictionary still
+    learning."""
+    for dicts in collections:
+        for _, d in sorted(dicts.items()):
+            if not d.config.converged:
+                log.warning(
+                    "%s did not converge within its cap (%d activations seen): the report marks it",
+                    d.name,
+                    d.config.training["activations_seen"],
+                )
 
 
 def _true_features(stores: list[ArtifactStore], dicts: dict):

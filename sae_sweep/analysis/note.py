@@ -57,6 +57,8 @@ class Results:
     null_mean: dict[int, float] = field(default_factory=dict)  # M -> analytic E[max]
     null_q999: dict[int, float] = field(default_factory=dict)  # M -> analytic 99.9% quantile
     emd: dict[int, tuple[list[str], np.ndarray]] = field(default_factory=dict)  # size -> (names, matrix)
+    training: list[dict] = field(default_factory=list)  # one row per dictionary: how its training ended
+    converged: dict[tuple[int, int], bool] = field(default_factory=dict)  # (size, seed) -> met its stopping rule
     warnings: list[str] = field(default_factory=list)
 
     def vs_reference(self, size: int, seed: int) -> np.ndarray | None:
@@ -87,6 +89,8 @@ def compute(dicts: dict[tuple[int, int], Dictionary], cfg: AnalysisConfig, progr
     smaller = [j for j in sizes if j < reference]
     featured = cfg.featured or (min(smaller, key=lambda j: abs(np.log2(j / 1024))) if smaller else None)
     res = Results(cfg, d_in, sizes, seeds, reference, featured)
+    res.training = training_rows(dicts)
+    res.converged = {(r["dict_size"], r["seed"]): r["converged"] for r in res.training}
     if not smaller:
         msg = f"only one dictionary size ({sizes[0]}): the pairwise MCS, EMD and count parts are skipped"
         warnings.warn(msg, stacklevel=2)
@@ -123,6 +127,28 @@ def _low_emd_matrix(samples: dict[str, np.ndarray], cutoff: float) -> tuple[list
     return names, matrix
 
 
+def training_rows(dicts: dict[tuple[int, int], Dictionary]) -> list[dict]:
+    """How each dictionary's training ended (its config.json's ``training``), by size and seed."""
+    rows = []
+    for (j, s), d in sorted(dicts.items()):
+        t = d.config.training
+        rows.append(
+            {
+                "dict_size": j,
+                "seed": s,
+                "converged": bool(t["converged"]),
+                "until": t.get("until"),
+                "activations_seen": t["activations_seen"],
+                "converged_at_step": t.get("converged_at_step"),
+                "last_improvement": t.get("last_improvement"),
+                "last_drift": t.get("last_drift"),
+                "val_fvu": d.config.metrics["val/fvu"],
+                "val_l0": d.config.metrics["val/l0"],
+            }
+        )
+    return rows
+
+
 def emd_samples(res: Results, j: int) -> dict[str, np.ndarray]:
     """The MCS samples the size-``j`` EMD table compares, by name: learned (per seed), Rand 1..R, alt params."""
     samples = {}
@@ -153,6 +179,7 @@ def counts(res: Results, seed: int) -> list[dict]:
                 "high_fraction": high / v.size,
                 "low_fraction": 1 - high / v.size,
                 "mean_mcs": float(v.mean()),
+                "converged": res.converged.get((j, seed)),
             }
         )
     return out

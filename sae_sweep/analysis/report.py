@@ -131,6 +131,7 @@ def write_all(
     res, ex = main.results, main.extras
     out.mkdir(parents=True, exist_ok=True)
     tables: Tables = {}
+    _table(out, tables, "training.csv", "training (did each dictionary converge?)", res.training)
     _table(out, tables, "analytic_null.csv", "analytic null", null_rows(res))
     figs = write_note(res, out, tables) if res.emd else {}
     more_figs, more_tables = write_beyond(res, ex, control_table or [], out, synthetic.extras if synthetic else None)

@@ -1,5 +1,7 @@
 """analyze.py's collection, computation and report, on small dictionaries made by hand."""
 
+import csv
+import json
 import re
 import shutil
 import warnings
@@ -10,9 +12,11 @@ import torch
 
 from sae_sweep import DataError
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_wandb
+from sae_sweep.analysis.findings import training
 from sae_sweep.analysis.job import AnalyzeJob, run
 from sae_sweep.analysis.note import compute, counts
 from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 
@@ -169,3 +173,40 @@ def test_wandb_source_downloads_once_and_uses_the_latest(store, tmp_path):
     with pytest.warns(UserWarning):
         collect_wandb(source, 2, tmp_path / "cache", api=api)
     assert all(a.downloads <= 1 for arts in api.by_name.values() for a in arts)  # cached after the first pull
+
+
+UNFINISHED = {"until": "converged", "converged": False, "converged_at_step": None, "activations_seen": 1_000_000}
+
+
+def test_an_unconverged_dictionary_is_warned_about_once_and_marked_everywhere(store, tmp_path, caplog):
+    for J in (8, 16, 32):
+        save_dict(store, J, 0, extra={"training": UNFINISHED} if J == 16 else None)
+    job = AnalyzeJob(AnalysisConfig(n_random=2, n_boot=50), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path))
+    with caplog.at_level("WARNING", logger="sae_sweep"):
+        report = run(job)
+    warned = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
+    assert warned == ["sae-L2-J16-s0 did not converge within its cap (1000000 activations seen): the report marks it"]
+    out = report.parent
+    training = {r["dict_size"]: r["converged"] for r in csv.DictReader(open(out / "training.csv"))}
+    assert training == {"8": "True", "16": "False", "32": "True"}
+    assert {r["dict_size"]: r["converged"] for r in csv.DictReader(open(out / "counts.csv"))} == {
+        "8": "True",
+        "16": "False",
+    }
+    assert {r["dict_size"]: r["converged"] for r in csv.DictReader(open(out / "split.csv"))}["16"] == "False"
+    findings = (out / "findings.md").read_text()
+    assert "2 of 3 dictionaries met their stopping rule; 1 did not converge within their cap (J=16 s0 (1M)" in findings
+
+
+def test_all_converged_says_so():
+    res = type("R", (), {"training": [{"converged": True}] * 3})()
+    assert training(res) == "All 3 dictionaries met their stopping rule (held-out loss and decoder drift settled)."
+
+
+def test_a_dictionary_without_a_training_record_is_refused_by_name(store):
+    art = save_dict(store, 8, 0)
+    config = json.loads((art.path / "config.json").read_text())
+    del config["training"]
+    (art.path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=r"sae-L2-J8-s0/v0 has a config.json without training"):
+        load_dictionary(art.path, verify_files=False)
