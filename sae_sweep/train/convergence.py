@@ -90,20 +90,3 @@ class StoppingRule:
     def load_state_dict(self, state: dict) -> None:
         self.history = [Evaluation(**e) for e in state["history"]]
         self.converged_at = state["converged_at"]
-
-    def summary(self, until: str, steps: int, batch: int) -> dict:
-        """What config.json records: whether and where it converged, the criterion's last values, the budget used."""
-        last = self.history[-1] if self.history else None
-        return {
-            "until": until,
-            "converged": self.converged_at is not None,
-            "converged_at_step": self.converged_at,
-            "steps": steps,
-            "activations_seen": steps * batch,
-            "last_improvement": self.improvement(),
-            "last_drift": None if last is None else last.drift,
-            "window": self.window,
-            "loss_tol": self.loss_tol,
-            "drift_tol": self.drift_tol,
-            "evaluations": len(self.history),
-        }

@@ -109,6 +109,10 @@ class SAEModule(pl.LightningModule):
         self.rule = StoppingRule(cfg.window, cfg.loss_tol, cfg.drift_tol)
         self.held_out: torch.Tensor | None = None  # (eval_rows, d_in) float32, set by the stage before fit
         self.previous_decoder: torch.Tensor | None = None  # D at the last evaluation, for the drift
+        # [steps done, step the rule was met (-1: not yet), evaluations, last improvement, last drift, whether each of
+        # the last two exists (0/1)]: a buffer, so it comes back from ddp_spawn's workers with the weights (the main
+        # process's trainer and rule never train), and finite, so checks for a finite state hold
+        self.register_buffer("progress", torch.tensor([0, -1, 0, 0, 0, 0, 0], dtype=torch.float64))
         if cfg.resample_every:  # only then, so the default run's checkpoints and metrics are unchanged
             # Features resampled [at the latest resampling, in total]; saved in checkpoints so a resume keeps them.
             self.register_buffer("resampled", torch.zeros(2, dtype=torch.long))
@@ -145,6 +149,23 @@ class SAEModule(pl.LightningModule):
             self.rule.load_state_dict(state["rule"])
             self.previous_decoder = state["previous_decoder"]
 
+    def training_summary(self, batch: int) -> dict:
+        """What config.json records of how training ended (read from the ``progress`` buffer)."""
+        steps, at, n_evals, gain, drift, has_gain, has_drift = self.progress.tolist()
+        return {
+            "until": self.cfg.until,
+            "converged": at >= 0,
+            "converged_at_step": int(at) if at >= 0 else None,
+            "steps": int(steps),
+            "activations_seen": int(steps) * batch,
+            "last_improvement": gain if has_gain else None,
+            "last_drift": drift if has_drift else None,
+            "window": self.cfg.window,
+            "loss_tol": self.cfg.loss_tol,
+            "drift_tol": self.cfg.drift_tol,
+            "evaluations": int(n_evals),
+        }
+
     @torch.no_grad()
     def check_convergence(self, step: int) -> None:
         """Evaluate on the held-out rows, log it, and stop the run once the rule is met (with until=converged)."""
@@ -153,6 +174,18 @@ class SAEModule(pl.LightningModule):
         self.sae.train(was_training)
         self.previous_decoder = self.sae.decoder.detach().clone()
         settled = self.rule.update(ev)
+        gain = self.rule.improvement()
+        self.progress[1:] = torch.tensor(
+            [
+                -1 if self.rule.converged_at is None else self.rule.converged_at,
+                len(self.rule.history),
+                gain or 0.0,
+                ev.drift or 0.0,
+                gain is not None,
+                ev.drift is not None,
+            ],
+            dtype=torch.float64,
+        )
         logged = {f"heldout/{k}": v for k, v in vars(ev).items() if k != "step" and v is not None}
         for logger in self.trainer.loggers if self.trainer.is_global_zero else ():  # one row, at this step only
             logger.log_metrics({**logged, "heldout/settled": float(settled)}, step=step)
@@ -186,6 +219,7 @@ class SAEModule(pl.LightningModule):
         every = self.cfg.resample_every
         if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
             self.resample(x, step)
+        self.progress[0] = step + 1
         if self.held_out is not None and (step + 1) % self.cfg.eval_every == 0:
             self.check_convergence(step + 1)
         if (step + 1) % self.cfg.log_every == 0 or step == 0:  # logging costs ~0.3 ms: not every step

@@ -166,7 +166,7 @@ def run(job: SAEJob) -> Artifact:
     module, trainer, loggers = _train(job, acts, rid, run_dir)
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 saves
-    return _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store)
+    return _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
 
 
 def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
@@ -204,7 +204,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
     return module, trainer, loggers
 
 
-def _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store) -> Artifact:
+def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Artifact:
     """Held-out metrics, the dictionary folder in the store, the W&B upload, the done marker, one line to say so."""
     sae = module.sae.cpu().eval()
     metrics, counts = evaluate_sae(sae, acts.val, job.sae.l1_coeff)
@@ -221,11 +221,11 @@ def _save(job, acts, source, uses, rid, run_dir, module, trainer, loggers, store
         gpt=source["gpt"],
         synthetic=source["synthetic"],
         activations={"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
-        steps=trainer.global_step,
+        steps=int(module.progress[0]),  # the trainer's global_step is 0 in ddp_spawn's main process
         n_resampled=module.n_resampled,
         run_id=rid,
         metrics=metrics,
-        training=module.rule.summary(job.sae.until, trainer.global_step, job.sae.batch_size * job.world),
+        training=module.training_summary(job.sae.batch_size * job.world),
     )
     extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
     histogram = run_dir / "feature_density.png"

@@ -73,8 +73,7 @@ def test_rule_waits_for_the_decoder_to_settle_too():
     assert not rule.update(ev(1, 1.0, drift=None))  # the first evaluation has no drift yet
     assert not rule.update(ev(2, 1.0, drift=0.05))  # the loss is flat, but the features still turn
     assert rule.update(ev(3, 1.0, drift=0.005))
-    summary = rule.summary("converged", steps=3, batch=8)
-    assert summary["converged"] and summary["converged_at_step"] == 3 and summary["activations_seen"] == 24
+    assert rule.converged_at == 3
 
 
 def test_evaluate_measures_drift_on_features_that_fire_only():
@@ -147,6 +146,9 @@ def test_a_run_resumed_mid_window_stops_at_the_uninterrupted_runs_step(tmp_path)
     resumed = SAEModule(4, CFG)
     again = _fit(tmp_path, acts, "cut", resumed, ckpt=str(ckpt))
     assert again.global_step == stop and resumed.rule.converged_at == stop
+    summary = resumed.training_summary(batch=8)  # what config.json records, from the buffer ddp_spawn hands back
+    assert (summary["converged"], summary["converged_at_step"], summary["steps"]) == (True, stop, stop)
+    assert summary["activations_seen"] == 8 * stop and summary["evaluations"] == stop // CFG.eval_every
     assert [e.loss for e in resumed.rule.history] == [e.loss for e in whole.rule.history]
     for k, v in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
