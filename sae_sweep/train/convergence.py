@@ -90,3 +90,30 @@ class StoppingRule:
     def load_state_dict(self, state: dict) -> None:
         self.history = [Evaluation(**e) for e in state["history"]]
         self.converged_at = state["converged_at"]
+
+
+def progress_row(rule: StoppingRule) -> list[float]:
+    """The rule's outcome as finite numbers: [step it was met (-1: not yet), evaluations, last improvement, last
+    drift, whether each of the last two exists (0/1)]."""
+    gain, drift = rule.improvement(), rule.history[-1].drift if rule.history else None
+    at = -1 if rule.converged_at is None else rule.converged_at
+    return [at, len(rule.history), gain or 0.0, drift or 0.0, gain is not None, drift is not None]
+
+
+def progress_summary(progress: list[float], cfg, batch: int) -> dict:
+    """What config.json records from [steps done, *progress_row]: whether and where the rule was met, the criterion's
+    last values, and the budget used (``batch`` activations a step)."""
+    steps, at, n_evals, gain, drift, has_gain, has_drift = progress
+    return {
+        "until": cfg.until,
+        "converged": at >= 0,
+        "converged_at_step": int(at) if at >= 0 else None,
+        "steps": int(steps),
+        "activations_seen": int(steps) * batch,
+        "last_improvement": gain if has_gain else None,
+        "last_drift": drift if has_drift else None,
+        "window": cfg.window,
+        "loss_tol": cfg.loss_tol,
+        "drift_tol": cfg.drift_tol,
+        "evaluations": int(n_evals),
+    }

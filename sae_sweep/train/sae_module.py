@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep.errors import ConfigError, TrainingError
-from sae_sweep.train.convergence import StoppingRule, evaluate
+from sae_sweep.train.convergence import StoppingRule, evaluate, progress_row, progress_summary
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
 CHUNK_ROWS = 1 << 18  # float16 -> float32 conversion happens per chunk of this many rows, not per batch
@@ -109,10 +109,9 @@ class SAEModule(pl.LightningModule):
         self.rule = StoppingRule(cfg.window, cfg.loss_tol, cfg.drift_tol)
         self.held_out: torch.Tensor | None = None  # (eval_rows, d_in) float32, set by the stage before fit
         self.previous_decoder: torch.Tensor | None = None  # D at the last evaluation, for the drift
-        # [steps done, step the rule was met (-1: not yet), evaluations, last improvement, last drift, whether each of
-        # the last two exists (0/1)]: a buffer, so it comes back from ddp_spawn's workers with the weights (the main
-        # process's trainer and rule never train), and finite, so checks for a finite state hold
-        self.register_buffer("progress", torch.tensor([0, -1, 0, 0, 0, 0, 0], dtype=torch.float64))
+        # [steps done, *progress_row(rule)]: a buffer, so it comes back from ddp_spawn's workers with the weights (the
+        # main process's trainer and rule never train), and finite, so checks for a finite state hold
+        self.register_buffer("progress", torch.tensor([0, *progress_row(self.rule)], dtype=torch.float64))
         if cfg.resample_every:  # only then, so the default run's checkpoints and metrics are unchanged
             # Features resampled [at the latest resampling, in total]; saved in checkpoints so a resume keeps them.
             self.register_buffer("resampled", torch.zeros(2, dtype=torch.long))
@@ -151,41 +150,15 @@ class SAEModule(pl.LightningModule):
 
     def training_summary(self, batch: int) -> dict:
         """What config.json records of how training ended (read from the ``progress`` buffer)."""
-        steps, at, n_evals, gain, drift, has_gain, has_drift = self.progress.tolist()
-        return {
-            "until": self.cfg.until,
-            "converged": at >= 0,
-            "converged_at_step": int(at) if at >= 0 else None,
-            "steps": int(steps),
-            "activations_seen": int(steps) * batch,
-            "last_improvement": gain if has_gain else None,
-            "last_drift": drift if has_drift else None,
-            "window": self.cfg.window,
-            "loss_tol": self.cfg.loss_tol,
-            "drift_tol": self.cfg.drift_tol,
-            "evaluations": int(n_evals),
-        }
+        return progress_summary(self.progress.tolist(), self.cfg, batch)
 
     @torch.no_grad()
     def check_convergence(self, step: int) -> None:
         """Evaluate on the held-out rows, log it, and stop the run once the rule is met (with until=converged)."""
-        was_training = self.sae.training
-        ev = evaluate(self.sae.eval(), self.held_out, self.cfg.l1_coeff, self.previous_decoder, step)
-        self.sae.train(was_training)
+        ev = evaluate(self.sae, self.held_out, self.cfg.l1_coeff, self.previous_decoder, step)  # no dropout: no eval()
         self.previous_decoder = self.sae.decoder.detach().clone()
         settled = self.rule.update(ev)
-        gain = self.rule.improvement()
-        self.progress[1:] = torch.tensor(
-            [
-                -1 if self.rule.converged_at is None else self.rule.converged_at,
-                len(self.rule.history),
-                gain or 0.0,
-                ev.drift or 0.0,
-                gain is not None,
-                ev.drift is not None,
-            ],
-            dtype=torch.float64,
-        )
+        self.progress[1:] = torch.tensor(progress_row(self.rule), dtype=torch.float64)
         logged = {f"heldout/{k}": v for k, v in vars(ev).items() if k != "step" and v is not None}
         for logger in self.trainer.loggers if self.trainer.is_global_zero else ():  # one row, at this step only
             logger.log_metrics({**logged, "heldout/settled": float(settled)}, step=step)
