@@ -90,6 +90,22 @@ def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
     torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(64))
 
 
+def test_ddp_stops_every_process_at_the_step_the_rule_is_met(gpt_root, tmp_path):
+    """until=converged under ddp_spawn: the rule (loose tolerances: met at the second evaluation, step 2 x 5) stops
+    both processes there, long before the 4-epoch cap, and config.json says so from the buffer the workers return."""
+    root = fresh_root(gpt_root, tmp_path)
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
+    rule = ["sae.until=converged", "sae.epochs=4", "sae.eval_every=5", "sae.window=1"]
+    loose = ["sae.loss_tol=1e9", "sae.drift_tol=1e9", "sae.eval_rows=256"]
+    proc = run_train([*SMOKE, *ddp, *rule, *loose, "logger=none", "sae.dict_size=64"], root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J64-s0").path)
+    assert d.config.steps == 10 < 4 * 20480 // (256 * 2)
+    training = d.config.training
+    assert (training["converged"], training["converged_at_step"], training["evaluations"]) == (True, 10, 2)
+    assert training["activations_seen"] == 10 * 256 * 2
+
+
 def test_submitit_local_launcher(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
     args = ["-m", "hydra/launcher=submitit_local", *SMOKE, "logger=none", "sae.dict_size=64,128"]
