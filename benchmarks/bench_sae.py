@@ -7,9 +7,9 @@ the one dense product an exact step cannot avoid (encoder product + ReLU), and A
 
 Every training path does a full step (forward, gradients, Adam, decoder renormalisation) on the same random
 activations (ReLU of a Gaussian), from a trained-like state: the encoder bias is lowered until the codes have the
-demo's L0 (``--l0``, 20 of J), held there by a tiny learning rate, so the sparse path is measured where
-training spends most of its steps. Repeats
-alternate the paths so machine noise hits all of them; medians are printed with ratios.
+demo's L0 (``--l0``, 20 of J), held there by a tiny learning rate, so the sparse path is measured where training
+spends most of its steps. Repeats alternate the paths so machine noise hits all of them; medians are printed with
+ratios.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sae_sweep.errors import ConfigError
-from sae_sweep.train.sae_step import STEPS, step_grads
+from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS, step_grads
 
 INITS = ("linear", "transpose")
 UNTILS = ("converged", "budget")
@@ -51,7 +51,9 @@ class SAEConfig:
     ckpt_every: int = 500  # steps between checkpoints
     resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
     step: str = "auto"  # the hand-written step's path: auto (sparse once codes are sparse), dense, or sparse
-    sparse_max_density: float = 0.05  # auto: the sparse path when at most this fraction of the codes is positive
+    sparse_max_density: float = (
+        SPARSE_MAX_DENSITY  # auto: the sparse path when at most this fraction of the codes is positive
+    )
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -201,7 +203,7 @@ class SparseAutoencoder(nn.Module):
         return idx.numel()
 
     def fused_grads(
-        self, x: torch.Tensor, l1_coeff: float, step: str = "auto", max_density: float = 0.05
+        self, x: torch.Tensor, l1_coeff: float, step: str = "auto", max_density: float = SPARSE_MAX_DENSITY
     ) -> dict[str, torch.Tensor]:
         """Write d(loss)/d(param) into each ``param.grad`` (untied weights) and return the loss's parts.
 

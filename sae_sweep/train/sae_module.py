@@ -175,9 +175,8 @@ class SAEModule(pl.LightningModule):
         opt = self.optimizers()
         fused = not self.cfg.tied and self.trainer.world_size == 1
         if fused:
-            out = self.sae.fused_grads(
-                x, self.cfg.l1_coeff, self.cfg.step, self.cfg.sparse_max_density
-            )  # grads in place
+            # grads written in place, nothing to zero
+            out = self.sae.fused_grads(x, self.cfg.l1_coeff, self.cfg.step, self.cfg.sparse_max_density)
         else:
             opt.zero_grad()
             out = self.sae.loss(x, self.cfg.l1_coeff)

@@ -26,6 +26,7 @@ from sae_sweep.errors import ConfigError
 
 STEPS = ("auto", "dense", "sparse")
 DENSITY_ROWS = 64  # rows of the batch the density is measured on (the batch is in shuffled order)
+SPARSE_MAX_DENSITY = 0.05  # sae.sparse_max_density's default: measured crossover 0.08-0.1 at J = 256-8192
 
 # CSR matrices are a stable part of torch's API for what is used here (construction, mm, sampled_addmm); the
 # "beta" notice they raise once per process says nothing to a user of this project.
@@ -64,7 +65,9 @@ def work_buffers(sae, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def step_grads(sae, x: torch.Tensor, l1_coeff: float, step: str = "auto", max_density: float = 0.05) -> dict:
+def step_grads(
+    sae, x: torch.Tensor, l1_coeff: float, step: str = "auto", max_density: float = SPARSE_MAX_DENSITY
+) -> dict:
     """Write d(loss)/d(param) into each ``param.grad`` of an untied SAE and return the loss's parts.
 
     Returns ``mse`` (a 0-d tensor), ``codes`` (B, J), ``code_sums`` (J,) (the L1 term per feature, and which
