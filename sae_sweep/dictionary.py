@@ -6,6 +6,8 @@ One trained SAE is one folder (a store version, or any folder ``write_dictionary
     config.json         DictionaryConfig: what was trained, on what, how, and its held-out metrics
     firing_counts.npy   (dict_size,) int64: held-out activations on which each feature fired
     metrics.csv, feature_density.png   training curves and the firing histogram (optional)
+    snapshots.safetensors   decoder.<steps> (d_in, dict_size), fired.<steps> (dict_size,): the budget axis (optional;
+                            their metrics in config.json's training.snapshots; see train/snapshots.py)
 
 ``DictionaryConfig`` is the config.json schema: the SAE stage writes one, the analysis reads one back, and a
 folder that lacks a field is refused with its name and the folder's, never read with a silent default.
@@ -23,6 +25,7 @@ from sae_sweep.store import MANIFEST, verify
 
 DICTIONARY_TYPE = "sae-dictionary"
 SAE_WEIGHTS_FILE, SAE_CONFIG_FILE, COUNTS_FILE = "sae.safetensors", "config.json", "firing_counts.npy"
+SNAPSHOTS_FILE = "snapshots.safetensors"
 DECODER_ORIENTATION = "decoder: (d_in, dict_size); column j is feature j, unit norm (the note's D)"
 
 
@@ -119,6 +122,17 @@ def write_dictionary(folder: Path, sae, config: DictionaryConfig, firing_counts,
         shutil.copyfile(src, folder / name)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The dictionary as it was after ``steps`` optimizer steps (``activations_seen`` activations)."""
+
+    steps: int
+    activations_seen: int
+    decoder: object  # torch.Tensor (d_in, dict_size), unit columns
+    fired: object  # np.ndarray (dict_size,) int64: rows of the sae.eval_rows held-out sample each feature fired on
+    metrics: dict  # held-out loss, mse, fvu, l0, dead_fraction on that sample
+
+
 @dataclass
 class Dictionary:
     """A trained SAE as arrays: ``decoder`` is the note's D, (d_in, dict_size) with unit-norm columns."""
@@ -137,6 +151,33 @@ class Dictionary:
     @property
     def dict_size(self) -> int:
         return self.decoder.shape[1]
+
+    def snapshots(self) -> list[Snapshot]:
+        """The budget axis, oldest first: the states saved at each doubling of the activations seen, then the final
+        state (the dictionary's own decoder); none when training took none. Step 0 is ``tensors["decoder_init"]``."""
+        taken = self.config.training.get("snapshots") or []
+        if not taken:
+            return []
+        from safetensors.torch import load_file  # noqa: PLC0415
+
+        path = self.path / SNAPSHOTS_FILE
+        try:
+            tensors = load_file(str(path))
+        except OSError as exc:
+            raise DataError(
+                f"{self.path}: config.json lists {len(taken)} snapshots but {path.name} is unreadable "
+                f"({exc}); train it again (`python train.py ... force=true`)"
+            ) from None
+        return [
+            Snapshot(
+                steps=m["steps"],
+                activations_seen=m["activations_seen"],
+                decoder=tensors[f"decoder.{m['steps']}"],
+                fired=tensors[f"fired.{m['steps']}"].numpy(),
+                metrics={k: v for k, v in m.items() if k not in ("steps", "activations_seen")},
+            )
+            for m in taken
+        ]
 
     def to_sae(self):
         """Rebuild the trained SparseAutoencoder module (CPU, eval mode)."""

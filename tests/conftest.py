@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -75,6 +76,21 @@ def run_at_once(args: list[str], n: int, timeout: float = 300) -> list[str]:
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     return outs
+
+
+class Killed(Exception):
+    """Raised by KillAt: an in-process stand-in for a job killed mid-run (its last checkpoint stays on disk)."""
+
+
+class KillAt(pl.Callback):
+    """A Lightning callback that raises Killed before the step ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
 
 
 def kill_at_first_checkpoint(args: list[str], root: Path, runs: str = "runs/*", timeout: float = 300) -> None:
@@ -145,8 +161,10 @@ def save_dict(
     variant="",
     counts=None,
     extra: dict | None = None,
+    files: dict | None = None,
 ):
-    """Save a hand-made dictionary of size J (decoder (d_in, J) if given, else a seeded orthogonal one) to ``store``."""
+    """Save a hand-made dictionary of size J (decoder (d_in, J) if given, else a seeded orthogonal one) to ``store``;
+    ``files``: more files for its folder (name -> source path), e.g. a snapshots.safetensors."""
     from sae_sweep.train.sae import SAEConfig, SparseAutoencoder  # noqa: PLC0415
 
     sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
@@ -156,4 +174,4 @@ def save_dict(
     name = dictionary_name(layer, J, seed, variant)
     config = dictionary_config(name, variant=variant, d_in=d_in, layer=layer, dict_size=J, seed=seed, **(extra or {}))
     counts = np.ones(J, dtype=np.int64) if counts is None else counts
-    return store.save(name, DICTIONARY_TYPE, lambda f: write_dictionary(f, sae, config, counts), config.__dict__)
+    return store.save(name, DICTIONARY_TYPE, lambda f: write_dictionary(f, sae, config, counts, files), config.__dict__)

@@ -7,6 +7,7 @@
     note.py                          the note's numbers (Figures 3-12)
     features.py, seeds.py            per-feature facts (liveness, movement, matching, split); across seeds
     baselines.py, extras.py          anisotropic nulls, ground truth, controls; everything beyond, gathered
+    budget.py                        the same measures along the training budget (the dictionaries' snapshots)
     findings.py                      sentences chosen by comparisons in code
     figures.py, figures_beyond.py    the figures, through matplotlib's object API
     report.py, job.py                the report folder; stage ``analyze``

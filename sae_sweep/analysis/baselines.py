@@ -85,6 +85,13 @@ def anisotropic(res: Results, dicts: dict[Key, Dictionary], cfg: AnalysisConfig,
     return out
 
 
+def recovered_fraction(true: np.ndarray, dec: np.ndarray, cfg: AnalysisConfig) -> float:
+    """The fraction of true features (n_true, d_in) whose MCS over a dictionary's features (J, d_in) exceeds
+    analysis.recovered_cosine."""
+    true_mcs = max_cosine_similarity(true, dec, chunk_size=cfg.chunk_size, device=cfg.device)[0]  # (n_true,)
+    return fraction(true_mcs > cfg.recovered_cosine)
+
+
 def ground_truth_rows(
     res: Results, dicts: dict[Key, Dictionary], true: np.ndarray, cfg: AnalysisConfig, fits: dict[Key, MixtureFit]
 ) -> list[dict]:
@@ -92,7 +99,6 @@ def ground_truth_rows(
     rows = []
     for (j, s), d in sorted(dicts.items()):
         dec = decoder_rows(d)
-        true_mcs = max_cosine_similarity(true, dec, chunk_size=cfg.chunk_size, device=cfg.device)[0]  # (n_true,)
         dict_mcs = max_cosine_similarity(dec, true, chunk_size=cfg.chunk_size, device=cfg.device)[0]  # (J,)
         v = res.vs_reference(j, s)
         fit = fits.get((j, s))
@@ -103,7 +109,7 @@ def ground_truth_rows(
                 "n_true": true.shape[0],
                 "cosine": cfg.recovered_cosine,
                 "threshold": cfg.threshold,
-                "recovered_fraction": fraction(true_mcs > cfg.recovered_cosine),
+                "recovered_fraction": recovered_fraction(true, dec, cfg),
                 "matched_fraction": fraction(dict_mcs > cfg.recovered_cosine),  # dictionary features that are true ones
                 "low_vs_truth_fraction": fraction(
                     dict_mcs < cfg.threshold

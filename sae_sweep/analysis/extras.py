@@ -4,7 +4,7 @@ The note leaves open whether low-MCS features are dead, fits to noise, or real f
 and rests on one threshold, one matching rule, isotropic nulls and no error bars. ``compute_extras`` adds, for one
 run's ``Results``: liveness, movement, matching beyond max, a principled split (features.py); the seed-to-seed spread
 and features shared across seeds (seeds.py); anisotropic nulls and, on synthetic data, the ground truth
-(baselines.py).
+(baselines.py); and, where dictionaries kept snapshots, the same measures along the training budget (budget.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.analysis.baselines import anisotropic, ground_truth_rows
+from sae_sweep.analysis.budget import Budget, compute_budget
 from sae_sweep.analysis.features import (
     FeatureTable,
     Key,
@@ -51,6 +52,7 @@ class Extras:
     anisotropic: list[dict] = field(default_factory=list)
     anisotropic_samples: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # size -> null -> MCS
     ground_truth: list[dict] = field(default_factory=list)
+    budget: Budget | None = None  # the training-budget axis (budget.py); None when no dictionary has snapshots
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,4 +104,5 @@ def compute_extras(
         ex.notes += [found.note] if found.note else []
     if true_features is not None:
         ex.ground_truth = ground_truth_rows(res, dicts, true_features, cfg, ex.fits)
+    ex.budget = compute_budget(res, dicts, variant, true_features)
     return ex

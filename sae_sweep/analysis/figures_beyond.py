@@ -1,5 +1,5 @@
-"""The figures beyond the note (13-18): liveness, movement, the principled split, anisotropic nulls, controls and
-ground truth. Object API only, as figures.py."""
+"""The figures beyond the note (13-19): liveness, movement, the principled split, anisotropic nulls, controls,
+ground truth and the training budget. Object API only, as figures.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from sae_sweep.analysis.budget import FINAL, SAME
 from sae_sweep.analysis.extras import Extras
 from sae_sweep.analysis.features import first_seed_rows
 from sae_sweep.analysis.figures import LEARNED, NULL, RANDOM, save
@@ -160,4 +161,54 @@ def fig_ground_truth(ex: Extras, path: Path) -> Path | None:
     xlabel = "dictionary size" + (f" (did not converge: J={', '.join(unconverged)})" if unconverged else "")
     ax.set(xlabel=xlabel, ylabel="fraction", ylim=(-0.02, 1.02), title="Fig. 18: known ground truth")
     ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def _lines(rows: list[dict], **match) -> dict[int, list[dict]]:
+    """The first seed's rows matching ``match``, by dictionary size, each in budget order."""
+    out: dict[int, list[dict]] = {}
+    for r in first_seed_rows([r for r in rows if all(r[k] == v for k, v in match.items())]):
+        out.setdefault(r["dict_size"], []).append(r)
+    return {j: sorted(rs, key=lambda r: r["activations_seen"]) for j, rs in out.items()}
+
+
+def fig_budget(rows: list[dict], recovery: list[dict], path: Path) -> Path | None:
+    """Figure 19: measures against activations seen, first seed, one colour per size: the high-MCS fraction and the
+    low mode's EMD to the null (solid: reference at the same budget; dashed: its final state), the dead and
+    never-moved fractions and, on synthetic data, the true features recovered. The last point of a line is final."""
+    if not rows and not recovery:
+        return None
+    panels = [  # (column, y label, rows, reference states drawn: solid, then dashed)
+        ("high_fraction", "high-MCS fraction", rows, (SAME, FINAL)),
+        ("low_emd_null", "low-mode EMD to the exact null", rows, (SAME, FINAL)),
+        ("dead_fraction", "dead fraction", rows, (FINAL,)),  # these two do not depend on the reference
+        ("never_moved", "never-moved fraction", rows, (FINAL,)),
+    ] + ([("recovered_fraction", "true features recovered", recovery, (None,))] if recovery else [])
+    n_rows = 1 + (len(panels) > 3)
+    n_cols = -(-len(panels) // n_rows)
+    fig = Figure(figsize=(4.2 * n_cols, 3.4 * n_rows))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()  # (n_rows * n_cols,)
+    sizes = sorted({r["dict_size"] for r in rows + recovery})  # one colour per size across panels
+    for ax, (key, ylabel, source, refs) in zip(axes, panels, strict=False):
+        for ref, ls in zip(refs, ("-", "--"), strict=False):
+            for j, line in _lines(source, **({} if ref is None else {"reference_state": ref})).items():
+                star = "*" if line[-1].get("converged") is False else ""
+                ax.plot(
+                    [r["activations_seen"] for r in line],
+                    [np.nan if r[key] is None else r[key] for r in line],
+                    ls=ls,
+                    marker="o",
+                    ms=3,
+                    color=f"C{sizes.index(j) % 10}",
+                    label=f"J={j}{star}" if ls == "-" else None,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="activations seen", ylabel=ylabel)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].plot([], [], color=NULL, ls="--", label="vs reference final (solid: same budget)")
+    axes[0].legend(fontsize=6)
+    if recovery:
+        axes[len(panels) - 1].legend(fontsize=6)
+    fig.suptitle("Fig. 19: the training budget (last point of a line: final state; * did not converge)")
     return save(fig, path)

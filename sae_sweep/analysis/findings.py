@@ -1,8 +1,8 @@
 """report.md's "Findings": sentences generated from the numbers, never written by hand.
 
-Each function reads rows computed by note.py, features.py, seeds.py and baselines.py and returns a sentence (or
-None when its numbers are missing), choosing its wording by comparisons spelled out in the code: change the numbers
-and the findings change.
+Each function reads rows computed by note.py, features.py, seeds.py, baselines.py and budget.py and returns a
+sentence (or None when its numbers are missing), choosing its wording by comparisons spelled out in the code: change
+the numbers and the findings change.
 """
 
 from __future__ import annotations
@@ -34,6 +34,23 @@ def bimodality(res: Results, ex: Extras) -> str | None:
         f"(95% CI {_pct(r['high_lo'])} to {_pct(r['high_hi'])}); {_pct(1 - r['high_null_fraction'])} sit below "
         f"the exact null's {res.config.null_quantile:g} quantile ({r['null_quantile']:.3f}), where random vectors land."
     )
+
+
+def training_budget(ex: Extras) -> str | None:
+    """Was the featured size's high-MCS fraction still moving between its last two budgets? A paired bootstrap
+    interval of the change (budget.last_step) that excludes 0 says so; one that covers 0 says none was detected."""
+    t = ex.budget.last_step if ex.budget is not None else None
+    if t is None:
+        return None
+    what = f"the high-MCS fraction of J={t['dict_size']} against J={t['reference']} at the same budget"
+    span = f"between {t['from_seen']:,} and {t['to_seen']:,} activations seen" + (" (final)" if t["to_final"] else "")
+    change = f"{100 * t['change']:+.1f} points [{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]"
+    how = f"({t['level']:.0%} paired bootstrap interval over features), from {_pct(t['high_from'])} to "
+    how += f"{_pct(t['high_to'])}."
+    if t["lo"] > 0 or t["hi"] < 0:
+        direction = "rising" if t["lo"] > 0 else "falling"
+        return f"Along the training budget, {what} was still {direction} {span}: by {change} {how}"
+    return f"Along the training budget, no change in {what} was detected {span} at this resolution: {change} {how}"
 
 
 def low_mode_vs_random(res: Results, ex: Extras) -> str | None:
@@ -231,6 +248,7 @@ def findings(res: Results, ex: Extras, control_table: list[dict] | None = None) 
     out = [
         training(res),
         bimodality(res, ex),
+        training_budget(ex),
         low_mode_vs_random(res, ex),
         liveness(res, ex),
         movement(res, ex),

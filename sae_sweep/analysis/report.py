@@ -1,7 +1,8 @@
 """The report: every table (CSV and Markdown) and figure of one analysis, and report.md linking them.
 
 ``write_all`` writes the note's figures (figures.py), the figures beyond it (figures_beyond.py), a CSV and a
-Markdown table for every set of rows, the generated Findings (findings.py) and report.md into one folder.
+Markdown table for every set of rows, the training-budget section (budget.py), the generated Findings (findings.py)
+and report.md into one folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from sae_sweep.analysis import figures as F
 from sae_sweep.analysis import figures_beyond as FB
+from sae_sweep.analysis.budget import write_budget
 from sae_sweep.analysis.extras import AnalysedRun, Extras
 from sae_sweep.analysis.note import Results, correlations, counts, pair_table
 
@@ -135,14 +137,16 @@ def write_all(
     _table(out, tables, "analytic_null.csv", "analytic null", null_rows(res))
     figs = write_note(res, out, tables) if res.emd else {}
     more_figs, more_tables = write_beyond(res, ex, control_table or [], out, synthetic.extras if synthetic else None)
-    figs.update(more_figs)
+    budget_figs, budget_md = write_budget(res, ex.budget, synthetic.extras.budget if synthetic else None, out)
+    figs.update(more_figs | budget_figs)
     found = {label: findings(res, ex, control_table)}
     if synthetic is not None:
         found[f"synthetic data (variant {synthetic.variant!r})"] = findings(synthetic.results, synthetic.extras)
     notes = ex.notes + (synthetic.extras.notes if synthetic else [])
     findings_md = findings_markdown(found)
     (out / "findings.md").write_text(findings_md)
-    report = report_markdown(res, figs, tables, findings_md, beyond_markdown(more_figs, more_tables, notes))
+    beyond_md = beyond_markdown(more_figs, more_tables, notes) + budget_md  # the budget section closes "Beyond"
+    report = report_markdown(res, figs, tables, findings_md, beyond_md)
     (out / "report.md").write_text(report)
     return figs
 

@@ -54,6 +54,7 @@ class SAEConfig:
     sparse_max_density: float = (
         SPARSE_MAX_DENSITY  # auto: the sparse path when at most this fraction of the codes is positive
     )
+    snapshot_first: int = 16384  # activations seen at the first decoder snapshot, then every doubling; 0: none
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -75,6 +76,11 @@ class SAEConfig:
         if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
             raise ConfigError(
                 f"sae.resample_every must be 0 (off) or a positive number of steps, got {self.resample_every!r}"
+            )
+        if isinstance(self.snapshot_first, bool) or not isinstance(self.snapshot_first, int) or self.snapshot_first < 0:
+            raise ConfigError(
+                f"sae.snapshot_first must be 0 (no snapshots) or a positive number of activations, got "
+                f"{self.snapshot_first!r}"
             )
         if self.resample_every and self.tied:
             raise ConfigError(

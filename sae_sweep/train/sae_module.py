@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sae_sweep.errors import ConfigError, TrainingError
+from sae_sweep.train import snapshots
 from sae_sweep.train.convergence import StoppingRule, evaluate, progress_row, progress_summary
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
@@ -109,6 +110,8 @@ class SAEModule(pl.LightningModule):
         self.rule = StoppingRule(cfg.window, cfg.loss_tol, cfg.drift_tol)
         self.held_out: torch.Tensor | None = None  # (eval_rows, d_in) float32, set by the stage before fit
         self.previous_decoder: torch.Tensor | None = None  # D at the last evaluation, for the drift
+        self.snapshot_dir: Path | None = None  # where the budget snapshots go (set by the stage; None: none taken)
+        self.snapshot_at: set[int] = set()  # steps after which to take one (set at the start of fit)
         # [steps done, *progress_row(rule)]: a buffer, so it comes back from ddp_spawn's workers with the weights (the
         # main process's trainer and rule never train), and finite, so checks for a finite state hold
         self.register_buffer("progress", torch.tensor([0, *progress_row(self.rule)], dtype=torch.float64))
@@ -138,6 +141,11 @@ class SAEModule(pl.LightningModule):
     def on_train_start(self) -> None:
         if self.cfg.until == "converged" and self.rule.converged_at is not None:  # resumed after it had converged
             self.trainer.should_stop = True
+        if self.snapshot_dir is not None and self.trainer.is_global_zero:
+            if self.trainer.global_step == 0:
+                snapshots.clear(self.snapshot_dir)  # an earlier attempt's, from a run started over
+            batch = self.cfg.batch_size * self.trainer.world_size
+            self.snapshot_at = set(snapshots.snapshot_steps(self.cfg.snapshot_first, batch, self.trainer.max_steps))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["convergence"] = {"rule": self.rule.state_dict(), "previous_decoder": self.previous_decoder}
@@ -194,6 +202,9 @@ class SAEModule(pl.LightningModule):
         if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
             self.resample(x, step)
         self.progress[0] = step + 1
+        if step + 1 in self.snapshot_at:  # rank 0 only: the set is empty elsewhere
+            batch = self.cfg.batch_size * self.trainer.world_size
+            snapshots.take(self.sae, self.held_out, self.cfg.l1_coeff, step + 1, batch, self.snapshot_dir)
         if self.held_out is not None and (step + 1) % self.cfg.eval_every == 0:
             self.check_convergence(step + 1)
         if (step + 1) % self.cfg.log_every == 0 or step == 0:  # logging costs ~0.3 ms: not every step

@@ -23,6 +23,7 @@ from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_n
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest, json_digest
 from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train import snapshots
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.loggers import build_loggers, finish_wandb
@@ -179,6 +180,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
         log.info("resuming from %s", ckpt)
     module = SAEModule(acts.d_in, job.sae)
     module.held_out = torch.from_numpy(np.asarray(acts.val[: job.sae.eval_rows], dtype=np.float32))
+    module.snapshot_dir = run_dir / snapshots.SNAPSHOT_DIR
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
     n_steps = datamodule.dataset(world=job.world).n_steps
     log.info(
@@ -208,6 +210,16 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
     """Held-out metrics, the dictionary folder in the store, the W&B upload, the done marker, one line to say so."""
     sae = module.sae.cpu().eval()
     metrics, counts = evaluate_sae(sae, acts.val, job.sae.l1_coeff)
+    steps = int(module.progress[0])  # the trainer's global_step is 0 in ddp_spawn's main process
+    extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
+    training = module.training_summary(job.sae.batch_size * job.world)
+    folder = run_dir / snapshots.SNAPSHOT_DIR
+    if job.sae.snapshot_first > 0:  # the axis's last point: the final state, firing counted on the same rows
+        snapshots.take(sae, module.held_out, job.sae.l1_coeff, steps, job.sae.batch_size * job.world, folder)
+    taken = snapshots.gather(folder, steps, run_dir / snapshots.SNAPSHOTS_FILE)
+    if taken is not None:
+        training["snapshots"] = taken
+        extra[snapshots.SNAPSHOTS_FILE] = run_dir / snapshots.SNAPSHOTS_FILE
     config = DictionaryConfig(
         name=job.name,
         variant=job.variant,
@@ -221,13 +233,12 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
         gpt=source["gpt"],
         synthetic=source["synthetic"],
         activations={"key": acts.key, "digest": acts.meta["files"]["train.npy"], "n_tokens": acts.train.shape[0]},
-        steps=int(module.progress[0]),  # the trainer's global_step is 0 in ddp_spawn's main process
+        steps=steps,
         n_resampled=module.n_resampled,
         run_id=rid,
         metrics=metrics,
-        training=module.training_summary(job.sae.batch_size * job.world),
+        training=training,
     )
-    extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
     histogram = run_dir / "feature_density.png"
     from sae_sweep.train.density import density_figure  # noqa: PLC0415 - matplotlib only for this one figure
 

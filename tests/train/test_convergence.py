@@ -15,6 +15,7 @@ from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
+from tests.conftest import KillAt, Killed
 
 
 def test_linear_init_is_nn_linears_distribution_and_independent_of_the_decoder():
@@ -101,19 +102,6 @@ CFG = SAEConfig(
     drift_tol=1.0,
     epochs=4,
 )
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise Killed
 
 
 def _fit(tmp_path, acts, name, module, *callbacks, ckpt=None) -> pl.Trainer:

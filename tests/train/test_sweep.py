@@ -34,6 +34,12 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
         assert d.firing_counts.shape == (d.dict_size,) and d.firing_counts.sum() > 0
         assert 0 < d.config.metrics["val/fvu"] < 5
         assert {"metrics.csv", "feature_density.png", "sae.safetensors"} <= {p.name for p in d.path.iterdir()}
+        shot, last = d.snapshots()  # the budget axis: 16384 activations first reached at step 64, then the end
+        assert (shot.steps, shot.activations_seen, last.steps, last.activations_seen) == (64, 16384, 80, 20480)
+        assert not torch.equal(shot.decoder, d.decoder) and torch.equal(last.decoder, d.decoder)
+        assert shot.fired.shape == (d.dict_size,) and last.metrics["l0"] == pytest.approx(
+            d.config.metrics["val/l0"], rel=1e-6
+        )
     seeds = {n: load_dictionary(store.get(n).path).decoder for n in names}
     assert not torch.equal(seeds["sae-L2-J64-s0"], seeds["sae-L2-J64-s1"])
     # The GPT was trained once (by the fixture) and the activations harvested once for all four jobs.
@@ -87,6 +93,7 @@ def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
     assert proc.returncode == 0, out(proc)[-4000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J64-s0").path)
     assert d.config.steps == 20480 // (256 * 2)  # each step consumed one batch per process
+    assert [(s.steps, s.activations_seen) for s in d.snapshots()] == [(32, 16384), (40, 20480)]  # rank 0 wrote them
     torch.testing.assert_close(d.decoder.norm(dim=0), torch.ones(64))
 
 
