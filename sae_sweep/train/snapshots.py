@@ -45,7 +45,7 @@ def take(sae, held_out: torch.Tensor, l1_coeff: float, steps: int, global_batch:
     from safetensors.torch import save_file  # noqa: PLC0415
 
     ev = evaluate(sae, held_out, l1_coeff, None, steps)
-    fired = (sae(held_out)[1] > 0).sum(dim=0)  # (J,) held-out rows on which each feature fired
+    fired = (sae(held_out.to(sae.decoder.device))[1] > 0).sum(dim=0)  # (J,) held-out rows each feature fired on
     meta = {
         "steps": steps,
         "activations_seen": steps * global_batch,
