@@ -171,3 +171,18 @@ def test_every_analysis_field_is_in_analyze_yaml_and_overrides_work():
     job = config.analyze_job(cfg)
     assert (job.analysis.n_boot, job.analysis.controls, job.analysis.variant) == (100, False, "untrained")
     assert job.analysis == AnalysisConfig(n_boot=100, controls=False, variant="untrained")  # the rest: defaults
+
+
+def test_the_sae_trains_in_fp32_under_the_gpu_preset_unless_asked():
+    """trainer=gpu's bf16-mixed is for pretraining; the SAE step is the replication's fp32 (sae.precision)."""
+    from sae_sweep.train.sae_stage import sae_trainer_config  # noqa: PLC0415
+
+    gpu = compose(["trainer=gpu"])
+    assert config.pretrain_job(gpu).trainer.precision == "bf16-mixed"
+    job = config.sae_job(gpu)
+    assert sae_trainer_config(job).precision == "32-true" and sae_trainer_config(job).accelerator == "gpu"
+    assert sae_trainer_config(config.sae_job(compose(["trainer=gpu", "sae.precision=bf16-mixed"]))).precision == (
+        "bf16-mixed"
+    )
+    with pytest.raises(ConfigError, match="sae.precision must be one of"):
+        config.sae_job(compose(["sae.precision=fp64"]))

@@ -25,6 +25,7 @@ from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS, step_grads
 
 INITS = ("linear", "transpose")
 UNTILS = ("converged", "budget")
+SAE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class SAEConfig:
         SPARSE_MAX_DENSITY  # auto: the sparse path when at most this fraction of the codes is positive
     )
     snapshot_first: int = 16384  # activations seen at the first decoder snapshot, then every doubling; 0: none
+    precision: str = "32-true"  # the SAE's Lightning precision, whatever trainer.precision says: fp32 as the
+    #                             replication (trainer=gpu's bf16-mixed is for pretraining); bf16-mixed is a departure
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -63,6 +66,8 @@ class SAEConfig:
             raise ConfigError(f"sae.step must be one of {STEPS}, got {self.step!r}")
         if not 0 <= self.sparse_max_density <= 1:
             raise ConfigError(f"sae.sparse_max_density must be in [0, 1], got {self.sparse_max_density!r}")
+        if self.precision not in SAE_PRECISIONS:
+            raise ConfigError(f"sae.precision must be one of {SAE_PRECISIONS}, got {self.precision!r}")
         if self.until not in UNTILS:
             raise ConfigError(f"sae.until must be one of {UNTILS}, got {self.until!r}")
         for name in ("loss_tol", "drift_tol"):

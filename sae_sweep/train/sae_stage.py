@@ -12,7 +12,7 @@ dictionaries carry the variant in their names (``sae-L2-J1024-s0-untrained``), s
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,11 @@ def check(job: SAEJob) -> None:
         )
 
 
+def sae_trainer_config(job: SAEJob) -> TrainerConfig:
+    """The trainer settings the SAE trains under: ``trainer``'s, at ``sae.precision`` (fp32 unless asked)."""
+    return replace(job.trainer, precision=job.sae.precision)
+
+
 def run(job: SAEJob) -> Artifact:
     """Train one SAE on the job's activations and save its dictionary; a finished run returns its artifact."""
     check(job)
@@ -195,7 +200,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
     )
     loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group)
     trainer = build_trainer(
-        job.trainer,
+        sae_trainer_config(job),
         run_dir=run_dir,
         max_steps=n_steps,
         loggers=loggers,
