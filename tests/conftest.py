@@ -78,6 +78,15 @@ def run_at_once(args: list[str], n: int, timeout: float = 300) -> list[str]:
     return outs
 
 
+def _tiny_sae():
+    from sae_sweep.train.sae import SAEConfig  # noqa: PLC0415
+
+    return SAEConfig(dict_size=8, batch_size=8, seed=0, data_seed=0, ckpt_every=6, log_every=2)
+
+
+TINY_SAE = _tiny_sae()  # a few-second SAE run on (512, 4) activations: 64 steps a pass, a checkpoint every 6
+
+
 class Killed(Exception):
     """Raised by KillAt: an in-process stand-in for a job killed mid-run (its last checkpoint stays on disk)."""
 

@@ -15,7 +15,7 @@ from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
-from tests.conftest import KillAt, Killed
+from tests.conftest import TINY_SAE, KillAt, Killed
 
 
 def test_linear_init_is_nn_linears_distribution_and_independent_of_the_decoder():
@@ -89,19 +89,7 @@ def test_evaluate_measures_drift_on_features_that_fire_only():
     assert e.dead_fraction == 0.5 and e.l0 == 1.0 and e.mse == 0.0
 
 
-CFG = SAEConfig(
-    dict_size=8,
-    batch_size=8,
-    seed=0,
-    data_seed=0,
-    ckpt_every=6,
-    log_every=2,
-    eval_every=4,
-    window=2,
-    loss_tol=0.05,
-    drift_tol=1.0,
-    epochs=4,
-)
+CFG = replace(TINY_SAE, eval_every=4, window=2, loss_tol=0.05, drift_tol=1.0, epochs=4)
 
 
 def _fit(tmp_path, acts, name, module, *callbacks, ckpt=None) -> pl.Trainer:

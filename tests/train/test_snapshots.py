@@ -16,7 +16,7 @@ from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig
 from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
-from tests.conftest import KillAt, Killed, dictionary_config
+from tests.conftest import TINY_SAE, KillAt, Killed, dictionary_config
 
 
 @pytest.mark.parametrize(
@@ -39,18 +39,8 @@ def test_a_bad_snapshot_budget_is_named(value):
         SAEConfig(snapshot_first=value)
 
 
-CFG = SAEConfig(
-    dict_size=8,
-    batch_size=8,
-    seed=0,
-    data_seed=0,
-    ckpt_every=6,
-    log_every=2,
-    eval_every=1000,
-    until="budget",
-    snapshot_first=8 * 16,
-    epochs=4,
-)  # snapshots after steps 16, 32, 64, 128 of 256
+# batches of 8, checkpoints every 6 steps; no held-out evaluation in the way; snapshots after steps 16, 32, 64, 128
+CFG = replace(TINY_SAE, eval_every=1000, until="budget", snapshot_first=8 * 16, epochs=4)
 
 
 def _acts(tmp_path):
