@@ -39,8 +39,10 @@ class CheckpointOnSigterm(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After Lightning registered its handlers (just before the fit loop); its teardown restores the ones before.
+        # Replaced in one process too: Lightning's own flag is also read after this callback's step end, where it
+        # raises SIGTERMException, which exits with status 0 and no checkpoint when the signal lands in between.
         self._pending, self._rank = False, trainer.global_rank
-        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._note_signal)
 
     def _note_signal(self, signum, frame) -> None:
