@@ -99,15 +99,17 @@ def _point(st: State, init: np.ndarray, cfg: AnalysisConfig) -> dict:
     }
 
 
-def dictionary_rows(budget: Budget, d: Dictionary, ref_states: list[State], res: Results, key: Key) -> list[dict]:
-    """Every budget point of ``d`` against the reference (its ``states``) at the same budget and at its final state;
-    fills budget.mcs."""
+def dictionary_rows(
+    budget: Budget, d: Dictionary, own: list[State], ref_states: list[State], res: Results, key: Key
+) -> list[dict]:
+    """Every budget point of ``d`` (its ``states``, ``own``) against the reference (``ref_states``) at the same budget
+    and at its final state; fills budget.mcs."""
     cfg, (j, s) = res.config, key
     null_low = _null_low(j, res, cfg)  # (n_low_null,)
     init = d.tensors["decoder_init"].T.numpy()  # (J, d_in)
     by_seen = {r.activations_seen: r for r in ref_states}
     rows, cache = [], {}  # cache: (own seen, reference seen) -> MCS (J,), when "same budget" is the final state
-    for st in states(d):
+    for st in own:
         point = _point(st, init, cfg)
         for name, r in ((SAME, by_seen.get(st.activations_seen)), (FINAL, ref_states[-1])):
             if r is None:
@@ -139,13 +141,15 @@ def dictionary_rows(budget: Budget, d: Dictionary, ref_states: list[State], res:
     return rows
 
 
-def recovery_rows(variant: str, dicts: dict[Key, Dictionary], true: np.ndarray, cfg: AnalysisConfig) -> list[dict]:
-    """Synthetic data: the fraction of true features (n_true, d_in) recovered at every budget point of every size."""
+def recovery_rows(
+    variant: str, dicts: dict[Key, Dictionary], axis: dict[Key, list[State]], true: np.ndarray, cfg: AnalysisConfig
+) -> list[dict]:
+    """Synthetic data: the fraction of true features (n_true, d_in) recovered at every budget point (``axis``: the
+    ``states`` of every dictionary with snapshots) of every size."""
     rows = []
-    for (j, s), d in sorted(dicts.items()):
-        if not has_budget(d):
-            continue
-        for st in states(d):
+    for (j, s), own in sorted(axis.items()):
+        d = dicts[(j, s)]
+        for st in own:
             rows.append(
                 {
                     "variant": variant or "(note)",
@@ -198,13 +202,15 @@ def compute_budget(
     if not any(has_budget(d) for d in dicts.values()):
         return None
     budget = Budget(variant)
+    axis = {key: states(d) for key, d in dicts.items() if has_budget(d)}  # each snapshots file read once
     for s in res.seeds:
-        keys = [(j, s) for j in res.sizes if j < res.reference and (j, s) in dicts and has_budget(dicts[(j, s)])]
-        ref_states = states(dicts[(res.reference, s)]) if keys and (res.reference, s) in dicts else []
+        keys = [(j, s) for j in res.sizes if j < res.reference and (j, s) in axis]
+        ref_key = (res.reference, s)
+        ref_states = (axis.get(ref_key) or states(dicts[ref_key])) if keys and ref_key in dicts else []
         for key in keys if ref_states else []:
-            budget.rows += dictionary_rows(budget, dicts[key], ref_states, res, key)
+            budget.rows += dictionary_rows(budget, dicts[key], axis[key], ref_states, res, key)
     if true is not None:
-        budget.recovery = recovery_rows(variant, dicts, true, res.config)
+        budget.recovery = recovery_rows(variant, dicts, axis, true, res.config)
     budget.last_step = last_step(budget, res)
     return budget
 

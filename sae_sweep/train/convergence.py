@@ -34,26 +34,36 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(sae, x: torch.Tensor, l1_coeff: float, previous_decoder: torch.Tensor | None, step: int) -> Evaluation:
     """The SAE on the held-out rows ``x`` (n, d_in) float32; drift against ``previous_decoder`` (d_in, J)."""
+    return evaluate_with_counts(sae, x, l1_coeff, previous_decoder, step)[0]
+
+
+@torch.no_grad()
+def evaluate_with_counts(
+    sae, x: torch.Tensor, l1_coeff: float, previous_decoder: torch.Tensor | None, step: int
+) -> tuple[Evaluation, torch.Tensor]:
+    """``evaluate``, and from the same pass the rows of ``x`` each feature fired on, (J,) int64."""
     x = x.to(sae.decoder.device)  # the rows stay on the CPU; the SAE may train on a GPU
     recon, codes = sae(x)  # (n, d_in), (n, J)
     mse = (recon - x).pow(2).mean()
     l1 = codes.sum(dim=1).mean()
-    fired = (codes > 0).any(dim=0)  # (J,)
+    active = codes > 0  # (n, J)
+    fired = active.any(dim=0)  # (J,)
     drift = None
     if previous_decoder is not None and fired.any():
         before = previous_decoder.to(sae.decoder.device)[:, fired]  # a resumed run's comes from a CPU checkpoint
         cos = (sae.decoder[:, fired] * before).sum(dim=0)  # unit columns: the dot is the cosine
         drift = float((1 - cos).mean())
     total_var = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-    return Evaluation(
+    ev = Evaluation(
         step=step,
         loss=float(mse + l1_coeff * l1),
         mse=float(mse),
         fvu=float(mse * x.numel() / total_var),
-        l0=float((codes > 0).sum(dim=1).float().mean()),
+        l0=float(active.sum(dim=1).float().mean()),
         dead_fraction=float((~fired).float().mean()),
         drift=drift,
     )
+    return ev, active.sum(dim=0)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sae_sweep.dictionary import SNAPSHOTS_FILE  # noqa: F401 - the dictionary folder's file, named there
-from sae_sweep.train.convergence import evaluate
+from sae_sweep.train.convergence import evaluate_with_counts
 
 SNAPSHOT_DIR = "snapshots"  # in the run folder, while training
 
@@ -44,8 +44,7 @@ def take(sae, held_out: torch.Tensor, l1_coeff: float, steps: int, global_batch:
     """Write the snapshot after ``steps`` steps into ``folder`` (atomically); returns its path."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    ev = evaluate(sae, held_out, l1_coeff, None, steps)
-    fired = (sae(held_out.to(sae.decoder.device))[1] > 0).sum(dim=0)  # (J,) held-out rows each feature fired on
+    ev, fired = evaluate_with_counts(sae, held_out, l1_coeff, None, steps)  # fired: (J,) rows each feature fired on
     meta = {
         "steps": steps,
         "activations_seen": steps * global_batch,
