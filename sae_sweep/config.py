@@ -86,13 +86,27 @@ def _training(cfg: DictConfig) -> dict:
     """What both training stages take: trainer, logger, paths and the rerun switches."""
     from sae_sweep.train.trainer import TrainerConfig  # noqa: PLC0415
 
+    trainer = build(TrainerConfig, _section(cfg, "trainer"), "trainer")
+    if trainer.progress_bar and _jobs_side_by_side():  # several live bars on one terminal overwrite each other
+        trainer = dataclasses.replace(trainer, progress_bar=False)
     return {
-        "trainer": build(TrainerConfig, _section(cfg, "trainer"), "trainer"),
+        "trainer": trainer,
         "logger": build(LoggerConfig, _section(cfg, "logger"), "logger"),
         "paths": _paths(cfg),
         "ckpt_path": _coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
         "force": _coerce(cfg.get("force", False), bool, "force"),
     }
+
+
+def _jobs_side_by_side() -> bool:
+    """True in a job of a multirun whose launcher runs several jobs at once (``hydra/launcher=parallel``): the
+    launcher then prints a line per finished job instead of each job drawing its own progress bar."""
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415 - only set inside a Hydra run
+
+    if not HydraConfig.initialized():
+        return False
+    launcher = HydraConfig.get().launcher
+    return "joblib" in str(launcher.get("_target_", "")).lower() and launcher.get("n_jobs", 1) != 1
 
 
 def _synthetic(cfg: DictConfig) -> bool:

@@ -49,7 +49,7 @@ def test_defaults_are_the_notes_model():
     m = job.model
     assert (m.n_layer, m.n_embd, m.n_head, m.d_mlp, m.block_size, m.bias, m.dropout) == (6, 32, 4, 128, 256, False, 0.0)
     assert job.data == DataConfig()  # embedded corpus, byte-level BPE
-    assert job.pretrain == PretrainConfig() and (job.pretrain.lr, job.pretrain.beta2) == (6e-4, 0.95)
+    assert job.pretrain == PretrainConfig() and (job.pretrain.lr, job.pretrain.beta2) == (2e-3, 0.95)
     assert job.logger.kind == "wandb" and job.logger.mode == "offline"
     assert job.trainer.accelerator == "cpu" and job.ckpt_path == "last"
 
@@ -113,6 +113,8 @@ def test_bimodal_and_demo_experiments_sweep_the_notes_sizes():
     assert dict(bimodal.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
     assert dict(demo.hydra.sweeper.params) == {"sae.dict_size": sizes, "sae.seed": "0,1"}
     assert bimodal.sae.l1_coeff == 1e-3 and bimodal.harvest.layer == 2
+    # the demo trains until the rule is met, two jobs at a time
+    assert (demo.sae.until, demo.hydra.launcher.n_jobs) == ("converged", 2) and "Joblib" in demo.hydra.launcher._target_
 
 
 def test_synthetic_experiment_straddles_the_true_count():

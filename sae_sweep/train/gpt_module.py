@@ -25,8 +25,10 @@ class PretrainConfig:
     seed: int = 0  # the GPT's seed: init and batch order. SAE seeds are separate and never retrain it
     batch_size: int = 32  # sequences per step (per device): 32 x 256 = 8192 tokens
     max_steps: int = 800
-    lr: float = 6e-4  # nanoGPT's AdamW defaults
-    min_lr: float = 6e-5  # cosine floor: lr / 10, as nanoGPT
+    # nanoGPT's 6e-4 is GPT-2 small's; this 32-wide model learns faster at a higher peak (measured at 800 steps:
+    # validation loss 5.33 at 6e-4, 4.35 at 2e-3, about what 3x the steps at 6e-4 reaches)
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # cosine floor: lr / 10, as nanoGPT
     warmup_steps: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9

@@ -189,7 +189,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
     n_steps = datamodule.dataset(world=job.world).n_steps
     log.info(
-        "training %s: J=%d, l1 %g, until %s (at most %d steps of %d activations, d_in=%d)",
+        "training %s: J=%d, l1 %g, until %s (at most %d steps of %d activations, d_in=%d, %d torch threads)",
         job.name,
         job.sae.dict_size,
         job.sae.l1_coeff,
@@ -197,6 +197,7 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
         n_steps,
         job.sae.batch_size,
         acts.d_in,
+        torch.get_num_threads(),
     )
     loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group)
     trainer = build_trainer(
@@ -218,6 +219,7 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
     steps = int(module.progress[0])  # the trainer's global_step is 0 in ddp_spawn's main process
     extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
     training = module.training_summary(job.sae.batch_size * job.world)
+    training["threads"] = torch.get_num_threads()  # sums split over more threads differ in the last bits
     folder = run_dir / snapshots.SNAPSHOT_DIR
     if job.sae.snapshot_first > 0:  # the axis's last point: the final state, firing counted on the same rows
         snapshots.take(sae, module.held_out, job.sae.l1_coeff, steps, job.sae.batch_size * job.world, folder)

@@ -121,6 +121,25 @@ def test_submitit_local_launcher(gpt_root, tmp_path):
     assert sorted(ArtifactStore(root / "store").names("sae-dictionary")) == ["sae-L2-J128-s0", "sae-L2-J64-s0"]
 
 
+def test_parallel_launcher_runs_the_jobs_side_by_side_without_progress_bars(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    proc = run_train(["-m", "hydra/launcher=parallel", *SMOKE, "logger=none", "sae.dict_size=64,128"], root)
+    assert proc.returncode == 0, out(proc)[-4000:]
+    store = ArtifactStore(root / "store")
+    assert sorted(store.names("sae-dictionary")) == ["sae-L2-J128-s0", "sae-L2-J64-s0"]
+    # two jobs at once: joblib gives each half the cores' torch threads, and config.json records them
+    threads = max(1, os.cpu_count() // 2)
+    assert [load_dictionary(store.get(n).path).config.training["threads"] for n in store.names("sae-dictionary")] == [
+        threads
+    ] * 2
+    assert re.search(r"Done +2 out of +2", out(proc)) and "\u2501" not in out(
+        proc
+    )  # the launcher's lines, no job's bar
+    # the same sweep one job at a time draws each job's bar
+    seq = run_train(["-m", *SMOKE, "logger=none", "sae.dict_size=64", "force=true"], root)
+    assert seq.returncode == 0 and "\u2501" in out(seq), out(seq)[-4000:]
+
+
 def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
     args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
