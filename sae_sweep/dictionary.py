@@ -47,7 +47,8 @@ class DictionaryConfig:
     l1_coeff: float
     sae: dict  # every SAEConfig field
     harvest: dict  # every HarvestConfig field (n_tokens, n_val_tokens, ...)
-    gpt: dict | None  # {"artifact": "gpt-embedded-s0:v0", "digest": sha256 of its weights}; None on synthetic data
+    gpt: dict | None  # {"artifact": "gpt-embedded-s0:v0", "digest": sha256 of its weights, "val_loss": nats/token}
+    #                   None on synthetic data
     synthetic: dict | None  # SyntheticConfig fields + "features" (the true-features artifact); None on a GPT
     activations: dict  # {"key": activation cache key, "digest": sha256 of train.npy, "n_tokens": rows trained on}
     steps: int  # optimizer steps taken

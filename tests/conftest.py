@@ -148,7 +148,7 @@ def dictionary_config(name: str = "sae-L2-J64-s0", **fields) -> DictionaryConfig
         "l1_coeff": 1e-3,
         "sae": SAEConfig(dict_size=fields.get("dict_size", 64), seed=fields.get("seed", 0)).to_dict(),
         "harvest": {**HarvestConfig().__dict__, "n_val_tokens": 1000},
-        "gpt": {"artifact": "gpt-embedded-s0:v0", "digest": "0" * 64},
+        "gpt": {"artifact": "gpt-embedded-s0:v0", "digest": "0" * 64, "val_loss": 4.25},
         "synthetic": None,
         "activations": {"key": "L2-N1000-test", "digest": "0" * 64, "n_tokens": 1000},
         "steps": 1,

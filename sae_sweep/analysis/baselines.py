@@ -151,6 +151,7 @@ def control_rows(variant: str, res: Results, dicts: dict[Key, Dictionary], fits:
                     "n_resampled": d.config.n_resampled,
                     "emd_learned_rand1": res.emd_between(j, learned_name(s, res.seeds), random_name(1)),
                     "converged": res.converged.get((j, s)),
+                    "gpt_val_loss": (d.config.gpt or {}).get("val_loss"),  # None on synthetic data and older folders
                 }
             )
     return rows

@@ -187,9 +187,12 @@ def controls(res: Results, table: list[dict]) -> str | None:
             how = "far above"
         else:
             how = "close to"
+        loss, main_loss = r.get("gpt_val_loss"), mine.get("gpt_val_loss")
+        gpt = f" (its GPT's validation loss {loss:.2f} against {main_loss:.2f})" if loss and main_loss else ""
         parts.append(
-            f"{v}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} against its J={r['reference']} "
-            f"({how} the main run's {_pct(mine['high_fraction'])} against J={mine['reference']})"
+            f"{v}{gpt if loss != main_loss else ''}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} "
+            f"against its J={r['reference']} ({how} the main run's {_pct(mine['high_fraction'])} against "
+            f"J={mine['reference']})"
         )
     return "Controls, side by side: " + "; ".join(parts) + "." if parts else None
 

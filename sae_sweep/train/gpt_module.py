@@ -6,6 +6,7 @@ The model itself is ``gpt.py`` (a plain nn.Module); nothing here is needed to us
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,16 @@ class PretrainConfig:
     val_every: int = 100  # steps between validation passes
     val_batches: int = 20  # fixed validation batches, the same at every pass
     ckpt_every: int = 100  # steps between checkpoints (last.ckpt, written atomically)
+    # A name for a GPT that is not the default one (a longer-trained one, say): gpt-<corpus>-s<seed>-<tag>. SAEs on
+    # it are a variant (sae-L2-J1024-s0-gpt-<tag>), and the default gpt= of an SAE sweep skips it.
+    tag: str = ""
 
     def __post_init__(self) -> None:
+        if self.tag and not re.fullmatch(r"[a-z0-9][a-z0-9.]*", self.tag):
+            raise ConfigError(
+                f"pretrain.tag must be lower-case letters, digits and dots (it goes into artifact names), "
+                f"got {self.tag!r}"
+            )
         for name in ("batch_size", "max_steps", "val_every", "val_batches", "ckpt_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

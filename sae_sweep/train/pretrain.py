@@ -43,11 +43,12 @@ class PretrainJob:
 
     @property
     def name(self) -> str:
-        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
+        base = f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
+        return f"{base}-{self.pretrain.tag}" if self.pretrain.tag else base
 
     @property
-    def untrained_name(self) -> str:
-        return f"{self.name}-untrained"
+    def untrained_name(self) -> str:  # the same initialisation whatever the tag: one control GPT
+        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}-untrained"
 
 
 def run_id(job: PretrainJob, data_key: str) -> str:

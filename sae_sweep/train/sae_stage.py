@@ -54,11 +54,12 @@ class SAEJob:
     force: bool = False
     synthetic: SyntheticConfig | None = None  # data=synthetic: generated activations with known features, no GPT
     untrained: PretrainJob | None = None  # gpt=untrained: the corpus, model and seed pretraining would start from
+    gpt_tag: str = ""  # the GPT's pretrain.tag, read from its artifact once resolved: SAEs on it are a variant
 
     @property
     def variant(self) -> str:
         """What sets this job apart from the note's sweep, as a name suffix: "", "untrained", "resample-l1-0.003"..."""
-        parts = []
+        parts = [f"gpt-{self.gpt_tag}"] if self.gpt_tag else []
         if self.synthetic is not None:
             parts.append("synthetic")
         if self.gpt == UNTRAINED:
@@ -87,19 +88,28 @@ class SAEJob:
 
 
 def resolve_gpt(store: ArtifactStore, spec: str | None) -> Artifact:
-    if spec is None:  # the newest trained GPT: an untrained control is only ever used by name
-        trained = [store.get(n, verify_files=False) for n in store.names(MODEL_TYPE)]
-        trained = [art for art in trained if not art.metadata.get(UNTRAINED)]
+    if spec is None:  # the newest trained GPT: an untrained control or a tagged GPT is only ever used by name
+        models = [store.get(n, verify_files=False) for n in store.names(MODEL_TYPE)]
+        trained = [art for art in models if not art.metadata.get(UNTRAINED) and not gpt_tag(art)]
         if not trained:
+            tagged = sorted(art.name for art in models if gpt_tag(art))
             raise DataError(
                 f"no pretrained GPT in the artifact store {store.root}: run `python train.py stage=pretrain` "
                 "first (with the same paths.root), or point gpt= at a model folder"
+                + (f" or at a tagged GPT by name ({', '.join(tagged)})" if tagged else "")
             )
         return store.get(str(max(trained, key=lambda art: art.path.stat().st_mtime_ns).path))
     art = store.get(spec)
     if art.type != MODEL_TYPE:
         raise DataError(f"gpt={spec!r} is an artifact of type {art.type!r}, not a {MODEL_TYPE!r}")
     return art
+
+
+def gpt_tag(art: Artifact) -> str:
+    """The ``pretrain.tag`` a GPT artifact was trained with ("" for the default GPT and the untrained control)."""
+    if art.metadata.get(UNTRAINED):
+        return ""
+    return (art.metadata.get("pretrain") or {}).get("tag") or ""
 
 
 def run_id(job: SAEJob, acts_key: str) -> str:
@@ -112,8 +122,9 @@ def _check_layer(layer: int, n_layer: int) -> None:
         raise ConfigError(f"harvest.layer={layer} is outside the model: it has layers 0..{n_layer - 1}")
 
 
-def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dict, str | None]:
-    """The GPT's harvested activations, what config.json records of their source, and the W&B artifact they used."""
+def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dict, str | None, str]:
+    """The GPT's harvested activations, what config.json records of their source, the W&B artifact they used, and
+    the GPT's tag."""
     if job.gpt == UNTRAINED:
         if job.untrained is None:
             raise ConfigError("gpt=untrained needs the corpus, model and pretrain settings (SAEJob.untrained)")
@@ -129,8 +140,10 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
     acts = harvest(gpt.model.to(device), model_digest, tokens, job.harvest, job.paths.cache)
     if acts.d_in != gpt.model.config.d_mlp:
         raise DataError(f"activations in {acts.path} have width {acts.d_in}, the GPT's MLP {gpt.model.config.d_mlp}")
-    source = {"gpt": {"artifact": gpt_art.ref, "digest": model_digest}, "synthetic": None}
-    return acts, source, None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
+    val_loss = gpt_art.metadata.get("val_loss")  # the GPT's quality beside the dictionaries trained on it
+    source = {"gpt": {"artifact": gpt_art.ref, "digest": model_digest, "val_loss": val_loss}, "synthetic": None}
+    uses = None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
+    return acts, source, uses, gpt_tag(gpt_art)
 
 
 def check(job: SAEJob) -> None:
@@ -164,7 +177,8 @@ def run(job: SAEJob) -> Artifact:
         )
         source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
     else:
-        acts, source, uses = gpt_activations(job, store)
+        acts, source, uses, tag = gpt_activations(job, store)
+        job = replace(job, gpt_tag=tag)  # before anything is named: a tagged GPT's SAEs are a variant
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
     if (finished := finished_artifact(run_dir, store, job.force)) is not None:

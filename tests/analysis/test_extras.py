@@ -184,6 +184,7 @@ def test_control_rows_and_their_finding(store):
     assert (
         row["high_fraction"] == 1.0 and row["reference"] == 32 and row["low_dead_fraction"] != row["low_dead_fraction"]
     )
+    assert row["gpt_val_loss"] == 4.25  # the GPT's quality, read from the dictionary's config.json
     res = results[""]
     assert "untrained: 75.0% high-MCS at J=16 against its J=32 (close to the main run's 75.0% against J=32)" in (
         controls(res, table)
@@ -192,6 +193,10 @@ def test_control_rows_and_their_finding(store):
         if r["variant"] == "untrained":
             r["high_fraction"] *= 0.25
     assert "untrained: 18.8% high-MCS at J=16 against its J=32 (far below the main run's" in controls(res, table)
+    for r in table:  # a control on another GPT says how good that GPT was
+        if r["variant"] == "untrained":
+            r["gpt_val_loss"] = 7.5
+    assert "untrained (its GPT's validation loss 7.50 against 4.25): 18.8% high-MCS" in controls(res, table)
 
 
 def test_liveness_finding_reports_rarity_from_the_row():

@@ -140,6 +140,22 @@ def test_parallel_launcher_runs_the_jobs_side_by_side_without_progress_bars(gpt_
     assert seq.returncode == 0 and "\u2501" in out(seq), out(seq)[-4000:]
 
 
+def test_saes_on_a_tagged_gpt_are_a_variant_that_records_the_gpts_loss(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    long = run_train(["stage=pretrain", *SMOKE, "logger=none", "pretrain.tag=long", "pretrain.max_steps=40"], root)
+    assert long.returncode == 0, out(long)[-3000:]
+    for extra in (["gpt=gpt-embedded-s0-long"], []):  # by name; the default stays the untagged GPT
+        proc = run_train([*SMOKE, "logger=none", "sae.dict_size=64", *extra], root)
+        assert proc.returncode == 0, out(proc)[-3000:]
+    store = ArtifactStore(root / "store")
+    assert sorted(store.names("sae-dictionary")) == ["sae-L2-J64-s0", "sae-L2-J64-s0-gpt-long"]
+    for variant, gpt in (("gpt-long", "gpt-embedded-s0-long"), ("", "gpt-embedded-s0")):
+        config = load_dictionary(store.get("sae-L2-J64-s0" + (f"-{variant}" if variant else "")).path).config
+        assert (config.gpt["artifact"], config.variant) == (f"{gpt}:v0", variant)
+        assert config.gpt["val_loss"] == store.get(gpt).metadata["val_loss"]
+    assert store.get("gpt-embedded-s0-long").metadata["steps"] == 40
+
+
 def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
     args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from sae_sweep import ConfigError
+from sae_sweep import ConfigError, DataError
+from sae_sweep.store import ArtifactStore, Paths
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train.corpus import DataConfig
+from sae_sweep.train.gpt import MODEL_TYPE, GPTConfig
 from sae_sweep.train.gpt_module import PretrainConfig, RandomBlocks
+from sae_sweep.train.pretrain import PretrainJob
+from sae_sweep.train.sae_stage import resolve_gpt
+from sae_sweep.train.trainer import TrainerConfig
 
 
 def test_lr_schedule_exact_points():
@@ -15,7 +22,17 @@ def test_lr_schedule_exact_points():
 
 
 @pytest.mark.parametrize(
-    "kw", [{"warmup_steps": 800}, {"min_lr": 1.0}, {"beta2": 1.0}, {"max_steps": 0}, {"grad_clip": -1.0}]
+    "kw",
+    [
+        {"warmup_steps": 800},
+        {"min_lr": 1.0},
+        {"beta2": 1.0},
+        {"max_steps": 0},
+        {"grad_clip": -1.0},
+        {"tag": "Long"},
+        {"tag": "a/b"},
+        {"tag": "-x"},
+    ],
 )
 def test_bad_pretrain_config(kw):
     with pytest.raises(ConfigError, match="pretrain"):
@@ -46,3 +63,23 @@ def test_validation_stream_is_finite_and_fixed(tmp_path):
     ds = RandomBlocks(tmp_path / "v.bin", 16, 2, seed=1, n_batches=3)
     a, b = [x for x, _ in ds], [x for x, _ in ds]
     assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_a_tagged_gpt_is_named_by_its_tag_and_never_the_default(tmp_path):
+    def job(tag: str) -> PretrainJob:
+        cfg = PretrainConfig(tag=tag)
+        return PretrainJob(DataConfig(), GPTConfig(), cfg, TrainerConfig(), LoggerConfig(), Paths(tmp_path))
+
+    assert (job("").name, job("long").name) == ("gpt-embedded-s0", "gpt-embedded-s0-long")
+    assert job("long").untrained_name == job("").untrained_name == "gpt-embedded-s0-untrained"
+    store = ArtifactStore(tmp_path / "store")
+    save = lambda name, tag: store.save(  # noqa: E731 - a model artifact with just the metadata resolution reads
+        name, MODEL_TYPE, lambda f: (f / "w").write_text(name), {"pretrain": {"tag": tag}}
+    )
+    save("gpt-embedded-s0-long", "long")
+    with pytest.raises(DataError, match="or at a tagged GPT by name \\(gpt-embedded-s0-long\\)"):
+        resolve_gpt(store, None)
+    save("gpt-embedded-s0", "")
+    save("gpt-embedded-s0-long", "long")  # newer than the default one, and still not picked
+    assert resolve_gpt(store, None).name == "gpt-embedded-s0"
+    assert resolve_gpt(store, "gpt-embedded-s0-long").version == 1
