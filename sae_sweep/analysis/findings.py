@@ -188,9 +188,10 @@ def controls(res: Results, table: list[dict]) -> str | None:
         else:
             how = "close to"
         loss, main_loss = r.get("gpt_val_loss"), mine.get("gpt_val_loss")
-        gpt = f" (its GPT's validation loss {loss:.2f} against {main_loss:.2f})" if loss and main_loss else ""
+        other_gpt = loss and main_loss and loss != main_loss  # a control on another GPT says how good it was
+        gpt = f" (its GPT's validation loss {loss:.2f} against {main_loss:.2f})" if other_gpt else ""
         parts.append(
-            f"{v}{gpt if loss != main_loss else ''}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} "
+            f"{v}{gpt}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} "
             f"against its J={r['reference']} ({how} the main run's {_pct(mine['high_fraction'])} against "
             f"J={mine['reference']})"
         )

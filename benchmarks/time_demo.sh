@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The README's main command on a fresh clone of this repository, stage by stage, each stage timed.
+#   bash benchmarks/time_demo.sh [WORKDIR]      # default WORKDIR: a new temporary folder
+# Prints one line per stage ("STAGE <seconds> s: <command>") and the total, and leaves the clone (with its
+# sae_sweep_out/analysis/report.md) in WORKDIR for the results.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-$(mktemp -d)}
+rm -rf "$work/clone" && git clone -q "$repo" "$work/clone" && cd "$work/clone"
+export WANDB_MODE=offline HF_HUB_OFFLINE=1
+stage() {
+  local t0; t0=$(date +%s)
+  "$@" > "$work/stage.log" 2>&1 || { tail -20 "$work/stage.log"; exit 1; }
+  echo "STAGE $(( $(date +%s) - t0 )) s: $*"
+}
+start=$(date +%s)
+stage bash -c "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e ."
+stage .venv/bin/python train.py stage=pretrain
+stage .venv/bin/python train.py -m experiment=demo
+stage .venv/bin/python train.py -m experiment=controls
+stage .venv/bin/python train.py -m experiment=synthetic
+stage .venv/bin/python analyze.py
+echo "TOTAL $(( $(date +%s) - start )) s; report: $work/clone/sae_sweep_out/analysis/report.md"
