@@ -42,13 +42,16 @@ class PretrainJob:
     force: bool = False  # train a new version even if this exact run has finished
 
     @property
+    def base_name(self) -> str:
+        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
+
+    @property
     def name(self) -> str:
-        base = f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
-        return f"{base}-{self.pretrain.tag}" if self.pretrain.tag else base
+        return f"{self.base_name}-{self.pretrain.tag}" if self.pretrain.tag else self.base_name
 
     @property
     def untrained_name(self) -> str:  # the same initialisation whatever the tag: one control GPT
-        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}-untrained"
+        return f"{self.base_name}-untrained"
 
 
 def run_id(job: PretrainJob, data_key: str) -> str:
