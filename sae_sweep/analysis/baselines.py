@@ -22,6 +22,7 @@ from sae_sweep.analysis.nulls import (
     activation_dictionary,
     analytic_null_quantile,
     gaussian_dictionary,
+    second_moment,
 )
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.analysis.stats import emd
@@ -46,7 +47,8 @@ def _activations_of(dicts: dict[Key, Dictionary], cache_dir: Path):
 
 
 def anisotropic(res: Results, dicts: dict[Key, Dictionary], cfg: AnalysisConfig, cache_dir: Path) -> Anisotropic:
-    """Random dictionaries from N(0, S) and from activation rows, beside the isotropic null, for every size."""
+    """Random dictionaries from N(0, S) (S centred), N(0, E[x x^T]) (uncentred) and activation rows, beside the
+    isotropic null, for every size."""
     out = Anisotropic()
     acts = _activations_of(dicts, cache_dir)
     if acts is None:
@@ -55,10 +57,12 @@ def anisotropic(res: Results, dicts: dict[Key, Dictionary], cfg: AnalysisConfig,
             f"{cache_dir} (it is local to the machine that trained them)"
         )
         return out
-    _, cov = activation_covariance(acts.train)
+    mean, cov = activation_covariance(acts.train)
+    moment = second_moment(mean, cov, acts.train.shape[0])
     ref, seed = res.reference, res.seeds[0]
-    s_ref, s_small, s_acts = (int(x.generate_state(1)[0]) for x in np.random.SeedSequence([cfg.seed, 6]).spawn(3))
-    gauss_ref = gaussian_dictionary(ref, cov, s_ref)
+    seeds = [int(x.generate_state(1)[0]) for x in np.random.SeedSequence([cfg.seed, 6]).spawn(5)]
+    s_ref, s_small, s_acts, s_mref, s_msmall = seeds
+    gauss_ref, moment_ref = gaussian_dictionary(ref, cov, s_ref), gaussian_dictionary(ref, moment, s_mref)
     for j in sorted(res.emd):
         learned = res.vs_reference(j, seed)
         if learned is None:
@@ -68,6 +72,9 @@ def anisotropic(res: Results, dicts: dict[Key, Dictionary], cfg: AnalysisConfig,
             "isotropic": res.random[j][0],
             "gaussian_cov": max_cosine_similarity(
                 gaussian_dictionary(j, cov, s_small + j), gauss_ref, chunk_size=cfg.chunk_size, device=cfg.device
+            )[0],
+            "gaussian_moment": max_cosine_similarity(
+                gaussian_dictionary(j, moment, s_msmall + j), moment_ref, chunk_size=cfg.chunk_size, device=cfg.device
             )[0],
             "activation_rows": max_cosine_similarity(rows[:j], rows[j:], chunk_size=cfg.chunk_size, device=cfg.device)[
                 0
@@ -141,6 +148,9 @@ def control_rows(variant: str, res: Results, dicts: dict[Key, Dictionary], fits:
                     "dict_size": j,
                     "seed": s,
                     "reference": res.reference,
+                    "data": "synthetic" if d.config.synthetic else "activations",  # controls compare like with like
+                    "n": v.size,
+                    "high": int(np.count_nonzero(v >= cfg.threshold)),
                     "high_fraction": fraction(v >= cfg.threshold),
                     "high_null_fraction": fraction(v >= q),
                     "mixture_n_real": fit.n_real if fit else None,

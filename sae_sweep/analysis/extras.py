@@ -28,6 +28,7 @@ from sae_sweep.analysis.features import (
     split_row,
     try_fit,
 )
+from sae_sweep.analysis.lowmode import low_mode_tests
 from sae_sweep.analysis.mixture import MixtureFit
 from sae_sweep.analysis.note import Results
 from sae_sweep.analysis.nulls import analytic_null_quantile
@@ -48,6 +49,7 @@ class Extras:
     shared: list[dict] = field(default_factory=list)
     split: list[dict] = field(default_factory=list)
     emd_ci: list[dict] = field(default_factory=list)
+    low_tests: list[dict] = field(default_factory=list)  # the low mode against two nulls (lowmode.py)
     spread: list[dict] = field(default_factory=list)
     anisotropic: list[dict] = field(default_factory=list)
     anisotropic_samples: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # size -> null -> MCS
@@ -91,9 +93,12 @@ def compute_extras(
         ex.movement.append(movement_row(j, s, t, cfg))
         ex.split.append(split_row(j, s, v, fit, cfg, q))
         ex.split[-1]["converged"] = res.converged.get((j, s))
-        ex.matching.append(matching_row(j, s, ref, decoder_rows(dicts[(j, s)]), decoder_rows(dicts[(ref, s)]), v, cfg))
+        best = res.mcs[(j, s, ref, s)][1]  # (j,) each feature's best reference atom
+        a, b = decoder_rows(dicts[(j, s)]), decoder_rows(dicts[(ref, s)])
+        ex.matching.append(matching_row(j, s, ref, a, b, v, best, cfg))
     for j in track(sorted(res.emd), len(res.emd), "bootstrap EMDs"):
         ex.emd_ci += emd_ci_rows(res, j, cfg)
+    ex.low_tests = low_mode_tests(res, dicts, cfg)
     ex.shared = shared_rows(dicts, res.seeds, cfg)
     ex.spread = seed_spread(
         {"split": ex.split, "liveness": ex.liveness, "movement": ex.movement, "matching": ex.matching}

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sae_sweep.analysis.inference import proportion_interval
 from sae_sweep.analysis.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
 from sae_sweep.analysis.mixture import MixtureFit, fit_null_mixture
 from sae_sweep.analysis.note import Results, emd_samples
 from sae_sweep.analysis.settings import AnalysisConfig
-from sae_sweep.analysis.stats import emd_ci, proportion_ci
+from sae_sweep.analysis.stats import emd_ci
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.errors import DataError
 
@@ -110,8 +111,8 @@ def movement_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig) -> dict:
 
 def split_row(j: int, s: int, v: np.ndarray, fit: MixtureFit | None, cfg: AnalysisConfig, q: float) -> dict:
     """High-MCS fractions at the fixed threshold and at the null quantile, with intervals, and the fit's count."""
-    hi, hi_lo, hi_hi = proportion_ci(v >= cfg.threshold, cfg.n_boot, cfg.level, seed=cfg.seed)
-    nq, nq_lo, nq_hi = proportion_ci(v >= q, cfg.n_boot, cfg.level, seed=cfg.seed + 1)
+    hi, hi_lo, hi_hi = proportion_interval(v >= cfg.threshold, cfg.level)  # Wilson intervals
+    nq, nq_lo, nq_hi = proportion_interval(v >= q, cfg.level)
     return {
         "dict_size": j,
         "seed": s,
@@ -126,16 +127,38 @@ def split_row(j: int, s: int, v: np.ndarray, fit: MixtureFit | None, cfg: Analys
         "high_null_hi": nq_hi,
         "mixture_n_real": fit.n_real if fit else None,
         "mixture_null_weight": fit.null_weight if fit else None,
+        "mixture_null_shift": fit.shift if fit else None,  # how far the fitted null sits from the exact one
+        "mixture_null_scale": fit.scale if fit else None,
+        "mixture_n_real_exact_null": fit.n_real_exact_null if fit else None,  # the count if the exact null held
+        "n_above_null_quantile": int(np.count_nonzero(v >= q)),
     }
 
 
-def matching_row(j: int, s: int, ref: int, a: np.ndarray, b: np.ndarray, v: np.ndarray, cfg: AnalysisConfig) -> dict:
+def duplicates(best: np.ndarray, high: np.ndarray) -> tuple[int, int]:
+    """(distinct reference atoms that high-MCS features match best, high-MCS features sharing their best match).
+
+    ``best`` (J,): each feature's best-matching reference atom (the MCS argmax); ``high`` (J,) bool. A feature
+    "shares" when another high-MCS feature has the same best match: one-to-one matching must then give all but one
+    of them a worse partner, which is what separates Hungarian from plain max.
+    """
+    _, n_each = np.unique(best[high], return_counts=True)
+    return int(n_each.size), int(n_each[n_each > 1].sum())
+
+
+def matching_row(
+    j: int, s: int, ref: int, a: np.ndarray, b: np.ndarray, v: np.ndarray, best: np.ndarray, cfg: AnalysisConfig
+) -> dict:
+    high = v >= cfg.threshold
+    distinct, sharing = duplicates(best, high)
     row = {
         "dict_size": j,
         "seed": s,
         "reference": ref,
         "mmcs": float(v.mean()),
-        "high_fraction_max": fraction(v >= cfg.threshold),
+        "high_fraction_max": fraction(high),
+        "n_high": int(high.sum()),
+        "high_distinct_matches": distinct,  # reference atoms hit by the high-MCS features' best matches
+        "high_sharing_match": sharing,  # high-MCS features whose best match is another's best match too
     }
     if max(j, ref) <= cfg.hungarian_max:
         _, _, cos = hungarian_match(a, b)

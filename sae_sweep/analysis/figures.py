@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sae_sweep.analysis.note import ALT, Results
-from sae_sweep.analysis.nulls import analytic_null_pdf
+from sae_sweep.analysis.nulls import analytic_null_cdf, analytic_null_pdf
 
 LEARNED, RANDOM, NULL = "tab:blue", "tab:orange", "black"
 
@@ -24,15 +24,27 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def _null_curve(ax, res: Results, M: int, lo: float, hi: float, n_features: int, bin_width: float) -> None:
-    """The exact null density, scaled to expected counts per bin so it sits on a count histogram."""
-    x = np.linspace(lo, hi, 400)
+def null_counts(x: np.ndarray, K: int, M: int, n_low: int, cut: float, bin_width: float) -> np.ndarray:
+    """Expected features per bin at ``x`` if the ``n_low`` values below ``cut`` were draws of the exact null.
+
+    The null's density restricted to MCS < cut (divided by its mass there) times n_low: the curve overlays the low
+    part of a histogram, so it is scaled to that part's count, not to the whole dictionary's.
+    """
+    mass = float(analytic_null_cdf(cut, K, M))
+    return analytic_null_pdf(x, K, M) * n_low / max(mass, 1e-300) * bin_width
+
+
+def _null_curve(ax, res: Results, M: int, lo: float, values: np.ndarray, bin_width: float) -> None:
+    """The exact null, scaled to the count of ``values`` below the cutoff, drawn over [lo, cutoff]."""
+    cut = res.config.cutoff
+    x = np.linspace(lo, cut, 400)
+    n_low = int(np.count_nonzero(values < cut))
     ax.plot(
         x,
-        analytic_null_pdf(x, res.d_in, M) * n_features * bin_width,
+        null_counts(x, res.d_in, M, n_low, cut, bin_width),
         color=NULL,
         lw=1.2,
-        label=f"analytic null (K={res.d_in}, M={M})",
+        label=f"analytic null (K={res.d_in}, M={M}), scaled to the {n_low} values < {cut}",
     )
 
 
@@ -43,7 +55,7 @@ def fig_hist_full(res: Results, seed: int, path: Path) -> Path:
     ax = fig.subplots()
     edges = np.linspace(min(0.0, v.min()), 1.0, res.config.bins + 1)
     ax.hist(v, bins=edges, color=LEARNED, label=f"learned J={res.featured} vs J={res.reference}")
-    _null_curve(ax, res, res.reference, edges[0], 1.0, v.size, edges[1] - edges[0])
+    _null_curve(ax, res, res.reference, edges[0], v, edges[1] - edges[0])
     ax.axvline(res.config.threshold, color="gray", ls="--", lw=0.8)
     ax.set(
         xlabel="max cosine similarity (MCS)",
@@ -62,7 +74,7 @@ def _low_hist(ax, res: Results, j: int, seed: int) -> None:
     edges = np.linspace(lo, cut, res.config.bins // 2 + 1)
     ax.hist(learned[learned < cut], bins=edges, color=LEARNED, alpha=0.7, label="learned")
     ax.hist(rand[rand < cut], bins=edges, color=RANDOM, alpha=0.5, label="random N(0,1)")
-    _null_curve(ax, res, res.reference, lo, cut, j, edges[1] - edges[0])
+    _null_curve(ax, res, res.reference, lo, learned, edges[1] - edges[0])
     ax.set(title=f"J={j} vs J={res.reference} (MCS < {cut})", xlabel="MCS", ylabel="features")
 
 

@@ -13,7 +13,6 @@ from sae_sweep.analysis.extras import Extras
 from sae_sweep.analysis.features import first_seed_rows
 from sae_sweep.analysis.figures import LEARNED, NULL, RANDOM, save
 from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.nulls import analytic_null_pdf
 
 
 def _featured_table(ex: Extras, res: Results):
@@ -67,7 +66,7 @@ def fig_movement(res: Results, ex: Extras, path: Path) -> Path | None:
 
 
 def fig_split(res: Results, ex: Extras, path: Path) -> Path | None:
-    """Figure 15: the two-component fit (exact null + learned Beta) over the featured size's MCS histogram."""
+    """Figure 15: the two-component fit (fitted null + learned Beta) over the featured size's MCS histogram."""
     from scipy import stats  # noqa: PLC0415
 
     key = (res.featured, res.seeds[0])
@@ -83,9 +82,9 @@ def fig_split(res: Results, ex: Extras, path: Path) -> Path | None:
     ax.hist(v, bins=edges, color=LEARNED, alpha=0.6, label=f"J={res.featured} vs {res.reference}")
     ax.plot(
         x,
-        fit.null_weight * analytic_null_pdf(x, res.d_in, res.reference) * v.size * width,
+        fit.null_weight * np.exp(fit.null_logpdf(x)) * v.size * width,
         color=NULL,
-        label=f"null component ({fit.null_weight * v.size:.0f})",
+        label=f"null component ({fit.null_weight * v.size:.0f}; shift {fit.shift:+.3f}, scale {fit.scale:.2f})",
     )
     ax.plot(
         x,
@@ -109,7 +108,7 @@ def fig_anisotropic(res: Results, ex: Extras, path: Path) -> Path | None:
     edges = np.linspace(min(0.0, *(v.min() for v in samples.values())), 1.0, res.config.bins + 1)
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    for (name, v), color in zip(samples.items(), (LEARNED, RANDOM, "tab:green", "tab:purple"), strict=False):
+    for (name, v), color in zip(samples.items(), (LEARNED, RANDOM, "tab:green", "tab:red", "tab:purple"), strict=False):
         ax.hist(v, bins=edges, histtype="step", lw=1.4, color=color, label=name.replace("_", " "))
     ax.set(xlabel="MCS", ylabel="features", title=f"Fig. 16: learned vs random nulls, J={j} vs {res.reference}")
     ax.legend(fontsize=7)

@@ -11,7 +11,8 @@ import numpy as np
 
 from sae_sweep.analysis.extras import Extras
 from sae_sweep.analysis.features import first_seed_rows
-from sae_sweep.analysis.note import Results, is_learned, is_random, random_name
+from sae_sweep.analysis.mixture import SCALE_BOUNDS, SHIFT_BOUNDS
+from sae_sweep.analysis.note import Results, is_random
 
 LOW_MODE_APPEARS = 0.10  # the low-MCS mode "appears" when at least this fraction of a dictionary is low-MCS
 
@@ -54,24 +55,33 @@ def training_budget(ex: Extras) -> str | None:
 
 
 def low_mode_vs_random(res: Results, ex: Extras) -> str | None:
-    """Is the low mode distinguishable from the isotropic null? Compare bootstrap intervals, not point values."""
-    j = res.featured
-    rows = [r for r in ex.emd_ci if r["dict_size"] == j]
-    learned = [r for r in rows if is_learned(r["a"]) and r["b"] == random_name(1)]
-    between = [r for r in rows if is_random(r["a"]) and is_random(r["b"])]
-    if not learned or not between:
+    """The featured size's low mode against the isotropic null and against random vectors scored on the learned
+    reference (lowmode.py): each a permutation test, the words chosen by p against alpha = 1 - analysis.level."""
+    j, s, alpha = res.featured, res.seeds[0], 1 - res.config.level
+    tests = {r["null"]: r for r in ex.low_tests if r["dict_size"] == j and r["seed"] == s}
+    iso, ref = tests.get("isotropic"), tests.get("learned_reference")
+    if iso is None:
         return None
-    lr, top = learned[0], max(between, key=lambda r: r["hi"])
-    verdict = (
-        "distinguishable from random vectors: its interval lies above every random-random one"
-        if lr["lo"] > top["hi"]
-        else "not distinguishable from random vectors at this resolution: the intervals overlap"
+    between = [r for r in ex.emd_ci if r["dict_size"] == j and is_random(r["a"]) and is_random(r["b"])]
+    text = (
+        f"Below MCS {res.config.cutoff} at J={j} (seed {s}), W1 between the learned low mode and Rand 1 is "
+        f"{iso['emd']:.4f} (permutation p = {iso['p']:.2g})"
     )
-    return (
-        f"Below MCS {res.config.cutoff}, EMD(learned, Rand 1) at J={j} is {lr['emd']:.4f} "
-        f"[{lr['lo']:.4f}, {lr['hi']:.4f}], against at most {top['emd']:.4f} [{top['lo']:.4f}, {top['hi']:.4f}] "
-        f"between random sets: the low mode is {verdict}."
-    )
+    if between:
+        top = max(between, key=lambda r: r["emd"])
+        text += f"; between random sets it reaches {top['emd']:.4f} ({top['a']} vs {top['b']})"
+    if iso["p"] >= alpha:
+        return text + f": no difference from the isotropic null was detected at the {alpha:g} level."
+    text += f": the low mode differs from the isotropic null at the {alpha:g} level"
+    if ref is None:
+        return text + "."
+    against = f"random vectors scored against the learned J={res.reference} reference (W1 {ref['emd']:.4f}, p = "
+    if ref["p"] >= alpha:
+        return text + (
+            f", but no difference was detected from {against}{ref['p']:.2g}): the reference's geometry alone can "
+            "produce the difference, so it does not single out the low-MCS features."
+        )
+    return text + f", and from {against}{ref['p']:.2g}) as well, so the reference's geometry alone does not produce it."
 
 
 def liveness(res: Results, ex: Extras) -> str | None:
@@ -116,11 +126,24 @@ def movement(res: Results, ex: Extras) -> str | None:
     )
 
 
+def _at_bound(r: dict) -> str:
+    """A warning when the fitted null's shift or scale sits at the edge of its allowed range (mixture.py)."""
+    shift, scale = r["mixture_null_shift"], r["mixture_null_scale"]
+    edge = abs(abs(shift) - SHIFT_BOUNDS[1]) < 1e-4 or min(abs(scale - b) for b in SCALE_BOUNDS) < 1e-4
+    return " (at the edge of its allowed range: too few null-like values there to pin the null's shape)" if edge else ""
+
+
 def split(res: Results, ex: Extras) -> str | None:
+    """The real-feature count two ways (above the exact null's quantile; the two-component fit whose null may move
+    and stretch), and the fit's count under the exact null beside it: how much the count depends on the null."""
     rows = [r for r in ex.split if r["seed"] == res.seeds[0] and r["mixture_n_real"] is not None]
     if not rows:
         return None
-    est = ", ".join(f"J={r['dict_size']}: {r['mixture_n_real']:.0f}" for r in rows)
+    est = ", ".join(
+        f"J={r['dict_size']}: {r['mixture_n_real']:.0f} ({r['mixture_n_real_exact_null']:.0f}, "
+        f"{r['n_above_null_quantile']})"
+        for r in rows
+    )
     real = [r["mixture_n_real"] for r in rows]
     peak = rows[int(np.argmax(real))]["dict_size"]
     trend = (
@@ -132,24 +155,36 @@ def split(res: Results, ex: Extras) -> str | None:
     return (
         f"With the exact null's quantile as the split, {_pct(featured['high_null_fraction'])} of J="
         f"{featured['dict_size']} features are high-MCS (fixed {featured['threshold']}: "
-        f"{_pct(featured['high_fraction'])}). The two-component fit (exact null + learned Beta) estimates real "
-        f"features per dictionary as {est}; the estimate {trend}."
+        f"{_pct(featured['high_fraction'])}). Real features per dictionary from the two-component fit, whose null "
+        f"component may move and stretch (in brackets: the same fit with the exact null, and the count above its "
+        f"{res.config.null_quantile:g} quantile): {est}; at J={featured['dict_size']} the fitted null moved by "
+        f"{featured['mixture_null_shift']:+.3f} and scaled by {featured['mixture_null_scale']:.2f}"
+        f"{_at_bound(featured)}. The estimate {trend}."
     )
 
 
 def matching(res: Results, ex: Extras) -> str | None:
+    """Hungarian beside max, read through duplicates: one-to-one matching differs from max exactly where several
+    features share a best match, so the gap counts shared matches rather than testing the same features harder."""
     r = _row(ex.matching, dict_size=res.featured, seed=res.seeds[0])
-    if r is None or r.get("hungarian_mean") is None:
+    if r is None:
         return None
-    shared = [x for x in ex.shared if x.get("shared_fraction") is not None]
     text = (
-        f"One-to-one Hungarian matching at J={res.featured} gives a mean cosine of {r['hungarian_mean']:.3f} against "
-        f"{r['mmcs']:.3f} for plain max (MMCS); high-MCS fraction {_pct(r['high_fraction_hungarian'])} vs "
-        f"{_pct(r['high_fraction_max'])}."
+        f"At J={res.featured}, the {r['n_high']} high-MCS features have {r['high_distinct_matches']} distinct best "
+        f"matches in J={r['reference']}; {r['high_sharing_match']} of them share their best match with another "
+        "high-MCS feature."
     )
+    if r.get("hungarian_mean") is not None:
+        text += (
+            f" One-to-one (Hungarian) matching, which gives each reference feature to one feature only, leaves "
+            f"{_pct(r['high_fraction_hungarian'])} high-MCS against {_pct(r['high_fraction_max'])} for plain max "
+            f"(mean cosine {r['hungarian_mean']:.3f} against {r['mmcs']:.3f}): the gap comes from shared matches."
+        )
+    shared = [x for x in ex.shared if x.get("shared_fraction") is not None and x["seed_a"] == res.seeds[0]]
     if shared:
-        text += " Shared across seeds (Hungarian cosine >= {}): {}.".format(
-            res.config.shared_cosine, ", ".join(f"J={x['dict_size']}: {_pct(x['shared_fraction'])}" for x in shared)
+        text += " Across seeds at the same size, shared fraction (Hungarian cosine >= {}) and PW-MCC: {}.".format(
+            res.config.shared_cosine,
+            ", ".join(f"J={x['dict_size']}: {_pct(x['shared_fraction'])}, {x['pw_mcc']:.3f}" for x in shared),
         )
     return text
 
@@ -158,59 +193,31 @@ def anisotropy(res: Results, ex: Extras) -> str | None:
     r = _row(ex.anisotropic, dict_size=res.featured) or (ex.anisotropic[0] if ex.anisotropic else None)
     if r is None:
         return None
-    nulls = ("isotropic", "gaussian_cov", "activation_rows")
+    nulls = ("isotropic", "gaussian_cov", "gaussian_moment", "activation_rows")
     closest = min(nulls, key=lambda n: r[f"emd_full_{n}"])
     return (
         f"Against anisotropic nulls at J={r['dict_size']}: random N(0, S) dictionaries reach MCS >= "
-        f"{res.config.threshold} for {_pct(r['gaussian_cov_high_fraction'])} of features and dictionaries of "
+        f"{res.config.threshold} for {_pct(r['gaussian_cov_high_fraction'])} of features (S centred; with the "
+        f"uncentred E[x x^T], which keeps the mean a bias-free decoder must span: "
+        f"{_pct(r['gaussian_moment_high_fraction'])}) and dictionaries of "
         f"activation rows for {_pct(r['activation_rows_high_fraction'])} (isotropic: "
         f"{_pct(r['isotropic_high_fraction'])}). The learned MCS distribution is closest (full-range EMD) to the "
         f"{closest.replace('_', ' ')} null ({r[f'emd_full_{closest}']:.4f})."
     )
 
 
-def controls(res: Results, table: list[dict]) -> str | None:
-    j, s = res.featured, res.seeds[0]
-    mine = _row(table, variant="(note)", dict_size=j, seed=s)
-    others = sorted({r["variant"] for r in table} - {"(note)"})
-    if mine is None or not others:
-        return None
-    parts = []
-    for v in others:
-        r = _row(table, variant=v, dict_size=j, seed=s) or next((x for x in table if x["variant"] == v), None)
-        if r is None:
-            continue
-        ratio = r["high_fraction"] / mine["high_fraction"] if mine["high_fraction"] else float("nan")
-        if ratio < 0.5:
-            how = "far below"
-        elif ratio > 2:
-            how = "far above"
-        else:
-            how = "close to"
-        loss, main_loss = r.get("gpt_val_loss"), mine.get("gpt_val_loss")
-        other_gpt = loss and main_loss and loss != main_loss  # a control on another GPT says how good it was
-        gpt = f" (its GPT's validation loss {loss:.2f} against {main_loss:.2f})" if other_gpt else ""
-        parts.append(
-            f"{v}{gpt}: {_pct(r['high_fraction'])} high-MCS at J={r['dict_size']} "
-            f"against its J={r['reference']} ({how} the main run's {_pct(mine['high_fraction'])} against "
-            f"J={mine['reference']})"
-        )
-    return "Controls, side by side: " + "; ".join(parts) + "." if parts else None
-
-
-def _first_low(rows: list[dict], key: str, n_true: int) -> str:
-    """Where the low-MCS mode (>= LOW_MODE_APPEARS of a dictionary) first appears, relative to the true count."""
-    appears = next((r["dict_size"] for r in rows if r[key] is not None and r[key] >= LOW_MODE_APPEARS), None)
-    if appears is None:
-        return f"never appears (no size has >= {_pct(LOW_MODE_APPEARS)} of its features there)"
-    if appears > n_true:
-        return f"first appears at J={appears}, once the dictionary exceeds the true count"
-    if appears == n_true:
-        return f"first appears at J={appears}, exactly at the true count"
-    return f"already appears at J={appears}, below the true count"
+def _where_low(rows: list[dict], key: str, n_true: int) -> str:
+    """The sizes at which the low-MCS mode holds >= LOW_MODE_APPEARS of a dictionary, in multiples of the true
+    count: a description of where it is seen, with no claim about why."""
+    seen = [r["dict_size"] for r in rows if r[key] is not None and r[key] >= LOW_MODE_APPEARS]
+    if not seen:
+        return f"holds under {_pct(LOW_MODE_APPEARS)} of every dictionary"
+    sizes = ", ".join(f"J={j} ({j / n_true:g}x the true count)" for j in seen)
+    return f"holds {_pct(LOW_MODE_APPEARS)} or more of the dictionary at {sizes}"
 
 
 def ground_truth(ex: Extras) -> str | None:
+    """Recovery of the true features and where the low-MCS mode is seen, by size: descriptions side by side."""
     if not ex.ground_truth:
         return None
     rows = first_seed_rows(ex.ground_truth)
@@ -219,14 +226,13 @@ def ground_truth(ex: Extras) -> str | None:
     truth = ", ".join(f"J={r['dict_size']}: {_pct(r['low_vs_truth_fraction'])}" for r in rows)
     text = (
         f"Synthetic data with {n_true} true features. True features recovered at MCS > {cos}: {recovered}. "
-        f"Scored against the true features, the low-MCS mode {_first_low(rows, 'low_vs_truth_fraction', n_true)} "
+        f"Scored against the true features, the low-MCS mode {_where_low(rows, 'low_vs_truth_fraction', n_true)} "
         f"(dictionary features below {rows[0]['threshold']}: {truth})"
     )
     low = [r for r in rows if r["low_fraction"] is not None]
     if low:
-        text += (
-            f"; scored against the largest dictionary, as the note does, it {_first_low(low, 'low_fraction', n_true)}"
-        )
+        where = _where_low(low, "low_fraction", n_true)
+        text += f"; scored against the largest dictionary, as the note does, it {where}"
     return text + "."
 
 
@@ -249,8 +255,11 @@ def training(res: Results) -> str | None:
 
 def findings(res: Results, ex: Extras, control_table: list[dict] | None = None) -> list[str]:
     """Every finding whose numbers exist, in reading order."""
+    from sae_sweep.analysis.claims import claims, controls  # noqa: PLC0415 (claims imports Extras from extras.py)
+
     out = [
         training(res),
+        *claims(res, ex),
         bimodality(res, ex),
         training_budget(ex),
         low_mode_vs_random(res, ex),

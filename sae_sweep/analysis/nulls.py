@@ -6,7 +6,8 @@
   own row of ``b`` once the ``a`` row is fixed), so the analytic null is the exact law of one MCS value of random
   dictionaries; different rows of ``a`` share ``b`` and are only weakly dependent.
 * ``sampled_null``: MCS of one i.i.d. N(0, 1) dictionary against another (the note's Rand 1..4).
-* Harder, anisotropic baselines: ``gaussian_dictionary`` (rows ~ N(0, cov), e.g. cov = ``activation_covariance``)
+* Harder, anisotropic baselines: ``gaussian_dictionary`` (rows ~ N(0, cov), e.g. cov = ``activation_covariance``
+  or the uncentred ``second_moment``)
   and ``activation_dictionary`` (rows drawn from the activations themselves): they ask whether SAE features are more
   alike than vectors that merely share the activations' dominant directions.
 
@@ -257,3 +258,14 @@ def activation_covariance(acts: np.ndarray, chunk: int = 262_144) -> tuple[np.nd
     dev = total / n_rows  # (d,) mean - shift
     cov = (cross - n_rows * np.outer(dev, dev)) / (n_rows - 1)
     return shift + dev, (cov + cov.T) / 2
+
+
+def second_moment(mean: np.ndarray, cov: np.ndarray, n_rows: int) -> np.ndarray:
+    """The uncentred second moment E[x x^T] (d, d) = (n - 1) / n cov + mean mean^T, from ``activation_covariance``.
+
+    A decoder without an input-side bias has to reconstruct the mean too, so random directions drawn from
+    N(0, E[x x^T]) share what the decoder must span, where N(0, cov) leaves the mean out.
+    """
+    if n_rows < 2:
+        raise DataError(f"a second moment from a covariance needs n_rows >= 2, got {n_rows}")
+    return cov * (n_rows - 1) / n_rows + np.outer(mean, mean)

@@ -229,29 +229,37 @@ BEYOND_SECTIONS = (
     (
         "A principled split",
         "High-MCS at the exact null's quantile for the pair's (K, M) beside the fixed threshold, "
-        "with bootstrap intervals; `mixture_n_real`: real features estimated by a two-component fit (exact null + a "
-        "learned Beta).",
+        "with Wilson intervals; `mixture_n_real`: real features estimated by a two-component fit (a null component, "
+        "the exact null moved by `mixture_null_shift` and stretched by `mixture_null_scale`, + a learned Beta), "
+        "beside the same fit with the exact null (`mixture_n_real_exact_null`) and the count above the quantile.",
         "fig15",
         [("split", "split.csv")],
     ),
     (
         "Error bars",
-        "Bootstrap intervals (features resampled) for every EMD, and the seed-to-seed spread of every "
-        "per-seed metric (needs two or more seeds).",
+        "Bootstrap intervals (features resampled) for every EMD; permutation tests of each low mode against the "
+        "isotropic null (Rand 1) and against random vectors scored on the learned reference (`low_mode_tests.csv`: "
+        "W1 and p); and the seed-to-seed spread of every per-seed metric (range from two seeds, sd from three).",
         None,
-        [("EMD intervals", "emd_ci.csv"), ("seed spread", "seed_spread.csv")],
+        [
+            ("EMD intervals", "emd_ci.csv"),
+            ("low mode against two nulls", "low_mode_tests.csv"),
+            ("seed spread", "seed_spread.csv"),
+        ],
     ),
     (
         "Anisotropic nulls",
-        "Random dictionaries drawn from N(0, S), S the activations' covariance, and dictionaries "
-        "of random activation rows, beside the isotropic N(0, I) null.",
+        "Random dictionaries drawn from N(0, S), S the activations' covariance, from N(0, E[x x^T]) (the "
+        "uncentred second moment, which keeps the mean), and dictionaries of random activation rows, beside the "
+        "isotropic N(0, I) null.",
         "fig16",
         [("anisotropic nulls", "anisotropic.csv")],
     ),
     (
         "Controls",
         "The same analysis on the other variants of the sweep, each against its own largest dictionary: "
-        "an untrained GPT, dead-feature resampling, a smaller l1_coeff, synthetic data.",
+        "an untrained GPT, dead-feature resampling, a smaller l1_coeff, synthetic data. The Findings compare each "
+        "with the main run's dictionary of the same size against the same reference size, on the same kind of data.",
         "fig17",
         [("controls", "controls.csv")],
     ),
@@ -282,6 +290,7 @@ def write_beyond(res: Results, ex: Extras, control_table: list[dict], out: Path,
         "shared_seeds.csv": ex.shared,
         "split.csv": ex.split,
         "emd_ci.csv": ex.emd_ci,
+        "low_mode_tests.csv": ex.low_tests,
         "seed_spread.csv": ex.spread,
         "anisotropic.csv": ex.anisotropic,
         "controls.csv": control_table,

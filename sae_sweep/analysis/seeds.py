@@ -1,4 +1,5 @@
-"""Across seeds: the features two seeds share at the same size, and the seed-to-seed spread of every metric."""
+"""Across seeds: the features two seeds share at the same size (shared fraction, PW-MCC), and the seed-to-seed spread
+of every metric."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ SPREAD_METRICS = {
 
 
 def seed_spread(tables: dict[str, list[dict]]) -> list[dict]:
-    """Mean and standard deviation across seeds of every per-seed metric, per size; ``tables``: name -> rows."""
+    """Mean, range and (from three seeds on) standard deviation across seeds of every per-seed metric, per size.
+
+    ``tables``: name -> rows. With two seeds the sample sd is only |a - b| / sqrt(2), a restatement of the range
+    with the look of an estimate, so it is left empty (None) and the range stands alone.
+    """
     rows = []
     for table, metrics in SPREAD_METRICS.items():
         by_size: dict[int, list[dict]] = {}
@@ -38,9 +43,10 @@ def seed_spread(tables: dict[str, list[dict]]) -> list[dict]:
                         "dict_size": j,
                         "seeds": vals.size,
                         "mean": float(vals.mean()),
-                        "sd": float(vals.std(ddof=1)),
+                        "sd": float(vals.std(ddof=1)) if vals.size >= 3 else None,
                         "min": float(vals.min()),
                         "max": float(vals.max()),
+                        "range": float(vals.max() - vals.min()),
                     }
                 )
     return rows
@@ -57,8 +63,9 @@ def shared_rows(dicts: dict[Key, Dictionary], seeds: list[int], cfg: AnalysisCon
                 row = {"dict_size": j, "seed_a": sa, "seed_b": sb, "mmcs": float(v.mean())}
                 if j <= cfg.hungarian_max:
                     frac, cos = shared_fraction(a, b, cfg.shared_cosine)
-                    row.update(shared_fraction=frac, hungarian_mean=float(cos.mean()))
+                    # PW-MCC (Song et al. 2025): the mean cosine of the one-to-one matching between the two runs
+                    row.update(shared_fraction=frac, pw_mcc=float(np.nanmean(cos)))
                 else:
-                    row.update(shared_fraction=None, hungarian_mean=None)
+                    row.update(shared_fraction=None, pw_mcc=None)
                 rows.append(row)
     return rows

@@ -12,7 +12,7 @@ class AnalysisConfig:
     layer: int = 2  # which layer's dictionaries to compare
     reference: int | None = None  # dict size every smaller one is scored against; None: the largest (the note: 8192)
     featured: int | None = None  # dict size of the single-size figures (the note: 1024); None: closest to 1024
-    cutoff: float = 0.5  # EMDs compare the MCS < cutoff part of each distribution (the low mode)
+    cutoff: float | None = None  # EMDs compare the MCS < cutoff part (the low mode); None: the threshold's value
     threshold: float = 0.5  # MCS >= threshold counts as high-MCS
     n_random: int = 4  # random dictionary pairs per size (Rand 1..R of the note)
     seed: int = 0  # random baselines
@@ -22,7 +22,8 @@ class AnalysisConfig:
     # Beyond the note (issue 6)
     variant: str | None = None  # the main run: "" = the note's setup; None: "" when present, else the only variant
     controls: bool = True  # also analyse every other variant found (untrained GPT, resampling, l1, synthetic)
-    n_boot: int = 1000  # bootstrap replicates (features resampled) for every EMD and proportion
+    n_boot: int = 1000  # bootstrap replicates (features resampled) for every EMD interval
+    n_perm: int = 1000  # relabellings of each permutation test (learned low mode against a null)
     level: float = 0.95  # confidence level of the bootstrap intervals
     null_quantile: float = 0.999  # the principled split: MCS above this quantile of the exact null is high
     stay_cosine: float = 0.99  # a feature whose decoder has cosine >= this with its initial direction never left
@@ -31,7 +32,9 @@ class AnalysisConfig:
     hungarian_max: int = 8192  # Hungarian matching only for dictionaries up to this size (it builds J x M matrices)
 
     def __post_init__(self) -> None:
-        for name in ("n_random", "chunk_size", "bins", "n_boot", "hungarian_max"):
+        if self.cutoff is None:  # one number splits high from low unless the user asks for two
+            object.__setattr__(self, "cutoff", self.threshold)
+        for name in ("n_random", "chunk_size", "bins", "n_boot", "n_perm", "hungarian_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")

@@ -4,9 +4,9 @@ Why these pieces
 ----------------
 * Every number the report shows (a fraction of high-MCS features, an EMD between two MCS distributions) comes from
   one finite dictionary, so it gets a percentile-bootstrap interval with the FEATURES as the resampled unit.
-  ``proportion_ci`` and ``emd_ci`` are exact, vectorised special cases of ``bootstrap_ci``: a resampled proportion is
-  Binomial(n, p_hat) / n, and a resampled sample is a multinomial vector of counts on the sorted original values, so
-  no replicate needs a sort.
+  ``emd_ci`` is an exact, vectorised special case of ``bootstrap_ci``: a resampled sample is a multinomial vector of
+  counts on the sorted original values, so no replicate needs a sort. Proportions get score intervals instead
+  (inference.py), which keep their coverage at 0, 1 and small p where a percentile bootstrap collapses.
 * Distances between MCS distributions are Wasserstein-1 (the earth mover's distance) on the 1-D samples, as the
   note's footnote 4 chooses: ``emd`` and ``emd_matrix``, with a sorted fast path for samples of equal size.
 * ``shared_fraction`` is the cross-seed measure of Paulo & Belrose (2025), "Sparse autoencoders trained on the same
@@ -89,28 +89,6 @@ def bootstrap_ci(
     if bad:
         raise DataError(f"statistic returned a non-finite value on {bad} of {n_boot} resamples")
     return _percentile_interval(replicates, level)
-
-
-def proportion_ci(
-    mask: ArrayLike, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(fraction True, lo, hi): a proportion and its percentile-bootstrap interval.
-
-    A resample of n Booleans with p_hat True has Binomial(n, p_hat) True ones, so the replicates are drawn exactly
-    that way instead of resampling the mask. At p_hat = 0 or 1 the interval collapses to that point.
-    """
-    _check_boot(n_boot, level)
-    mask = np.asarray(mask).ravel()
-    if mask.size == 0:
-        raise DataError("proportion_ci got an empty mask")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise DataError(f"mask must be Boolean (or 0/1), got dtype {mask.dtype} with other values")
-        mask = mask.astype(bool)
-    n = mask.size
-    p_hat = np.count_nonzero(mask) / n
-    replicates = np.random.default_rng(seed).binomial(n, p_hat, size=n_boot) / n
-    return (p_hat, *_percentile_interval(replicates, level))
 
 
 def _finite_sorted(x: ArrayLike, name: str) -> np.ndarray:

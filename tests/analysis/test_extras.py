@@ -12,10 +12,11 @@ import torch
 
 from sae_sweep import ConfigError
 from sae_sweep.analysis.baselines import control_rows, ground_truth_rows
+from sae_sweep.analysis.claims import controls
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_local_variants
 from sae_sweep.analysis.extras import Extras, compute_extras
 from sae_sweep.analysis.features import FeatureTable, feature_table, liveness_row, movement_row
-from sae_sweep.analysis.findings import controls, ground_truth, liveness, low_mode_vs_random
+from sae_sweep.analysis.findings import ground_truth, liveness, low_mode_vs_random, split
 from sae_sweep.analysis.job import AnalyzeJob, run
 from sae_sweep.analysis.note import compute
 from sae_sweep.analysis.seeds import seed_spread
@@ -120,8 +121,12 @@ def test_seed_spread_exact():
     ]
     rows = {r["metric"]: r for r in seed_spread({"split": split})}
     assert rows["high_fraction"]["mean"] == pytest.approx(0.3)
-    assert rows["high_fraction"]["sd"] == pytest.approx(np.sqrt(0.02))
-    assert rows["high_null_fraction"]["sd"] == 0.0 and rows["mixture_n_real"]["max"] == 5.0
+    assert rows["high_fraction"]["range"] == pytest.approx(0.2)
+    assert rows["high_fraction"]["sd"] is None  # two seeds: |a - b| / sqrt(2) is the range restated, not an sd
+    assert rows["high_null_fraction"]["range"] == 0.0 and rows["mixture_n_real"]["max"] == 5.0
+    third = {"dict_size": 8, "seed": 2, "high_fraction": 0.9, "high_null_fraction": 0.5, "mixture_n_real": 4.0}
+    rows = {r["metric"]: r for r in seed_spread({"split": [*split, third]})}
+    assert rows["high_fraction"]["sd"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
 
 
 def planted(store, n_true=8, d_in=16, sizes=(4, 8, 16, 32), seed=0, variant="synthetic", synthetic=None):
@@ -149,7 +154,7 @@ def test_ground_truth_rows_exact(store):
     assert rows[4]["low_fraction"] == 0.0  # its 4 true features are all in the reference
 
 
-def test_ground_truth_finding_follows_the_numbers():
+def test_ground_truth_finding_describes_where_the_low_mode_is_and_claims_no_cause():
     ex = Extras("synthetic", {})
     base = {"seed": 0, "n_true": 8, "cosine": 0.9, "threshold": 0.5, "matched_fraction": 1.0, "mixture_n_real": None}
     ex.ground_truth = [
@@ -158,13 +163,14 @@ def test_ground_truth_finding_follows_the_numbers():
         {**base, "dict_size": 16, "recovered_fraction": 1.0, "low_vs_truth_fraction": 0.5, "low_fraction": None},
     ]
     text = ground_truth(ex)
-    assert "Scored against the true features, the low-MCS mode first appears at J=16, once the dictionary" in text
-    assert "against the largest dictionary, as the note does, it never appears" in text
+    assert "the low-MCS mode holds 10.0% or more of the dictionary at J=16 (2x the true count)" in text
+    assert "once" not in text and "exceeds" not in text  # no causal clause: nothing in code established one
+    assert "against the largest dictionary, as the note does, it holds under 10.0% of every dictionary" in text
     assert "recovered at MCS > 0.9: J=4: 50.0%, J=8: 100.0%, J=16: 100.0%" in text
     ex.ground_truth[1]["low_vs_truth_fraction"] = 0.1
-    assert "the low-MCS mode first appears at J=8, exactly at the true count" in ground_truth(ex)
+    assert "at J=8 (1x the true count), J=16 (2x the true count)" in ground_truth(ex)
     ex.ground_truth[0]["low_fraction"] = 0.3
-    assert "as the note does, it already appears at J=4, below the true count" in ground_truth(ex)
+    assert "as the note does, it holds 10.0% or more of the dictionary at J=4 (0.5x the true count)" in ground_truth(ex)
     ex.ground_truth[1]["recovered_fraction"] = 0.8
     assert "J=8: 80.0%" in ground_truth(ex)
 
@@ -184,19 +190,27 @@ def test_control_rows_and_their_finding(store):
     assert (
         row["high_fraction"] == 1.0 and row["reference"] == 32 and row["low_dead_fraction"] != row["low_dead_fraction"]
     )
+    assert (row["n"], row["high"], row["data"]) == (4, 4, "activations")
     assert row["gpt_val_loss"] == 4.25  # the GPT's quality, read from the dictionary's config.json
     res = results[""]
-    assert "untrained: 75.0% high-MCS at J=16 against its J=32 (close to the main run's 75.0% against J=32)" in (
-        controls(res, table)
+    text = controls(res, table)
+    assert "untrained: 75.0% high-MCS at J=16 against J=32, the main run 75.0% at J=16 against J=32: no difference" in (
+        text
     )
     for r in table:
         if r["variant"] == "untrained":
-            r["high_fraction"] *= 0.25
-    assert "untrained: 18.8% high-MCS at J=16 against its J=32 (far below the main run's" in controls(res, table)
+            r["high"], r["high_fraction"] = 0, 0.0
+    assert "untrained: 0.0% high-MCS at J=16 against J=32, the main run 75.0% at J=16 against J=32: lower by 75.0" in (
+        controls(res, table)
+    )
     for r in table:  # a control on another GPT says how good that GPT was
         if r["variant"] == "untrained":
             r["gpt_val_loss"] = 7.5
-    assert "untrained (its GPT's validation loss 7.50 against 4.25): 18.8% high-MCS" in controls(res, table)
+    assert "untrained (its GPT's validation loss 7.50 against 4.25): 0.0% high-MCS" in controls(res, table)
+    for r in table:  # a control on other data (synthetic) is not set beside the main run
+        if r["variant"] == "untrained":
+            r["data"] = "synthetic"
+    assert controls(res, table) is None
 
 
 def test_liveness_finding_reports_rarity_from_the_row():
@@ -213,16 +227,27 @@ def test_liveness_finding_reports_rarity_from_the_row():
     assert "fire about as often as high-MCS ones" in liveness(res, ex)
 
 
-def test_low_mode_verdict_compares_intervals():
-    res = type("R", (), {"featured": 8, "config": AnalysisConfig()})()
+def test_low_mode_verdict_follows_the_permutation_tests():
+    res = type("R", (), {"featured": 8, "seeds": [0], "reference": 32, "config": AnalysisConfig()})()
     ex = Extras("", {})
-    ex.emd_ci = [
-        {"dict_size": 8, "a": "learned", "b": "rand1", "emd": 0.05, "lo": 0.04, "hi": 0.06},
-        {"dict_size": 8, "a": "rand1", "b": "rand2", "emd": 0.01, "lo": 0.005, "hi": 0.02},
+    row = {"dict_size": 8, "seed": 0, "n_learned": 5, "n_null": 6}
+    ex.low_tests = [
+        {**row, "null": "isotropic", "emd": 0.05, "p": 0.001},
+        {**row, "null": "learned_reference", "emd": 0.01, "p": 0.4},
     ]
-    assert "is distinguishable from random vectors" in low_mode_vs_random(res, ex)
-    ex.emd_ci[1]["hi"] = 0.045
-    assert "not distinguishable" in low_mode_vs_random(res, ex)
+    ex.emd_ci = [  # the largest random-random EMD is quoted, not the row with the widest interval
+        {"dict_size": 8, "a": "rand1", "b": "rand2", "emd": 0.02, "lo": 0.005, "hi": 0.03},
+        {"dict_size": 8, "a": "rand1", "b": "rand3", "emd": 0.01, "lo": 0.001, "hi": 0.09},
+    ]
+    text = low_mode_vs_random(res, ex)
+    assert "W1 between the learned low mode and Rand 1 is 0.0500 (permutation p = 0.001)" in text
+    assert "between random sets it reaches 0.0200 (rand1 vs rand2)" in text
+    assert "differs from the isotropic null at the 0.05 level, but no difference was detected from random" in text
+    assert "the reference's geometry alone can produce the difference" in text
+    ex.low_tests[1]["p"] = 0.01
+    assert "and from random vectors scored against the learned J=32 reference" in low_mode_vs_random(res, ex)
+    ex.low_tests[0]["p"] = 0.2
+    assert "no difference from the isotropic null was detected at the 0.05 level" in low_mode_vs_random(res, ex)
 
 
 def test_findings_change_when_the_numbers_change(store, tmp_path):
@@ -266,7 +291,15 @@ def test_report_has_every_new_section_and_links_exist(store, tmp_path):
         "### Controls",
     ):
         assert heading in text, heading
-    for name in ("liveness.csv", "movement.csv", "matching.csv", "split.csv", "emd_ci.csv", "controls.csv"):
+    for name in (
+        "liveness.csv",
+        "movement.csv",
+        "matching.csv",
+        "split.csv",
+        "emd_ci.csv",
+        "controls.csv",
+        "low_mode_tests.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
     for link in re.findall(r"\]\(([^)]+)\)", text):
         assert (out / link).is_file(), link
@@ -295,3 +328,16 @@ def test_compute_extras_fits_and_intervals(store):
         assert r["high_lo"] <= r["high_fraction"] <= r["high_hi"]
     m = next(r for r in ex.matching if r["dict_size"] == 8)
     assert m["hungarian_mean"] == pytest.approx(1.0, abs=1e-6) and m["mmcs"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_split_finding_gives_each_count_and_flags_a_null_fitted_at_its_bound():
+    res = type("R", (), {"featured": 8, "seeds": [0], "config": AnalysisConfig()})()
+    ex = Extras("", {})
+    row = {"dict_size": 8, "seed": 0, "threshold": 0.5, "high_fraction": 0.5, "high_null_fraction": 0.6}
+    row |= {"mixture_n_real": 4.0, "mixture_n_real_exact_null": 5.0, "n_above_null_quantile": 6}
+    row |= {"mixture_null_shift": 0.01, "mixture_null_scale": 1.1}
+    ex.split = [row]
+    text = split(res, ex)
+    assert "J=8: 4 (5, 6)" in text and "moved by +0.010 and scaled by 1.10. The estimate" in text
+    row["mixture_null_scale"] = 1.5  # the largest scale allowed
+    assert "scaled by 1.50 (at the edge of its allowed range" in split(res, ex)
