@@ -2,10 +2,12 @@
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from sae_sweep import cli
 from sae_sweep.errors import SaeSweepError
 
 log = logging.getLogger("sae_sweep")
@@ -29,4 +31,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, Path(__file__).resolve().parent / "conf")  # bad overrides: one line and status 2, as bad values

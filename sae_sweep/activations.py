@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,20 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 SPLITS = ("train.npy", "val.npy")
+
+
+def new_rows(path: Path, n: int, d: int) -> np.memmap:
+    """A new (n, d) float16 .npy file at ``path``, opened for writing, with all its disk space claimed up front.
+
+    A memory-mapped file is sparse until written, and a write that finds the disk full then kills the process with
+    SIGBUS, with no message and no cleanup. Claiming the space first (``posix_fallocate``) turns a full disk into an
+    OSError (ENOSPC) here, before any row is computed, which the cache's builder reports in one line.
+    """
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, d))
+    if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the space is claimed as rows are written
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return out
 
 
 @dataclass

@@ -73,7 +73,7 @@ def verify_files(folder: Path, files: dict[str, str], what: str, fix: str) -> No
             )
 
 
-def _disk_full(exc: BaseException) -> bool:
+def disk_full(exc: BaseException) -> bool:
     # safetensors reports ENOSPC as its own error type, not as an OSError
     return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
 
@@ -83,20 +83,24 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success rename it to ``final``, on failure delete it.
 
     ``replace``: swap out an existing ``final`` (the old one is moved aside first, then deleted), so that ``final``
-    is always one whole product. Without it ``final`` must not exist yet.
+    is always one whole product; the swap holds a file lock beside ``final``, so that two processes replacing it at
+    once take turns (the last to finish wins) instead of one failing between the two renames. Without ``replace``
+    ``final`` must not exist yet.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
-        if replace and final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
+        if not replace:
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+            return
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        with FileLock(str(final.parent / f".{final.name}.lock")):
+            if final.exists():
+                os.replace(final, old)
             os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -118,8 +122,16 @@ def build_once(final: Path, fill: Callable[[Path], None], ready: str) -> bool:
     with FileLock(str(final.parent / f".{final.name}.lock")):
         if (final / ready).exists():
             return False
-        with atomic_folder(final) as tmp:
-            fill(tmp)
+        try:
+            with atomic_folder(final) as tmp:
+                fill(tmp)
+        except Exception as exc:
+            if disk_full(exc):  # the temporary folder is gone by now: nothing half-built is left to be read
+                raise DataError(
+                    f"the disk is full: building {final} failed ({exc}); nothing of it was kept, and what was there "
+                    "before is intact. Free some space (or point paths.root elsewhere) and rerun."
+                ) from exc
+            raise
         return True
 
 
@@ -152,7 +164,10 @@ def read_manifest(path: Path) -> dict:
     try:
         return json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not a readable artifact ({MANIFEST}: {exc})") from None
+        raise DataError(
+            f"{path} is not a readable artifact ({MANIFEST}: {exc}): a version folder that was never sealed, or "
+            "was edited. Delete that folder (the other versions stay usable), or rerun the job that makes it."
+        ) from None
 
 
 def verify(path: Path) -> dict:
@@ -188,7 +203,7 @@ class ArtifactStore:
             try:
                 write(tmp)
             except Exception as exc:
-                if _disk_full(exc):
+                if disk_full(exc):
                     raise DataError(
                         f"the disk is full: writing a new version of {name} to {self.root} failed ({exc}). "
                         "The previous versions are intact; free some space and rerun."
@@ -245,15 +260,28 @@ class ArtifactStore:
                 known = ", ".join(sorted(self.names())) or "none"
                 raise DataError(f"no artifact {name!r} in the store {self.root} (it holds: {known})")
             alias = alias or LATEST
+            have = ", ".join(f"v{v}" for v in versions)
             if alias == LATEST:
-                latest_file = self.root / name / LATEST
-                alias = latest_file.read_text().strip() if latest_file.exists() else f"v{versions[-1]}"
+                alias = self._latest(name, versions, have)
             folder = self.root / name / alias
             if not re.fullmatch(r"v\d+", alias) or not folder.is_dir():
-                have = ", ".join(f"v{v}" for v in versions)
                 raise DataError(f"artifact {name!r} has no version {alias!r} (it has {have}, and latest)")
         manifest = verify(folder) if verify_files else read_manifest(folder)
         return Artifact(manifest["name"], manifest["version"], manifest["type"], folder, manifest["metadata"])
+
+    def _latest(self, name: str, versions: list[int], have: str) -> str:
+        """The version ``<name>/latest`` names; a pointer naming no version folder is refused, never guessed past."""
+        latest_file = self.root / name / LATEST
+        if not latest_file.exists():
+            return f"v{versions[-1]}"
+        alias = latest_file.read_text(errors="replace").strip()
+        if not re.fullmatch(r"v\d+", alias) or not (self.root / name / alias).is_dir():
+            raise DataError(
+                f"{latest_file} is corrupt: it names {alias[:40]!r}, not one of this artifact's versions ({have}). "
+                f"Ask for a version by name ({name}:v{versions[-1]}), or rewrite the pointer: "
+                f"echo v{versions[-1]} > {latest_file}"
+            )
+        return alias
 
     def names(self, type: str | None = None) -> list[str]:
         if not self.root.is_dir():

@@ -2,7 +2,9 @@
 
 A store (or any folder of dictionary folders) is searched for manifests of type ``sae-dictionary``; a W&B project's
 artifacts of that type are downloaded once into a cache. Names say the layer, size, seed and variant
-(``sae-L2-J1024-s0-untrained``); the newest version of each name is kept, with a warning about the older ones.
+(``sae-L2-J1024-s0-untrained``); the newest version of each name is kept, with a warning about the older ones. In a
+store's layout (``<name>/v<N>/`` beside a ``latest`` pointer) the version ``latest`` names is the one kept, and a
+corrupt pointer or a version folder without its manifest is refused by name rather than stepped over.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import MANIFEST
+from sae_sweep.store import LATEST, MANIFEST, ArtifactStore, read_manifest
 
 SOURCES = ("local", "wandb")
 
@@ -66,7 +68,24 @@ def collect_local_variants(path: str | Path, layer: int) -> Collection:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("type") == DICTIONARY_TYPE:
             found.append((manifest["name"], manifest["version"], manifest_path.parent))
-    return _group(_latest_by_name(found), layer, where=str(root))
+    return _group(_as_stored(_latest_by_name(found)), layer, where=str(root))
+
+
+def _as_stored(chosen: dict[str, Path]) -> dict[str, Path]:
+    """For names laid out as a store keeps them, the version their ``latest`` names, after checking that every
+    version folder has its manifest (DataError naming the folder or the pointer otherwise)."""
+    out = {}
+    for name, path in chosen.items():
+        folder = path.parent
+        if not re.fullmatch(r"v\d+", path.name) or folder.name != name:
+            out[name] = path  # a plain folder of dictionary folders: no versions, no pointer
+            continue
+        for version in sorted(folder.iterdir()):
+            if re.fullmatch(r"v\d+", version.name) and version.is_dir():
+                read_manifest(version)  # an unsealed or edited version is named, not skipped
+        has_pointer = (folder / LATEST).exists()
+        out[name] = ArtifactStore(folder.parent).get(name, verify_files=False).path if has_pointer else path
+    return out
 
 
 def collect_local(path: str | Path, layer: int, variant: str | None = None) -> dict[tuple[int, int], Dictionary]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sae_sweep.analysis.baselines import control_rows
 from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.extras import AnalysedRun, compute_extras
-from sae_sweep.analysis.note import Results, compute, counts, learned_name, random_name
+from sae_sweep.analysis.note import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.report import write_all
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.errors import SaeSweepError
@@ -57,8 +57,9 @@ def _collect(job: AnalyzeJob, api=None) -> tuple[Collection, list[ArtifactStore]
 
 
 def _analyse(job: AnalyzeJob, variant: str, dicts: dict, stores: list[ArtifactStore], truth) -> AnalysedRun:
-    res = compute(dicts, job.analysis, progress=_progress)
-    ex = compute_extras(res, dicts, job.analysis, variant, job.paths.cache, truth, progress=_progress)
+    cfg = _sizes_of(job.analysis, dicts, variant)
+    res = compute(dicts, cfg, progress=_progress)
+    ex = compute_extras(res, dicts, cfg, variant, job.paths.cache, truth, progress=_progress)
     return AnalysedRun(variant, res, ex)
 
 
@@ -69,6 +70,7 @@ def run(job: AnalyzeJob, api=None) -> Path:
     main_name = main_variant(found, cfg.variant, where)
     _warn_unconverged([found[v] for v in sorted(found) if v == main_name or cfg.controls])
     dicts = found[main_name]
+    check_sizes(cfg, sorted({j for j, _ in dicts}))  # a reference or featured size that is not there: before any work
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
     main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
     control_table = control_rows(main_name, main.results, dicts, main.extras.fits)
@@ -83,7 +85,7 @@ def run(job: AnalyzeJob, api=None) -> Path:
             fits = synthetic.extras.fits
             res_v = synthetic.results
         else:
-            res_v, fits = compute(found[variant], cfg, progress=_progress), None
+            res_v, fits = compute(found[variant], _sizes_of(cfg, found[variant], variant), progress=_progress), None
         control_table += control_rows(variant, res_v, found[variant], fits)
     with atomic_folder(job.out, replace=True) as tmp:
         figs = write_all(main, tmp, control_table, synthetic, label=_label(main_name, dicts))
@@ -93,6 +95,26 @@ def run(job: AnalyzeJob, api=None) -> Path:
     report = job.out / "report.md"
     log.info("report: %s", report)
     return report
+
+
+def _sizes_of(cfg: AnalysisConfig, dicts: dict, variant: str) -> AnalysisConfig:
+    """``cfg`` for one variant: a reference or featured size set for the main run that this variant lacks is left to
+    the default (its largest size; the one closest to 1024), with a line saying so."""
+    sizes = sorted({j for j, _ in dicts})
+    keep = {"reference": cfg.reference if cfg.reference in sizes else None}
+    keep["featured"] = (
+        cfg.featured if cfg.featured in sizes and cfg.featured < (keep["reference"] or sizes[-1]) else None
+    )
+    for key, value in keep.items():
+        if getattr(cfg, key) is not None and value is None:
+            log.info(
+                "variant %r has no J=%s (sizes %s): analysis.%s left to its default",
+                variant,
+                getattr(cfg, key),
+                sizes,
+                key,
+            )
+    return replace(cfg, **keep)
 
 
 def _warn_unconverged(collections: list[dict]) -> None:

@@ -83,11 +83,8 @@ def compute(dicts: dict[tuple[int, int], Dictionary], cfg: AnalysisConfig, progr
     sizes = sorted({j for j, _ in dicts})
     seeds = sorted({s for _, s in dicts})
     d_in = next(iter(dicts.values())).d_in
-    reference = cfg.reference or sizes[-1]
-    if reference not in sizes:
-        raise ConfigError(f"analysis.reference={reference} is not among the dictionary sizes {sizes}")
+    reference, featured = check_sizes(cfg, sizes)
     smaller = [j for j in sizes if j < reference]
-    featured = cfg.featured or (min(smaller, key=lambda j: abs(np.log2(j / 1024))) if smaller else None)
     res = Results(cfg, d_in, sizes, seeds, reference, featured)
     res.training = training_rows(dicts)
     res.converged = {(r["dict_size"], r["seed"]): r["converged"] for r in res.training}
@@ -113,6 +110,24 @@ def compute(dicts: dict[tuple[int, int], Dictionary], cfg: AnalysisConfig, progr
         res.alt[j] = sampled_null(j, 2 * reference, d_in, seed=base + 997)
         res.emd[j] = _low_emd_matrix(emd_samples(res, j), cfg.cutoff)
     return res
+
+
+def check_sizes(cfg: AnalysisConfig, sizes: list[int]) -> tuple[int, int | None]:
+    """(reference, featured) for dictionaries of these sizes; ConfigError naming the key when one is not there."""
+    reference = cfg.reference or sizes[-1]
+    if reference not in sizes:
+        raise ConfigError(
+            f"analysis.reference={reference} is not among the dictionary sizes {sizes}: pick one of them, or drop the "
+            "override to use the largest"
+        )
+    smaller = [j for j in sizes if j < reference]
+    if cfg.featured is not None and cfg.featured not in smaller:
+        raise ConfigError(
+            f"analysis.featured={cfg.featured} is not among the sizes below the reference J={reference} ({smaller}): "
+            "pick one of them, or drop the override to use the one closest to 1024"
+        )
+    featured = cfg.featured or (min(smaller, key=lambda j: abs(np.log2(j / 1024))) if smaller else None)
+    return reference, featured
 
 
 def _low_emd_matrix(samples: dict[str, np.ndarray], cutoff: float) -> tuple[list[str], np.ndarray]:

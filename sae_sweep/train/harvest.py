@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_sweep.activations import FORMAT_VERSION, Activations, write_cache
+from sae_sweep.activations import FORMAT_VERSION, Activations, new_rows, write_cache
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import json_digest
 from sae_sweep.train.gpt import GPT
@@ -59,7 +59,7 @@ def _fill(model: GPT, tokens: np.ndarray, layer: int, n: int, cfg: HarvestConfig
         raise DataError(f"the corpus split has {tokens.size} tokens, fewer than one block of {T} + 1")
     device = next(model.parameters()).device
     rng = np.random.default_rng([seed, layer])
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, model.config.d_mlp))
+    out = new_rows(path, n, model.config.d_mlp)
     done = 0
     while done < n:
         starts = rng.integers(0, tokens.size - T, size=cfg.batch_size)

@@ -6,6 +6,8 @@ resumes from ``checkpoints/last.ckpt``, a finished one returns its artifact, ``f
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sae_sweep.errors import DataError
-from sae_sweep.store import Artifact, ArtifactStore, atomic_write_text, sha256_file
+from sae_sweep.store import Artifact, ArtifactStore, atomic_write_text, disk_full, sha256_file
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -30,8 +32,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        digest = sha256_file(tmp)
+        buffer = io.BytesIO()  # serialised in memory first: torch.save's zip writer hides ENOSPC in a RuntimeError
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a torn temporary file is never left where a resume might look
+            if disk_full(exc):
+                raise DataError(
+                    f"the disk is full: writing checkpoint {path} failed ({exc}); the previous checkpoint, if any, is "
+                    "intact. Free some space (or point paths.root elsewhere) and rerun to resume from it."
+                ) from exc
+            raise
+        digest = hashlib.sha256(data).hexdigest()
         os.replace(tmp, path)  # killed between the renames: the old digest refuses it
         atomic_write_text(_digest_path(path), digest + "\n")
 

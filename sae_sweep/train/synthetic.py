@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.activations import Activations, write_cache
+from sae_sweep.activations import Activations, new_rows, write_cache
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import Artifact, ArtifactStore, file_digest, json_digest
 from sae_sweep.truth import FEATURES_FILE, FORMAT_VERSION, SyntheticConfig, save_true_features
@@ -110,7 +110,7 @@ def _rows(cfg: SyntheticConfig, features: np.ndarray, split: str, start: int, st
 
 
 def _write_split(cfg: SyntheticConfig, features: np.ndarray, split: str, n: int, path: Path, chunk: int) -> None:
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, cfg.d_in))
+    out = new_rows(path, n, cfg.d_in)
     for lo in range(0, n, chunk):
         out[lo : min(n, lo + chunk)] = _rows(cfg, features, split, lo, min(n, lo + chunk))[0]
     out.flush()

@@ -13,7 +13,7 @@ import torch
 from sae_sweep import DataError
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_wandb
 from sae_sweep.analysis.findings import training
-from sae_sweep.analysis.job import AnalyzeJob, run
+from sae_sweep.analysis.job import AnalyzeJob, _sizes_of, run
 from sae_sweep.analysis.note import compute, counts
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import load_dictionary
@@ -121,7 +121,7 @@ def test_report_links_only_files_that_exist(store, tmp_path):
         assert (out / link).is_file(), link
     for number in range(3, 13):
         assert f"fig{number:02d}" in text
-    assert not list(tmp_path.glob(".analysis.*"))  # no temporary folder left behind
+    assert not list(tmp_path.glob(".analysis.tmp-*")) and not list(tmp_path.glob(".analysis.old-*"))  # none left
 
 
 class FakeArtifact:
@@ -210,3 +210,13 @@ def test_a_dictionary_without_a_training_record_is_refused_by_name(store):
     (art.path / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match=r"sae-L2-J8-s0/v0 has a config.json without training"):
         load_dictionary(art.path, verify_files=False)
+
+
+def test_a_variant_lacking_the_main_runs_sizes_falls_back_to_its_defaults():
+    dicts = {(256, 0): None, (512, 0): None, (2048, 0): None}  # a control's sizes: no 4096 or 8192
+    cfg = _sizes_of(AnalysisConfig(reference=8192, featured=4096), dicts, "untrained")
+    assert (cfg.reference, cfg.featured) == (None, None)
+    cfg = _sizes_of(AnalysisConfig(reference=8192, featured=512), dicts, "untrained")
+    assert (cfg.reference, cfg.featured) == (None, 512)
+    cfg = _sizes_of(AnalysisConfig(reference=512, featured=512), dicts, "untrained")  # featured must be below it
+    assert (cfg.reference, cfg.featured) == (512, None)

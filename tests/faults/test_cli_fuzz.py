@@ -1,0 +1,85 @@
+"""The command line fuzzed end to end: invalid overrides through train.py and analyze.py in real processes. Each one
+exits with status 2 and one line, no traceback, and leaves no new file in the store (nor a report)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sae_sweep.cli import unknown_choice
+from sae_sweep.store import ArtifactStore
+
+from ..conftest import CONF, REPO, save_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+TRAIN = {  # a sample of each kind of bad input, one process each
+    "wrong type": ["sae.dict_size=abc"],
+    "wrong type (bool)": ["trainer.devices=true"],
+    "out of range": ["sae.lr=-1"],
+    "out of range (int)": ["sae.batch_size=0"],
+    "unknown choice": ["sae.step=fast"],
+    "unknown option of a group": ["trainer=tpu"],
+    "unknown experiment": ["experiment=demoo"],
+    "unknown option in a sweep": ["-m", "trainer=cpu,tpu"],
+    "unknown key": ["sae.dictsize=8"],
+    "inconsistent pair": ["harvest.n_tokens=100", "sae.batch_size=256"],
+    "inconsistent pair (processes)": ["sae.resample_every=10", "trainer=ddp", "trainer.accelerator=cpu"],
+    "no such GPT": ["gpt=gpt-nowhere"],
+    "synthetic data with a GPT": ["data=synthetic", "gpt=untrained"],
+}
+ANALYZE = {
+    "wrong type": ["analysis.n_boot=many"],
+    "out of range": ["analysis.threshold=2"],
+    "out of range (level)": ["analysis.level=95"],
+    "unknown option of a group": ["source=nope"],
+    "unknown key": ["analysis.refrence=8"],
+    "reference not among the sizes": ["analysis.reference=999"],
+    "featured not among the sizes": ["analysis.featured=999"],
+    "unknown variant": ["analysis.variant=nope"],
+}
+
+
+def run(script: str, args: list[str], root) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    cmd = [sys.executable, str(REPO / script), "logger=none", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def files(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "hydra" not in p.parts)
+
+
+def assert_refused(proc: subprocess.CompletedProcess) -> None:
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert proc.returncode == 2, out[-2000:]
+    assert len(lines) == 1 and "Traceback" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("args", list(TRAIN.values()), ids=list(TRAIN))
+def test_train_refuses_bad_input_in_one_line_and_writes_nothing(args, tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    save_dict(store, 8, 0)  # a store with something in it, which must stay as it is
+    before = files(tmp_path)
+    assert_refused(run("train.py", args, tmp_path))
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("args", list(ANALYZE.values()), ids=list(ANALYZE))
+def test_analyze_refuses_bad_input_in_one_line_and_writes_nothing(args, tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    for J in (8, 16):
+        save_dict(store, J, 0)
+    before = files(tmp_path)
+    assert_refused(run("analyze.py", args, tmp_path))
+    assert files(tmp_path) == before  # no report, no cache
+
+
+def test_unknown_choice_reads_only_group_options():
+    assert unknown_choice(["trainer=gpu", "sae.dict_size=8", "gpt=anything", "hydra/launcher=joblib"], CONF) is None
+    assert unknown_choice(["-m", "trainer=cpu,ddp", "experiment=choice(demo,smoke)", "~control"], CONF) is None
+    assert unknown_choice(["+experiment=smoke"], CONF) is None
+    assert unknown_choice(["trainer=cpu,tpu"], CONF).startswith("trainer=tpu: there is no such option")
+    assert "conf/data/ has: embedded, openwebtext, synthetic, text_files" in unknown_choice(["data=owt"], CONF)
