@@ -35,8 +35,9 @@ def worker(threads: int, dict_size: int, steps: int, seed: int) -> None:
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sae_sweep.train.batches import ActivationDataModule  # noqa: PLC0415
     from sae_sweep.train.sae import SAEConfig  # noqa: PLC0415
-    from sae_sweep.train.sae_module import ActivationDataModule, SAEModule  # noqa: PLC0415
+    from sae_sweep.train.sae_module import SAEModule  # noqa: PLC0415
     from sae_sweep.train.trainer import TrainerConfig, build_trainer  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp())

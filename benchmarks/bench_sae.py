@@ -1,5 +1,6 @@
 """Activations/s of SAE training at d_in=128: our step (sparse where the codes are, and forced dense), our Lightning
-path (both ways), a plain-torch loop, SAELens' standard SAE (when installed), the bare five matmuls of a dense step,
+path (sparse where it pays, with several steps per Lightning batch or one; dense with one step per batch, the path
+before issue 13), a plain-torch loop, SAELens' standard SAE (when installed), the bare five matmuls of a dense step,
 the one dense product an exact step cannot avoid (encoder product + ReLU), and Adam alone, interleaved in one run.
 
     python benchmarks/bench_sae.py                      # batch 4096 x dict 1024, 8192; batch 256 x dict 1024, 8192
@@ -19,6 +20,7 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
-from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
+from sae_sweep.train.sae_module import SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
 
 D_IN, L1, WARMUP = 128, 1e-3, 2
@@ -155,16 +158,19 @@ def _saelens_input(x, coefficients):
 
 
 class _Timer(pl.Callback):
+    """Times the steps from the first Lightning batch that starts at WARMUP or later (a batch may hold several)."""
+
     def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == WARMUP:
-            self.t0 = time.perf_counter()
+        if trainer.global_step >= WARMUP and not hasattr(self, "t0"):
+            self.t0, self.step0 = time.perf_counter(), trainer.global_step
 
     def on_train_end(self, trainer, *args) -> None:
-        self.t1 = time.perf_counter()
+        self.t1, self.steps = time.perf_counter(), trainer.global_step - self.step0
 
 
-def lightning(sae: SparseAutoencoder, xs, folder: Path, path: str = "auto") -> float:
-    """Our whole training path: stage=sae's Trainer, SAEModule and chunked float16 activation batches."""
+def lightning(sae: SparseAutoencoder, xs, folder: Path, path: str = "auto", per_batch: int | None = None) -> float:
+    """Our whole training path: stage=sae's Trainer, SAEModule and chunked float16 activation batches, with
+    ``per_batch`` optimizer steps per Lightning batch (None: the default, ``sae.steps_per_batch``)."""
     B, J = xs[0].shape[0], sae.dict_size
     acts = folder / f"acts-{B}.npy"
     if not acts.exists():
@@ -172,6 +178,7 @@ def lightning(sae: SparseAutoencoder, xs, folder: Path, path: str = "auto") -> f
     cfg = SAEConfig(
         dict_size=J, batch_size=B, ckpt_every=10**9, log_every=50, step=path, until="budget", epochs=1, lr=LR
     )
+    cfg = replace(cfg, steps_per_batch=per_batch or cfg.steps_per_batch)
     timer = _Timer()
     trainer = build_trainer(
         TrainerConfig(),
@@ -185,14 +192,15 @@ def lightning(sae: SparseAutoencoder, xs, folder: Path, path: str = "auto") -> f
     module = SAEModule(D_IN, cfg)
     module.sae.load_state_dict(sae.state_dict())
     trainer.fit(module, datamodule=ActivationDataModule(acts, cfg))
-    return (len(xs) - WARMUP) * B / (timer.t1 - timer.t0)
+    return timer.steps * B / (timer.t1 - timer.t0)
 
 
 COLUMNS = {  # name: how to time it, given (trained-like SAE, xs, scratch folder)
     "ours": lambda sae, xs, tmp: ours(sae, xs),
     "ours dense": lambda sae, xs, tmp: ours(sae, xs, "dense"),
     "lightning": lambda sae, xs, tmp: lightning(sae, xs, tmp),
-    "lightning dense": lambda sae, xs, tmp: lightning(sae, xs, tmp, "dense"),
+    "lightning 1/batch": lambda sae, xs, tmp: lightning(sae, xs, tmp, per_batch=1),
+    "lightning dense": lambda sae, xs, tmp: lightning(sae, xs, tmp, "dense", per_batch=1),  # the path before issue 13
     "plain": lambda sae, xs, tmp: plain(sae.dict_size, xs),
     "matmuls": lambda sae, xs, tmp: matmuls(sae.dict_size, xs),
     "one product": lambda sae, xs, tmp: one_product(sae, xs),
@@ -206,6 +214,7 @@ def ratios(med: dict[str, float]) -> str:
         f"sparse/dense step {med['ours'] / med['ours dense']:.2f}",
         f"ours/one product {med['ours'] / med['one product']:.2f}",
         f"lightning/lightning dense {med['lightning'] / med['lightning dense']:.2f}",
+        f"stacked/one step per batch {med['lightning'] / med['lightning 1/batch']:.2f}",
         f"ours/plain {med['ours'] / med['plain']:.2f}",
         f"dense step takes {med['matmuls'] / med['ours dense']:.2f}x the five matmuls' time",
         f"Adam is {med['ours'] / med['adam']:.0%} of our step",

@@ -8,6 +8,8 @@ One trained SAE is one folder (a store version, or any folder ``write_dictionary
     metrics.csv, feature_density.png   training curves and the firing histogram (optional)
     snapshots.safetensors   decoder.<steps> (d_in, dict_size), fired.<steps> (dict_size,): the budget axis (optional;
                             their metrics in config.json's training.snapshots; see train/snapshots.py)
+    saelens/            the same SAE in SAELens' format (cfg.json, sae_weights.safetensors, sparsity.safetensors):
+                        ``sae_lens.SAE.load_from_disk(<folder>/saelens)`` opens it (interop/saelens.py)
 
 ``DictionaryConfig`` is the config.json schema: the SAE stage writes one, the analysis reads one back, and a
 folder that lacks a field is refused with its name and the folder's, never read with a silent default.
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sae_sweep.errors import DataError
+from sae_sweep.interop import saelens
 from sae_sweep.store import MANIFEST, verify
 
 DICTIONARY_TYPE = "sae-dictionary"
@@ -98,11 +101,19 @@ class DictionaryConfig:
         return cls(**{n: data[n] for n in names})
 
 
-def write_dictionary(folder: Path, sae, config: DictionaryConfig, firing_counts, extra_files: dict | None = None):
-    """Fill ``folder`` with one dictionary: weights (with the decoder at initialisation), config, firing counts.
+def write_dictionary(
+    folder: Path,
+    sae,
+    config: DictionaryConfig,
+    firing_counts,
+    extra_files: dict | None = None,
+    gpt_metadata: dict | None = None,
+) -> None:
+    """Fill ``folder`` with one dictionary: weights (with the decoder at initialisation), config, firing counts, and
+    the same SAE as a SAELens folder in ``saelens/``.
 
     ``sae`` is a trained SparseAutoencoder; ``extra_files`` maps a file name in the folder to a source path to copy
-    (metrics.csv, a histogram).
+    (metrics.csv, a histogram); ``gpt_metadata`` (the GPT artifact's) gives the export its context size and corpus.
     """
     import numpy as np  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
@@ -119,6 +130,7 @@ def write_dictionary(folder: Path, sae, config: DictionaryConfig, firing_counts,
     save_file(tensors, str(folder / SAE_WEIGHTS_FILE), metadata={"orientation": DECODER_ORIENTATION})
     (folder / SAE_CONFIG_FILE).write_text(config.to_json())
     np.save(folder / COUNTS_FILE, np.asarray(firing_counts, dtype=np.int64))
+    saelens.write(folder / saelens.SAELENS_DIR, tensors, config, firing_counts, gpt_metadata)
     for name, src in (extra_files or {}).items():
         shutil.copyfile(src, folder / name)
 

@@ -92,13 +92,14 @@ class Killed(Exception):
 
 
 class KillAt(pl.Callback):
-    """A Lightning callback that raises Killed before the step ``step`` starts."""
+    """A Lightning callback that raises Killed before the first Lightning batch that starts at step ``step`` or
+    later (an SAE batch holds up to ``sae.steps_per_batch`` steps)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step >= self.step:
             raise Killed
 
 

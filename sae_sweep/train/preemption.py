@@ -1,7 +1,8 @@
 """Stopping cleanly when asked: SIGTERM (pre-emption, ``scancel``) and submitit's requeue signal (a time limit).
 
-Either way the step in progress finishes, every rank agrees on it, ``last.ckpt`` is written there, and the job stops
-with ``Interrupted`` (exit status 143) or hands over to submitit, which requeues it; the rerun resumes at that step.
+Either way the Lightning batch in progress finishes (one GPT step; up to ``sae.steps_per_batch`` SAE steps), every
+rank agrees on it, ``last.ckpt`` is written there, and the job stops with ``Interrupted`` (exit status 143) or hands
+over to submitit, which requeues it; the rerun resumes at that step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointOnSigterm(pl.Callback):
-    """On SIGTERM, finish the current step, write last.ckpt, and stop with ``Interrupted``.
+    """On SIGTERM, finish the current Lightning batch, write last.ckpt, and stop with ``Interrupted``.
 
     Lightning notes the signal (``trainer.received_sigterm``) but, in one process, only acts on it at the end of an
     epoch, and our runs are one long epoch: without this, a pre-empted job would train on until SIGKILL.
@@ -126,8 +127,8 @@ class CheckpointBeforeRequeue(pl.Callback):
 
     Submitit's handler for its requeue signal resubmits the job and exits at once, wherever training is, so the
     resubmitted job would lose every step since the last periodic checkpoint. While ``fit`` runs, this callback holds
-    that handler back: it lets the current step finish, writes last.ckpt, then calls submitit's handler, which
-    resubmits the job (rank 0) and exits; the resubmitted job resumes from exactly that step. Outside ``fit`` (and
+    that handler back: it lets the current Lightning batch finish, writes last.ckpt, then calls submitit's handler,
+    which resubmits the job (rank 0) and exits; the resubmitted job resumes from exactly that step. Outside ``fit`` (and
     in processes submitit did not start, where the signal has no handler) nothing changes.
     """
 

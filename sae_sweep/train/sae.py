@@ -50,6 +50,9 @@ class SAEConfig:
     dead_window: int = 1000  # steps without firing before a feature counts as dead
     log_every: int = 50  # steps between metric logs
     ckpt_every: int = 500  # steps between checkpoints
+    steps_per_batch: int = 8  # optimizer steps per Lightning batch (a stack of that many batches): the same steps,
+    #                           with Lightning's per-batch work paid once per stack; SIGTERM acts at a stack's end;
+    #                           one process only (under DDP each step is its own batch)
     resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
     step: str = "auto"  # the hand-written step's path: auto (sparse once codes are sparse), dense, or sparse
     sparse_max_density: float = (
@@ -74,7 +77,7 @@ class SAEConfig:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
         names = ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every", "eval_every")
-        for name in (*names, "eval_rows", "window"):
+        for name in (*names, "steps_per_batch", "eval_rows", "window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sae.{name} must be a positive integer, got {value!r}")

@@ -24,13 +24,14 @@ from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest, json_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train import snapshots
+from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.loggers import build_loggers, finish_wandb
 from sae_sweep.train.pretrain import PretrainJob, export_untrained
 from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
 from sae_sweep.train.sae import SAEConfig
-from sae_sweep.train.sae_module import ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.train.sae_module import SAEModule, evaluate_sae
 from sae_sweep.train.synthetic import synthetic_activations
 from sae_sweep.train.tokens import open_prepared
 from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
@@ -142,6 +143,7 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
         raise DataError(f"activations in {acts.path} have width {acts.d_in}, the GPT's MLP {gpt.model.config.d_mlp}")
     val_loss = gpt_art.metadata.get("val_loss")  # the GPT's quality beside the dictionaries trained on it
     source = {"gpt": {"artifact": gpt_art.ref, "digest": model_digest, "val_loss": val_loss}, "synthetic": None}
+    source["gpt_metadata"] = gpt_art.metadata  # the SAELens export's context size and corpus
     uses = None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
     return acts, source, uses, gpt_tag(gpt_art)
 
@@ -266,7 +268,10 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
     density_figure(counts, acts.val.shape[0], job.name, histogram)
     extra["feature_density.png"] = histogram
     artifact = store.save(
-        job.name, DICTIONARY_TYPE, lambda folder: write_dictionary(folder, sae, config, counts, extra), asdict(config)
+        job.name,
+        DICTIONARY_TYPE,
+        lambda folder: write_dictionary(folder, sae, config, counts, extra, source.get("gpt_metadata")),
+        asdict(config),
     )
     live = counts[counts > 0]
     histograms = {"feature_density/log10_frequency": np.log10(live / acts.val.shape[0])} if live.size else {}

@@ -70,11 +70,16 @@ class _StepProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         return "train"
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._first_step = trainer.global_step  # the bar's total is the steps left from here (a resume: fewer)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # Rich's bar gathers every logged metric at every step, whatever its refresh rate (~0.3 ms a step, a tenth
-        # of a sparse SAE step at batch 256): only on the steps it redraws, and the last.
+        # of a sparse SAE step at batch 256): only on the batches it redraws, and the last. It counts optimizer
+        # steps, not Lightning batches: an SAE batch holds several steps (sae.steps_per_batch).
         if (batch_idx + 1) % max(self.refresh_rate, 1) == 0 or trainer.global_step >= trainer.max_steps:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - self._first_step - 1)
 
 
 def build_trainer(

@@ -8,12 +8,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from sae_sweep import ConfigError
+from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.convergence import Evaluation, StoppingRule, evaluate
 from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
-from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
+from sae_sweep.train.sae_module import SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
 from tests.conftest import TINY_SAE, KillAt, Killed
 
@@ -89,21 +91,54 @@ def test_evaluate_measures_drift_on_features_that_fire_only():
     assert e.dead_fraction == 0.5 and e.l0 == 1.0 and e.mse == 0.0
 
 
-CFG = replace(TINY_SAE, eval_every=4, window=2, loss_tol=0.05, drift_tol=1.0, epochs=4)
+CFG = replace(TINY_SAE, eval_every=4, window=2, loss_tol=0.05, drift_tol=1.0, epochs=4, steps_per_batch=2)
 
 
-def _fit(tmp_path, acts, name, module, *callbacks, ckpt=None) -> pl.Trainer:
+def _fit(tmp_path, acts, name, module, *callbacks, ckpt=None, loggers=()) -> pl.Trainer:
     module.held_out = torch.from_numpy(np.load(acts)[:64].astype(np.float32))
     trainer = build_trainer(
         TrainerConfig(progress_bar=False),
         run_dir=tmp_path / name,
         max_steps=4 * 64,
-        loggers=[],
-        ckpt_every=CFG.ckpt_every,
+        loggers=list(loggers),
+        ckpt_every=module.cfg.ckpt_every,
         callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=ActivationDataModule(acts, CFG), ckpt_path=ckpt)
+    trainer.fit(module, datamodule=ActivationDataModule(acts, module.cfg), ckpt_path=ckpt)
     return trainer
+
+
+class SavedAt(pl.Callback):
+    """Records the step of every checkpoint written."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def test_stacked_steps_train_bit_for_bit_as_one_step_per_batch(tmp_path):
+    """sae.steps_per_batch only changes how many optimizer steps share one Lightning batch: with 5 (stacks that
+    end at multiples of 5 and of ckpt_every=7) the run converges at the same step, inside a stack, to the same
+    weights bit for bit, with the same checkpoint steps and the same metrics.csv."""
+    acts = tmp_path / "acts.npy"
+    np.save(acts, np.random.default_rng(0).normal(size=(64 * 8, 4)).astype(np.float16))
+    runs = {}
+    for k in (1, 5):
+        torch.manual_seed(0)
+        module = SAEModule(4, replace(CFG, steps_per_batch=k, ckpt_every=7))
+        csv = CSVLogger(tmp_path / f"k{k}", name="", version="")
+        saved = SavedAt()
+        trainer = _fit(tmp_path, acts, f"k{k}", module, saved, loggers=[csv])
+        csv.save()
+        runs[k] = module, trainer.global_step, saved.steps, (tmp_path / f"k{k}" / "metrics.csv").read_text()
+    (one, stop1, saved1, csv1), (five, stop5, saved5, csv5) = runs[1], runs[5]
+    assert stop1 == stop5 == one.rule.converged_at and stop5 % 5 and stop5 % 7  # stopped inside a stack
+    assert saved1 == saved5 == list(range(7, stop1 + 1, 7))
+    assert csv1 == csv5 and f"\n0,,,,,,,,{CFG.log_every - 1}," in csv1  # train rows at step 1 (0-based), ...
+    for k, v in one.state_dict().items():
+        assert torch.equal(five.state_dict()[k], v), k
 
 
 def test_a_run_resumed_mid_window_stops_at_the_uninterrupted_runs_step(tmp_path):

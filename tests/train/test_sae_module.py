@@ -1,3 +1,4 @@
+import csv as csv_module
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -5,66 +6,15 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from sae_sweep import ConfigError, TrainingError
 from sae_sweep.train import sae_module
+from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
-from sae_sweep.train.sae_module import ActivationBatches, ActivationDataModule, SAEModule, evaluate_sae
+from sae_sweep.train.sae_module import SAEModule, evaluate_sae
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
-
-
-@pytest.fixture
-def acts_file(tmp_path, monkeypatch):
-    """1000 rows whose first column is the row number, so every batch says which rows it holds."""
-    monkeypatch.setattr(sae_module, "CHUNK_ROWS", 96)  # several chunks even on tiny data
-    rows = np.zeros((1000, 4), dtype=np.float16)
-    rows[:, 0] = np.arange(1000)
-    path = tmp_path / "acts.npy"
-    np.save(path, rows)
-    return path
-
-
-def row_ids(batches) -> list[int]:
-    return [int(v) for b in batches for v in b[:, 0].tolist()]
-
-
-def test_one_epoch_is_a_permutation_in_float32(acts_file):
-    ds = ActivationBatches(acts_file, batch_size=32, seed=0)
-    batches = list(ds)
-    assert ds.n_steps == len(batches) == 31 and all(b.dtype == torch.float32 and b.shape == (32, 4) for b in batches)
-    ids = row_ids(batches)
-    assert len(set(ids)) == len(ids) == 31 * 32  # no row twice; the last partial batch is dropped
-    assert ids != sorted(ids)
-    assert row_ids(ActivationBatches(acts_file, 32, seed=0)) == ids
-    assert row_ids(ActivationBatches(acts_file, 32, seed=1)) != ids
-
-
-def test_epochs_reshuffle(acts_file):
-    ids = row_ids(ActivationBatches(acts_file, 100, seed=0, epochs=2))
-    first, second = ids[:1000], ids[1000:]
-    assert sorted(first) == sorted(second) == list(range(1000)) and first != second
-
-
-def test_resume_yields_the_same_batches(acts_file):
-    full = list(ActivationBatches(acts_file, 16, seed=3, epochs=2))
-    resumed = list(ActivationBatches(acts_file, 16, seed=3, epochs=2, start=70))
-    assert len(resumed) == len(full) - 70
-    assert all(torch.equal(a, b) for a, b in zip(full[70:], resumed, strict=True))
-
-
-def test_ranks_split_each_global_batch(acts_file):
-    single = list(ActivationBatches(acts_file, 20, seed=0))
-    rank0 = list(ActivationBatches(acts_file, 10, seed=0, rank=0, world=2))
-    rank1 = list(ActivationBatches(acts_file, 10, seed=0, rank=1, world=2))
-    assert len(rank0) == len(rank1) == len(single) == 50
-    for s, a, b in zip(single, rank0, rank1, strict=True):
-        assert torch.equal(torch.cat([a, b]), s)
-
-
-def test_too_few_rows_for_one_batch(acts_file):
-    with pytest.raises(ConfigError, match=r"fewer than one step's batch of 2000 \(sae.batch_size=1000 x 2 processes\)"):
-        ActivationBatches(acts_file, 1000, seed=0, world=2)
 
 
 def test_evaluate_counts_firing_exactly():
@@ -121,13 +71,21 @@ def test_reset_adam_zeroes_exactly_the_given_rows():
     assert all(torch.equal(v, before[id(sae.encoder_bias)][k]) for k, v in opt.state[sae.encoder_bias].items())
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The training rows of a metrics.csv (those with a train/ value)."""
+    with path.open() as f:
+        return [r for r in csv_module.DictReader(f) if r.get("train/mse")]
+
+
 def gaussian_acts(tmp_path) -> Path:
     path = tmp_path / "gauss.npy"
     np.save(path, np.random.default_rng(0).normal(size=(64 * 8, 4)).astype(np.float16))  # 64 steps of 8
     return path
 
 
-RESAMPLE = SAEConfig(dict_size=8, batch_size=8, seed=0, data_seed=0, resample_every=8, ckpt_every=4, log_every=4)
+RESAMPLE = SAEConfig(  # one step per Lightning batch: the Record callback below acts between steps
+    dict_size=8, batch_size=8, seed=0, data_seed=0, resample_every=8, ckpt_every=4, log_every=4, steps_per_batch=1
+)
 
 
 class Killed(Exception):
@@ -162,12 +120,12 @@ class Record(pl.Callback):
             self.snap[step] = moments, module.last_fired.clone()
 
 
-def fit(tmp_path, acts, name: str, module: SAEModule, *callbacks, ckpt=None) -> pl.Trainer:
+def fit(tmp_path, acts, name: str, module: SAEModule, *callbacks, ckpt=None, loggers=()) -> pl.Trainer:
     trainer = build_trainer(
         TrainerConfig(progress_bar=False),
         run_dir=tmp_path / name,
         max_steps=64,
-        loggers=[],
+        loggers=list(loggers),
         ckpt_every=4,
         callbacks=callbacks,
     )
@@ -182,8 +140,11 @@ SILENCE_0_1 = {1: [0, 1]}
 def test_resampling_revives_silenced_features_in_the_first_half_only(tmp_path):
     acts = gaussian_acts(tmp_path)
     module, rec = SAEModule(4, RESAMPLE), Record({**SILENCE_0_1, 33: [5]})
-    trainer = fit(tmp_path, acts, "run", module, rec)
-    assert trainer.callback_metrics["train/resampled"].item() == 0.0  # logged; the last resampling (24) found none
+    csv = CSVLogger(tmp_path / "csv", name="", version="")
+    fit(tmp_path, acts, "run", module, rec, loggers=[csv])
+    csv.save()
+    logged = {int(r["step"]): r["train/resampled"] for r in csv_rows(tmp_path / "csv" / "metrics.csv")}
+    assert (logged[7], logged[11], logged[15], logged[63]) == ("0.0", "2.0", "2.0", "0.0")  # the latest count
     # Features 0 and 1 are resampled at step 8 (silent for steps 1..8) and fire from then on; no other feature is
     # silent for a window, and feature 5, silenced at step 33, is never resampled: steps 32.. are the second half.
     changes = {s: c for s, c in rec.counts.items() if c != rec.counts.get(s - 1, [0, 0])}

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.errors import ConfigError
 from sae_sweep.train import snapshots
+from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.runs import last_checkpoint
 from sae_sweep.train.sae import SAEConfig
-from sae_sweep.train.sae_module import ActivationDataModule, SAEModule
+from sae_sweep.train.sae_module import SAEModule
 from sae_sweep.train.trainer import TrainerConfig, build_trainer
 from tests.conftest import TINY_SAE, KillAt, Killed, dictionary_config
 

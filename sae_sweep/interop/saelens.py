@@ -1,0 +1,132 @@
+"""SAELens' folder format, both ways: a dictionary written as a folder ``sae_lens.SAE.load_from_disk`` opens, and
+such a folder (ours or anyone's) read back as atoms.
+
+The layout, as sae-lens 6.x loads it (a ReLU SAE with a unit-norm decoder is its ``standard`` architecture)::
+
+    cfg.json                  architecture, d_in, d_sae, dtype, device, apply_b_dec_to_input,
+                              normalize_activations, reshape_activations, metadata {model_name, hook_name, ...}
+    sae_weights.safetensors   W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in): row i is atom i, b_dec (d_in,)
+    sparsity.safetensors      sparsity (d_sae,): log10 of each feature's held-out firing rate, floored at 1e-10
+
+SAELens encodes ``relu((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)`` and decodes ``codes @ W_dec + b_dec``.
+Ours is the same map with ``W_enc = encoder.weight^T`` (``D`` when tied), ``W_dec = D^T`` and ``b_dec`` the learned
+decoder bias (zero, and not applied to the input, when the SAE has none), so a dictionary exported here encodes
+activations to the codes our own module gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sae_sweep.errors import DataError
+
+SAELENS_DIR = "saelens"  # the subfolder of a dictionary folder that holds its SAELens export
+CFG_FILE, WEIGHTS_FILE, SPARSITY_FILE = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+HOOK = "blocks.{layer}.mlp.hook_post"  # TransformerLens' name for the MLP's hidden activations: what we harvest
+SPARSITY_FLOOR = 1e-10  # log10 of a never-firing feature's rate is -10, not -inf
+# SAELens' names for the architectures whose decoder rows are atoms and whose weights have these four tensors.
+ATOM_ROWS = ("standard", "topk", "batchtopk", "jumprelu", "gated")
+
+
+def weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens' four tensors from a dictionary's ``sae.safetensors`` tensors (``decoder`` is (d_in, J))."""
+    decoder = tensors["decoder"]
+    encoder = tensors.get("encoder.weight", decoder.t())  # tied: the encoder is D^T
+    b_dec = tensors.get("decoder_bias", torch.zeros(decoder.shape[0], dtype=decoder.dtype))
+    return {
+        "W_enc": encoder.t().contiguous(),  # (d_in, J)
+        "b_enc": tensors["encoder.bias"].contiguous(),  # (J,)
+        "W_dec": decoder.t().contiguous(),  # (J, d_in): row j is atom j
+        "b_dec": b_dec.contiguous(),  # (d_in,)
+    }
+
+
+def config(dictionary_config, gpt_metadata: dict | None = None) -> dict:
+    """cfg.json for one of our dictionaries; ``gpt_metadata`` (the GPT artifact's metadata) gives the context size
+    and the corpus when known."""
+    c = dictionary_config
+    gpt = gpt_metadata or {}
+    source = c.gpt["artifact"] if c.gpt else f"synthetic ({(c.synthetic or {}).get('features', 'true features')})"
+    return {
+        "architecture": "standard",
+        "d_in": c.d_in,
+        "d_sae": c.dict_size,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(c.sae.get("decoder_bias", False)),
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": source,
+            "hook_name": HOOK.format(layer=c.layer),
+            "hook_head_index": None,
+            "context_size": gpt.get("model", {}).get("block_size"),
+            "dataset_path": gpt.get("data_key"),
+            "prepend_bos": False,
+            "sae_lens_training_version": None,
+            "sae_sweep_name": c.name,  # the dictionary this was exported from, with its variant, size and seed
+        },
+    }
+
+
+def sparsity(firing_counts: np.ndarray, n_rows: int) -> torch.Tensor:
+    """(J,) log10 of the held-out firing rate, floored at SPARSITY_FLOOR."""
+    rate = np.asarray(firing_counts, dtype=np.float64) / max(n_rows, 1)
+    return torch.from_numpy(np.log10(np.maximum(rate, SPARSITY_FLOOR))).float()
+
+
+def write(folder: Path, tensors: dict, dictionary_config, firing_counts, gpt_metadata: dict | None = None) -> None:
+    """Write the SAELens folder ``folder`` (created) for one dictionary."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(weights(tensors), str(folder / WEIGHTS_FILE))
+    save_file({"sparsity": sparsity(firing_counts, dictionary_config.n_val_tokens)}, str(folder / SPARSITY_FILE))
+    (folder / CFG_FILE).write_text(json.dumps(config(dictionary_config, gpt_metadata), indent=2) + "\n")
+
+
+def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:
+    """A SAELens folder's atoms (d_in, d_sae) as columns, its cfg.json, and its firing rates (None if absent).
+
+    DataError names the file and the field for a missing file, a missing field, an architecture whose decoder rows
+    are not atoms, or a W_dec whose shape is not (d_sae, d_in) (a transposed export).
+    """
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{cfg_path}: not a readable SAELens cfg.json ({exc})") from None
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise DataError(f"{cfg_path}: no integer field {', '.join(missing)}; SAELens' cfg.json gives d_in and d_sae")
+    arch = cfg.get("architecture", "standard")
+    if arch not in ATOM_ROWS:
+        raise DataError(f"{cfg_path}: architecture {arch!r} is not one whose decoder rows are atoms ({ATOM_ROWS})")
+    try:
+        tensors = load_file(str(weights_path))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"{weights_path}: unreadable ({exc})") from None
+    if "W_dec" not in tensors:
+        raise DataError(f"{weights_path}: no tensor 'W_dec' (found {sorted(tensors)})")
+    w_dec, shape = tensors["W_dec"], (cfg["d_sae"], cfg["d_in"])
+    if tuple(w_dec.shape) != shape:
+        hint = " (transposed: SAELens' W_dec rows are the atoms)" if tuple(w_dec.shape) == shape[::-1] else ""
+        raise DataError(
+            f"{weights_path}: W_dec has shape {tuple(w_dec.shape)}, cfg.json says (d_sae, d_in) = {shape}{hint}"
+        )
+    rates = None
+    if (folder / SPARSITY_FILE).exists():
+        log_rates = load_file(str(folder / SPARSITY_FILE)).get("sparsity")
+        rates = None if log_rates is None else np.power(10.0, log_rates.double().numpy())
+    return w_dec.t().float().contiguous(), cfg, rates
+
+
+def is_saelens_folder(folder: Path) -> bool:
+    return (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
