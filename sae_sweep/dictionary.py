@@ -79,6 +79,12 @@ class DictionaryConfig:
         return bool(self.training["converged"])
 
     @property
+    def imported(self) -> bool:
+        """Trained by another library and read by ``interop/foreign.py``: no training record, held-out metrics,
+        activation cache or initial decoder."""
+        return "imported" in self.training
+
+    @property
     def gpt_artifact(self) -> str | None:
         return None if self.gpt is None else self.gpt.get("artifact")
 
@@ -154,8 +160,15 @@ class Dictionary:
     decoder: object  # torch.Tensor (d_in, dict_size)
     tensors: dict  # every stored tensor, decoder_init and the encoder included
     config: DictionaryConfig
-    firing_counts: object  # np.ndarray (dict_size,): held-out activations on which each feature fired
+    firing_counts: object  # np.ndarray (dict_size,): held-out activations on which each feature fired; None: unknown
     path: Path
+    firing_rates: object = None  # np.ndarray (dict_size,): firing frequencies, where only those are known (imported)
+
+    def firing_frequency(self):
+        """(dict_size,) held-out firing frequency of each feature (0: dead), or None when it was never measured."""
+        if self.firing_counts is not None:
+            return self.firing_counts / self.config.n_val_tokens
+        return self.firing_rates
 
     @property
     def d_in(self) -> int:

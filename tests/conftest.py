@@ -64,6 +64,13 @@ def run_train(args: list[str], root: Path, timeout: float = 600, **kw):
     )
 
 
+def run_analyze(args: list[str], root: Path, timeout: float = 300):
+    """Run analyze.py in a subprocess, as a user would, with outputs under ``root``."""
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    cmd = [sys.executable, str(REPO / "analyze.py"), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 SMOKE = ["experiment=smoke"]
 
 

@@ -1,19 +1,9 @@
 """train.py and analyze.py as a user runs them: documented overrides work, and a value that conflicts with another
 is refused before any work, with one line naming the keys and the fix, exit status 2, and nothing written."""
 
-import os
-import subprocess
-import sys
-
 from sae_sweep.store import ArtifactStore
 
-from .conftest import REPO, run_train, save_dict
-
-
-def run_analyze(args: list[str], root):
-    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
-    cmd = [sys.executable, str(REPO / "analyze.py"), *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+from .conftest import REPO, run_analyze, run_train, save_dict
 
 
 def _written(root) -> list[str]:

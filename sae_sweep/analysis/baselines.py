@@ -29,6 +29,13 @@ from sae_sweep.analysis.stats import emd
 from sae_sweep.dictionary import Dictionary
 
 
+def data_kind(d: Dictionary) -> str:
+    """What a dictionary was trained on, as the controls compare it: synthetic data or activations (an imported SAE
+    counts as synthetic when its export says so, as ours do)."""
+    synthetic = d.config.synthetic or d.config.activations.get("data") == "synthetic"
+    return "synthetic" if synthetic else "activations"
+
+
 @dataclass
 class Anisotropic:
     """The anisotropic-null comparison: one row per size, the samples behind Figure 16, or why it was skipped."""
@@ -39,7 +46,7 @@ class Anisotropic:
 
 
 def _activations_of(dicts: dict[Key, Dictionary], cache_dir: Path):
-    for key in sorted({d.config.activations["key"] for d in dicts.values()}):
+    for key in sorted({k for d in dicts.values() if (k := d.config.activations.get("key"))}):
         path = cache_folder(cache_dir, key)
         if (path / "meta.json").exists():
             return open_activations(path)
@@ -141,23 +148,23 @@ def control_rows(variant: str, res: Results, dicts: dict[Key, Dictionary], fits:
                 continue
             fit = (fits or {}).get((j, s)) or try_fit(v, res.d_in, res.reference)
             d = dicts[(j, s)]
-            metrics = d.config.metrics
+            metrics, firing = d.config.metrics, d.firing_frequency()
             rows.append(
                 {
                     "variant": variant or "(note)",
                     "dict_size": j,
                     "seed": s,
                     "reference": res.reference,
-                    "data": "synthetic" if d.config.synthetic else "activations",  # controls compare like with like
+                    "data": data_kind(d),  # controls compare like with like
                     "n": v.size,
                     "high": int(np.count_nonzero(v >= cfg.threshold)),
                     "high_fraction": fraction(v >= cfg.threshold),
                     "high_null_fraction": fraction(v >= q),
                     "mixture_n_real": fit.n_real if fit else None,
-                    "low_dead_fraction": fraction(d.firing_counts == 0, v < cfg.threshold),
-                    "dead_fraction": metrics["val/dead_fraction"],
-                    "fvu": metrics["val/fvu"],
-                    "l0": metrics["val/l0"],
+                    "low_dead_fraction": None if firing is None else fraction(firing == 0, v < cfg.threshold),
+                    "dead_fraction": metrics.get("val/dead_fraction"),  # None: imported, not evaluated here
+                    "fvu": metrics.get("val/fvu"),
+                    "l0": metrics.get("val/l0"),
                     "n_resampled": d.config.n_resampled,
                     "emd_learned_rand1": res.emd_between(j, learned_name(s, res.seeds), random_name(1)),
                     "converged": res.converged.get((j, s)),

@@ -20,12 +20,13 @@ from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import LATEST, MANIFEST, ArtifactStore, read_manifest
 
-SOURCES = ("local", "wandb")
+SOURCES = ("local", "wandb", "foreign")
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = "local"  # local: the artifact store (or any folder of dictionary folders); wandb: a W&B project
+    kind: str = "local"  # local: the artifact store (or any folder of dictionary folders); wandb: a W&B project;
+    #                      foreign: a folder of SAEs trained by other libraries (interop/foreign.py)
     path: str | None = None  # local: a store or sweep output folder; None: paths.root's store
     entity: str | None = None  # wandb: team or user; None: your default entity
     project: str = "sae-sweep"
@@ -34,6 +35,8 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
             raise ConfigError(f"source.kind must be one of {SOURCES}, got {self.kind!r}")
+        if self.kind == "foreign" and not self.path:
+            raise ConfigError("source=foreign reads the SAEs in source.path: give it (source.path=/path/to/saes)")
 
 
 _NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)(?:-(?P<variant>[A-Za-z0-9._-]+))?$")

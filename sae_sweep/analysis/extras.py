@@ -58,6 +58,24 @@ class Extras:
     notes: list[str] = field(default_factory=list)
 
 
+def _skipped(ex: Extras, keys: list[Key]) -> list[str]:
+    """One line for each per-feature measure some dictionaries could not have (SAEs trained elsewhere)."""
+    lines = []
+    no_firing = [k for k in keys if ex.features[k].firing is None]
+    if no_firing:
+        lines.append(
+            f"liveness (firing frequency, Figure 13) skipped for {len(no_firing)} dictionaries: they carry no held-out "
+            "firing counts (imported without a SAELens sparsity.safetensors)"
+        )
+    no_init = [k for k in keys if ex.features[k].init_cos is None]
+    if no_init:
+        lines.append(
+            f"movement from initialisation (Figure 14) skipped for {len(no_init)} dictionaries: their initial decoder "
+            "was not saved (imported)"
+        )
+    return lines
+
+
 @dataclass
 class AnalysedRun:
     """One variant's name, the note's numbers on its dictionaries, and everything beyond them."""
@@ -89,8 +107,10 @@ def compute_extras(
         fit = try_fit(v, res.d_in, ref)
         if fit is not None:
             ex.fits[(j, s)] = fit
-        ex.liveness.append(liveness_row(j, s, t, cfg, q))
-        ex.movement.append(movement_row(j, s, t, cfg))
+        if t.firing is not None:
+            ex.liveness.append(liveness_row(j, s, t, cfg, q))
+        if t.init_cos is not None:
+            ex.movement.append(movement_row(j, s, t, cfg))
         ex.split.append(split_row(j, s, v, fit, cfg, q))
         ex.split[-1]["converged"] = res.converged.get((j, s))
         best = res.mcs[(j, s, ref, s)][1]  # (j,) each feature's best reference atom
@@ -98,6 +118,7 @@ def compute_extras(
         ex.matching.append(matching_row(j, s, ref, a, b, v, best, cfg))
     for j in track(sorted(res.emd), len(res.emd), "bootstrap EMDs"):
         ex.emd_ci += emd_ci_rows(res, j, cfg)
+    ex.notes += _skipped(ex, keys)
     ex.low_tests = low_mode_tests(res, dicts, cfg)
     ex.shared = shared_rows(dicts, res.seeds, cfg)
     ex.spread = seed_spread(

@@ -32,9 +32,9 @@ class FeatureTable:
 
     mcs: np.ndarray
     mcs_live_ref: np.ndarray  # MCS against the reference's live features only
-    firing: np.ndarray  # held-out firing frequency (0: dead)
-    enc_dec_cos: np.ndarray  # cosine of encoder row j with decoder column j
-    init_cos: np.ndarray  # cosine of decoder column j with itself at initialisation
+    firing: np.ndarray | None  # held-out firing frequency (0: dead); None when not recorded (an imported SAE)
+    enc_dec_cos: np.ndarray  # cosine of encoder row j with decoder column j (NaN when the encoder is unknown)
+    init_cos: np.ndarray | None  # cosine of decoder column j with itself at initialisation; None when unknown
 
 
 def decoder_rows(d: Dictionary) -> np.ndarray:
@@ -59,8 +59,12 @@ def try_fit(v: np.ndarray, K: int, M: int) -> MixtureFit | None:
 def feature_table(d: Dictionary, ref: Dictionary, mcs: np.ndarray, cfg: AnalysisConfig) -> FeatureTable:
     enc = d.tensors.get("encoder.weight")
     dec = decoder_rows(d)
-    enc_cos = np.ones(d.dict_size) if enc is None else rowwise_cosine(enc.numpy(), dec)  # tied: encoder = D^T
-    live = ref.firing_counts > 0
+    if enc is not None:
+        enc_cos = rowwise_cosine(enc.numpy(), dec)
+    else:  # tied: encoder = D^T; imported: not known
+        enc_cos = np.full(d.dict_size, 1.0 if d.config.sae.get("tied") else np.nan)
+    ref_firing = ref.firing_frequency()
+    live = ref_firing > 0 if ref_firing is not None else np.zeros(ref.dict_size, dtype=bool)
     if live.any():
         live_rows = decoder_rows(ref)[live]
         mcs_live = max_cosine_similarity(dec, live_rows, chunk_size=cfg.chunk_size, device=cfg.device)[0]
@@ -69,10 +73,15 @@ def feature_table(d: Dictionary, ref: Dictionary, mcs: np.ndarray, cfg: Analysis
     return FeatureTable(
         mcs=mcs,
         mcs_live_ref=mcs_live,
-        firing=d.firing_counts / d.config.n_val_tokens,
+        firing=d.firing_frequency(),
         enc_dec_cos=enc_cos,
-        init_cos=rowwise_cosine(dec, d.tensors["decoder_init"].T.numpy()),
+        init_cos=rowwise_cosine(dec, init.T.numpy()) if (init := d.tensors.get("decoder_init")) is not None else None,
     )
+
+
+def _median(values: np.ndarray) -> float | None:
+    """The median, or None when there is nothing (or nothing known: NaN) to take it of."""
+    return float(np.median(values)) if values.size and np.isfinite(values).all() else None
 
 
 def liveness_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig, q: float) -> dict:
@@ -87,8 +96,8 @@ def liveness_row(j: int, s: int, t: FeatureTable, cfg: AnalysisConfig, q: float)
         "high_dead_fraction": fraction(dead, ~low),
         "median_log10_freq_low": float(np.median(np.log10(t.firing[low & ~dead]))) if (low & ~dead).any() else None,
         "median_log10_freq_high": float(np.median(np.log10(t.firing[~low & ~dead]))) if (~low & ~dead).any() else None,
-        "enc_dec_cos_low": float(np.median(t.enc_dec_cos[low])) if low.any() else None,
-        "enc_dec_cos_high": float(np.median(t.enc_dec_cos[~low])) if (~low).any() else None,
+        "enc_dec_cos_low": _median(t.enc_dec_cos[low]),  # None: no such features, or the encoder is not known
+        "enc_dec_cos_high": _median(t.enc_dec_cos[~low]),
         "high_fraction": fraction(~low),
         "high_fraction_live_ref": fraction(t.mcs_live_ref >= cfg.threshold),
     }

@@ -23,7 +23,7 @@ def _featured_table(ex: Extras, res: Results):
 def fig_liveness(res: Results, ex: Extras, path: Path) -> Path | None:
     """Figure 13: MCS against log firing frequency (dead features on the left edge), coloured by encoder-decoder cos."""
     t = _featured_table(ex, res)
-    if t is None:
+    if t is None or t.firing is None:
         return None
     dead = t.firing == 0
     floor = np.log10(t.firing[~dead].min()) - 0.5 if (~dead).any() else -6.0
@@ -49,7 +49,7 @@ def fig_liveness(res: Results, ex: Extras, path: Path) -> Path | None:
 def fig_movement(res: Results, ex: Extras, path: Path) -> Path | None:
     """Figure 14: MCS against each feature's cosine with its own decoder direction at initialisation."""
     t = _featured_table(ex, res)
-    if t is None:
+    if t is None or t.init_cos is None:
         return None
     fig = Figure(figsize=(5.5, 4.5))
     ax = fig.subplots()

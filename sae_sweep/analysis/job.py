@@ -48,6 +48,11 @@ def _progress(iterable, total: int, description: str):
 
 def _collect(job: AnalyzeJob, api=None) -> tuple[Collection, list[ArtifactStore], str]:
     """Every variant's dictionaries, the stores that may hold their true features, and where they came from."""
+    if job.source.kind == "foreign":
+        from sae_sweep.interop.foreign import collect_foreign  # noqa: PLC0415
+
+        where = Path(job.source.path).expanduser()
+        return collect_foreign(where, job.analysis.layer), [ArtifactStore(job.paths.store)], str(where)
     if job.source.kind == "local":
         where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
         found = collect_local_variants(where, job.analysis.layer)
@@ -122,7 +127,7 @@ def _warn_unconverged(collections: list[dict]) -> None:
     learning."""
     for dicts in collections:
         for _, d in sorted(dicts.items()):
-            if not d.config.converged:
+            if not d.config.imported and not d.config.converged:
                 log.warning(
                     "%s did not converge within its cap (%d activations seen): the report marks it",
                     d.name,
@@ -148,6 +153,8 @@ def _true_features(stores: list[ArtifactStore], dicts: dict):
 
 def _label(variant: str, dicts: dict) -> str:
     config = next(iter(dicts.values())).config
+    if config.imported:
+        return f"{'the main run' if not variant else f'variant {variant!r}'} (SAEs trained elsewhere, imported)"
     gpt = config.gpt_artifact
     what = f"activations of {gpt}" if gpt else "synthetic activations" if config.synthetic else "activations"
     return f"{'the main run' if not variant else f'variant {variant!r}'} ({what})"

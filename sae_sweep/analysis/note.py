@@ -147,6 +147,8 @@ def training_rows(dicts: dict[tuple[int, int], Dictionary]) -> list[dict]:
     rows = []
     for (j, s), d in sorted(dicts.items()):
         t = d.config.training
+        if d.config.imported:  # trained elsewhere: no record of how training ended
+            continue
         rows.append(
             {
                 "dict_size": j,

@@ -90,7 +90,8 @@ def write(folder: Path, tensors: dict, dictionary_config, firing_counts, gpt_met
 
 
 def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:
-    """A SAELens folder's atoms (d_in, d_sae) as columns, its cfg.json, and its firing rates (None if absent).
+    """A SAELens folder's atoms (d_in, d_sae) as columns, its cfg.json, and its firing rates (None if absent); the
+    encoder, as our (d_sae, d_in) ``encoder.weight``, goes into the returned cfg as ``"_encoder"`` when present.
 
     DataError names the file and the field for a missing file, a missing field, an architecture whose decoder rows
     are not atoms, or a W_dec whose shape is not (d_sae, d_in) (a transposed export).
@@ -125,6 +126,8 @@ def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:
     if (folder / SPARSITY_FILE).exists():
         log_rates = load_file(str(folder / SPARSITY_FILE)).get("sparsity")
         rates = None if log_rates is None else np.power(10.0, log_rates.double().numpy())
+    if "W_enc" in tensors and tuple(tensors["W_enc"].shape) == shape[::-1]:
+        cfg = {**cfg, "_encoder": tensors["W_enc"].t().float().contiguous()}
     return w_dec.t().float().contiguous(), cfg, rates
 
 

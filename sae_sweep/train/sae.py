@@ -15,6 +15,7 @@ resampling).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -108,6 +109,17 @@ class SAEConfig:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one torch thread, then restore the count (for the few ops whose bits depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, d_in: int, cfg: SAEConfig) -> None:
         super().__init__()
@@ -116,7 +128,8 @@ class SparseAutoencoder(nn.Module):
         self.d_in, self.dict_size, self.tied = d_in, cfg.dict_size, cfg.tied
         gen = torch.Generator().manual_seed(cfg.seed)
         decoder = torch.empty(d_in, cfg.dict_size)
-        nn.init.orthogonal_(decoder, generator=gen)  # orthonormal rows (or columns when dict_size <= d_in)
+        with one_thread():  # LAPACK's QR splits its sums by thread count: one seed, one D, whatever the job's threads
+            nn.init.orthogonal_(decoder, generator=gen)  # orthonormal rows (or columns when dict_size <= d_in)
         decoder /= decoder.norm(dim=0, keepdim=True)
         # (d_in, dict_size): the note's D, stored feature-major (D^T contiguous) so that the sparse step reads and
         # writes whole features; a (d_in, J) layout costs two 1M-element transposed copies per step at J=8192

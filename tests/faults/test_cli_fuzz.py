@@ -38,6 +38,8 @@ ANALYZE = {
     "reference not among the sizes": ["analysis.reference=999"],
     "featured not among the sizes": ["analysis.featured=999"],
     "unknown variant": ["analysis.variant=nope"],
+    "foreign SAEs without a folder": ["source=foreign"],
+    "foreign SAEs in a missing folder": ["source=foreign", "source.path=/nonexistent/saes"],
 }
 
 

@@ -1,5 +1,7 @@
 """The autoencoder: exact values on hand-set weights, the fused gradients against autograd, the unit-norm decoder."""
 
+import os
+
 import pytest
 import torch
 
@@ -70,6 +72,24 @@ def test_fused_gradients_equal_autograd(decoder_bias):
     # A second call reuses the buffers and still gives the right answer.
     fused.fused_grads(x, 0.05)
     torch.testing.assert_close(fused.encoder.grad, ref.encoder.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two thread counts to differ")
+def test_one_seed_gives_one_dictionary_whatever_the_threads():
+    """The orthogonal start's QR splits its sums by thread count; the training steps do not (checked with
+    benchmarks/repro_under_load.py), so this is what a 1-thread job of hydra/launcher=parallel and a plain 2-thread
+    run of the same seed would otherwise start, and end, apart on."""
+    before = torch.get_num_threads()
+    try:
+        made = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            made[n] = SparseAutoencoder(128, SAEConfig(dict_size=1024, seed=3)).state_dict()
+            assert torch.get_num_threads() == n  # restored after the init
+    finally:
+        torch.set_num_threads(before)
+    for key, value in made[1].items():
+        assert torch.equal(made[2][key], value), key
 
 
 def test_init_is_orthogonal_with_unit_columns_and_seeded():
