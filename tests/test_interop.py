@@ -147,3 +147,12 @@ def test_saelens_loads_every_export_and_encodes_to_our_codes(tmp_path):
         loaded = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
         x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(loaded.encode(x), sae(x)[1].detach())
+    store = ArtifactStore(tmp_path / "store")  # a sweep's store, exported whole by the command's function
+    for j, s in [(8, 0), (16, 0), (16, 1), (32, 0)]:
+        save_dict(store, j, s)
+    for folder in export_sweep(store.root, tmp_path / "out"):
+        ours = load_dictionary(store.get(folder.name).path).to_sae()
+        loaded = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
+        x = torch.relu(torch.randn(256, 16, generator=torch.Generator().manual_seed(1)))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.encode(x), ours(x)[1])
