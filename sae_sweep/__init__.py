@@ -6,9 +6,10 @@ Data flows one way, through products on disk::
     train/corpus  train/tokens  train/gpt  train/harvest  train/sae  dictionary   analysis/...   analysis/report
 
 ``sae_sweep.train`` makes the products and ``sae_sweep.analysis`` reads them; they meet only through the shared
-modules beside them: ``store`` (versioned artifacts, atomic builds, sha256 manifests), ``dictionary`` (a dictionary
-folder and its config.json schema), ``activations`` (the activation cache), ``truth`` (synthetic ground truth),
-``tracking`` (W&B) and ``errors``. ``config`` turns a Hydra config into either side's job.
+modules beside them: ``store`` (versioned artifacts and their manifests), ``files`` (atomic builds, sha256 digests),
+``dictionary`` (a dictionary folder and its config.json schema), ``activations`` (the activation cache), ``truth``
+(synthetic ground truth), ``tracking`` (W&B) and ``errors``. ``config`` turns a Hydra config into either side's job.
+``interop`` writes dictionaries as SAELens folders and reads other libraries' SAEs for the analysis.
 """
 
 from sae_sweep.errors import ConfigError, DataError, Interrupted, SaeSweepError, TrainingError

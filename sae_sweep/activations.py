@@ -3,7 +3,7 @@
 A cache folder ``<cache>/activations/<key>/`` holds ``train.npy`` and ``val.npy`` ((N, d_in) float16) and
 ``meta.json`` (shapes, provenance, the sha256 of each file). Two producers fill it, in this one format: harvesting a
 GPT's MLP (``train/harvest.py``) and generating synthetic data (``train/synthetic.py``). It is built once per key
-(``store.build_once``): concurrent jobs wait for the one that builds it, and none reads a half-written cache.
+(``files.build_once``): concurrent jobs wait for the one that builds it, and none reads a half-written cache.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.errors import DataError
-from sae_sweep.store import build_once, sha256_file, verify_files
+from sae_sweep.files import build_once, sha256_file, verify_files
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import Artifact, ArtifactStore, json_digest
+from sae_sweep.files import json_digest
+from sae_sweep.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
 

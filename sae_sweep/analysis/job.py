@@ -2,7 +2,7 @@
 
 ``run`` is what ``analyze.py`` calls: the main variant and each control through ``note.compute`` and
 ``extras.compute_extras``, then ``report.write_all`` into a temporary folder that replaces the old report whole
-(``store.atomic_folder``), a summary table on the console, and an analysis run on W&B when logging is on.
+(``files.atomic_folder``), a summary table on the console, and an analysis run on W&B when logging is on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from sae_sweep.analysis.note import Results, check_sizes, compute, counts, learn
 from sae_sweep.analysis.report import write_all
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.errors import SaeSweepError
-from sae_sweep.store import ArtifactStore, Paths, atomic_folder
+from sae_sweep.files import atomic_folder
+from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig, quiet_settings, wandb_mode
 from sae_sweep.truth import load_true_features
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from sae_sweep.dictionary import DICTIONARY_TYPE, load_dictionary
 from sae_sweep.errors import DataError, SaeSweepError
+from sae_sweep.files import atomic_folder
 from sae_sweep.interop import saelens
-from sae_sweep.store import MANIFEST, ArtifactStore, atomic_folder
+from sae_sweep.store import MANIFEST, ArtifactStore
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@
     gpt.py, gpt_module.py, pretrain.py     the tiny nanoGPT, its Lightning step, stage ``pretrain``
     harvest.py, synthetic.py               activation caches: a GPT's MLP, or generated with known features
     sae.py, sae_module.py, sae_stage.py    the SAE, its Lightning step, stage ``sae`` (one job of a sweep)
+    batches.py                             shuffled activation batches, several steps' stacked per Lightning batch
     sae_step.py                            the hand-written step: exact gradients, dense or over the active codes
     convergence.py                         held-out evaluations, decoder drift and the stopping rule
     trainer.py, preemption.py, runs.py     the shared Trainer, clean stops on SIGTERM/requeue, a run's folder

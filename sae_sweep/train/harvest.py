@@ -16,7 +16,7 @@ import torch
 
 from sae_sweep.activations import FORMAT_VERSION, Activations, new_rows, write_cache
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import json_digest
+from sae_sweep.files import json_digest
 from sae_sweep.train.gpt import GPT
 from sae_sweep.train.tokens import TokenData
 

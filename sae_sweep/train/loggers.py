@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from sae_sweep.store import Artifact, atomic_write_text
+from sae_sweep.files import atomic_write_text
+from sae_sweep.store import Artifact
 from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_settings, wandb_mode
 
 log = logging.getLogger(__name__)

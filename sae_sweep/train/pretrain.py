@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from sae_sweep.store import Artifact, ArtifactStore, Paths, json_digest
+from sae_sweep.files import json_digest
+from sae_sweep.store import Artifact, ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt

@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sae_sweep.errors import DataError
-from sae_sweep.store import Artifact, ArtifactStore, atomic_write_text, disk_full, sha256_file
+from sae_sweep.files import atomic_write_text, disk_full, sha256_file
+from sae_sweep.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"

@@ -21,7 +21,8 @@ import torch
 from sae_sweep.activations import Activations
 from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest, json_digest
+from sae_sweep.files import json_digest
+from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train import snapshots
 from sae_sweep.train.batches import ActivationDataModule

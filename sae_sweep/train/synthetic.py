@@ -23,7 +23,8 @@ import numpy as np
 
 from sae_sweep.activations import Activations, new_rows, write_cache
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import Artifact, ArtifactStore, file_digest, json_digest
+from sae_sweep.files import json_digest
+from sae_sweep.store import Artifact, ArtifactStore, file_digest
 from sae_sweep.truth import FEATURES_FILE, FORMAT_VERSION, SyntheticConfig, save_true_features
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 A prepared corpus is one folder, ``<cache>/tokens/<key>/``, holding ``train.bin`` and ``val.bin`` (flat uint16 token
 ids, documents separated by the end-of-text token), ``tokenizer.json`` and ``meta.json``. The key is a digest of the
 corpus content and every setting that changes the tokens, so a changed file or setting makes a new folder and an
-unchanged one is reused. It is built once (``store.build_once``), so concurrent jobs prepare it once and no job ever
+unchanged one is reused. It is built once (``files.build_once``), so concurrent jobs prepare it once and no job ever
 reads a half-written cache.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.errors import DataError
-from sae_sweep.store import build_once, json_digest, sha256_file, verify_files
+from sae_sweep.files import build_once, json_digest, sha256_file, verify_files
 from sae_sweep.train.corpus import DataConfig, Docs, openwebtext_docs, read_corpus
 from sae_sweep.train.tokenizer import TOKENIZER_FILE, BPETokenizer, GPT2Tokenizer, load_tokenizer
 

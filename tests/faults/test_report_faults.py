@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sae_sweep import store
-from sae_sweep.store import ArtifactStore, atomic_folder
+from sae_sweep.files import atomic_folder
+from sae_sweep.store import ArtifactStore
 
 from ..conftest import REPO, save_dict
 

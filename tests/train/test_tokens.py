@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sae_sweep import ConfigError, DataError
-from sae_sweep.store import sha256_file
+from sae_sweep.files import sha256_file
 from sae_sweep.train import corpus as C
 from sae_sweep.train import tokenizer as T
 from sae_sweep.train import tokens as D

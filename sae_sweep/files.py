@@ -1,0 +1,114 @@
+"""Files written whole: sha256 digests and their check, atomic folders and text files, one build of a product
+across racing processes (under a file lock), and telling a full disk from other write errors.
+
+Every product sae-sweep writes (a token or activation cache, a GPT, a dictionary, a report) is built in a temporary
+sibling folder and renamed into place, so a reader never sees half of one (``atomic_folder``); a product that
+several jobs may want at once is built by one of them under a file lock while the others wait (``build_once``); and
+each records the sha256 of its files, checked on load (``verify_files``). The versioned store is ``store.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import FileLock
+
+from sae_sweep.errors import DataError
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_digest(obj) -> str:
+    """The sha256 (hex) of ``obj`` as sorted-key JSON: the key of a cache or a run, from the settings that shape it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def verify_files(folder: Path, files: dict[str, str], what: str, fix: str) -> None:
+    """Check each ``folder/name`` against its recorded sha256; a missing or changed file raises DataError.
+
+    ``what`` names the product in the message ("token cache", "artifact sae-L2-J64-s0") and ``fix`` says what to do.
+    """
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{what}: file {path} is missing. {fix}")
+        if sha256_file(path) != digest:
+            raise DataError(
+                f"{what}: file {path} does not match the sha256 recorded for it (truncated or edited). {fix}"
+            )
+
+
+def disk_full(exc: BaseException) -> bool:
+    # safetensors reports ENOSPC as its own error type, not as an OSError
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; on success rename it to ``final``, on failure delete it.
+
+    ``replace``: swap out an existing ``final`` (the old one is moved aside first, then deleted), so that ``final``
+    is always one whole product; the swap holds a file lock beside ``final``, so that two processes replacing it at
+    once take turns (the last to finish wins) instead of one failing between the two renames. Without ``replace``
+    ``final`` must not exist yet.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not replace:
+            os.replace(tmp, final)
+            return
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        with FileLock(str(final.parent / f".{final.name}.lock")):
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_once(final: Path, fill: Callable[[Path], None], ready: str) -> bool:
+    """Make the folder ``final`` once, even across processes: True if this call built it, False if it was there.
+
+    Under a file lock beside it, ``final`` counts as built when ``final/ready`` exists; otherwise ``fill(tmp)``
+    writes the product into a temporary folder (``ready`` last) and the folder is renamed into place.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / f".{final.name}.lock")):
+        if (final / ready).exists():
+            return False
+        try:
+            with atomic_folder(final) as tmp:
+                fill(tmp)
+        except Exception as exc:
+            if disk_full(exc):  # the temporary folder is gone by now: nothing half-built is left to be read
+                raise DataError(
+                    f"the disk is full: building {final} failed ({exc}); nothing of it was kept, and what was there "
+                    "before is intact. Free some space (or point paths.root elsewhere) and rerun."
+                ) from exc
+            raise
+        return True
