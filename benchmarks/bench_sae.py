@@ -69,7 +69,7 @@ def ours(sae: SparseAutoencoder, xs, path: str = "auto") -> float:
         out["mse"].item()  # the NaN check reads the loss every step
         opt.step()
         sae.normalize_decoder_()
-        last_fired[out["code_sums"] > 0] = 0
+        last_fired.masked_fill_(out["code_sums"] > 0, 0)
 
     return timed(step, xs)
 

@@ -129,7 +129,7 @@ class SAEModule(pl.LightningModule):
             self.sae.normalize_decoder_()
         except FloatingPointError as exc:
             raise self._diverged(step, str(exc)) from None
-        self.last_fired[out["code_sums"] > 0] = step
+        self.last_fired.masked_fill_(out["code_sums"] > 0, step)
         every = self.cfg.resample_every
         if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
             self.resample(x, step)

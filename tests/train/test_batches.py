@@ -35,6 +35,14 @@ def test_one_epoch_is_a_permutation_in_float32(acts_file):
     assert row_ids(ActivationBatches(acts_file, 32, seed=1)) != ids
 
 
+def test_step_i_reads_the_seeded_permutations_i_th_slice(acts_file):
+    """The order is the documented one (numpy's permutation seeded by [seed, epoch]), across chunks and epochs, so
+    a faster read that keeps the same rows but shuffles them differently changes every dictionary, and fails."""
+    ids = row_ids(ActivationBatches(acts_file, 32, seed=5, epochs=2))
+    want = [int(r) for e in (0, 1) for r in np.random.default_rng([5, e]).permutation(1000)[: 31 * 32]]
+    assert ids == want
+
+
 def test_epochs_reshuffle(acts_file):
     ids = row_ids(ActivationBatches(acts_file, 100, seed=0, epochs=2))
     first, second = ids[:1000], ids[1000:]
