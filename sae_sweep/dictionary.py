@@ -32,6 +32,9 @@ SNAPSHOTS_FILE = "snapshots.safetensors"
 DECODER_ORIENTATION = "decoder: (d_in, dict_size); column j is feature j, unit norm (the note's D)"
 
 
+ARCH_TENSORS = ("threshold", "log_threshold")  # what an architecture other than ReLU adds to sae.safetensors
+
+
 def dictionary_name(layer: int, dict_size: int, seed: int, variant: str = "") -> str:
     """``sae-L2-J1024-s0``; a control run adds its variant: ``sae-L2-J1024-s0-untrained``."""
     return f"sae-L{layer}-J{dict_size}-s{seed}" + (f"-{variant}" if variant else "")
@@ -133,6 +136,9 @@ def write_dictionary(
         tensors["encoder.weight"] = sae.encoder.detach().cpu().contiguous()
     if sae.decoder_bias is not None:
         tensors["decoder_bias"] = sae.decoder_bias.detach().cpu().contiguous()
+    for name in ARCH_TENSORS:  # batchtopk's threshold (), jumprelu's log_threshold (J,)
+        if hasattr(sae, name):
+            tensors[name] = getattr(sae, name).detach().cpu().contiguous()
     save_file(tensors, str(folder / SAE_WEIGHTS_FILE), metadata={"orientation": DECODER_ORIENTATION})
     (folder / SAE_CONFIG_FILE).write_text(config.to_json())
     np.save(folder / COUNTS_FILE, np.asarray(firing_counts, dtype=np.int64))
@@ -215,6 +221,7 @@ class Dictionary:
             state["encoder"] = self.tensors["encoder.weight"]
         if "decoder_bias" in self.tensors:
             state["decoder_bias"] = self.tensors["decoder_bias"]
+        state |= {name: self.tensors[name] for name in ARCH_TENSORS if name in self.tensors}
         sae.load_state_dict(state)
         sae.decoder_init.copy_(self.tensors["decoder_init"])
         return sae.eval()

@@ -30,6 +30,8 @@ HOOK = "blocks.{layer}.mlp.hook_post"  # TransformerLens' name for the MLP's hid
 SPARSITY_FLOOR = 1e-10  # log10 of a never-firing feature's rate is -10, not -inf
 # SAELens' names for the architectures whose decoder rows are atoms and whose weights have these four tensors.
 ATOM_ROWS = ("standard", "topk", "batchtopk", "jumprelu", "gated")
+# SAELens' inference architecture for each sae.arch (a BatchTopK SAE infers as a JumpReLU one with one threshold)
+SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 
 
 def weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -37,12 +39,19 @@ def weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     decoder = tensors["decoder"]
     encoder = tensors.get("encoder.weight", decoder.t())  # tied: the encoder is D^T
     b_dec = tensors.get("decoder_bias", torch.zeros(decoder.shape[0], dtype=decoder.dtype))
-    return {
+    out = {
         "W_enc": encoder.t().contiguous(),  # (d_in, J)
         "b_enc": tensors["encoder.bias"].contiguous(),  # (J,)
         "W_dec": decoder.t().contiguous(),  # (J, d_in): row j is atom j
         "b_dec": b_dec.contiguous(),  # (d_in,)
     }
+    # SAELens' JumpReLU codes relu(pre) * (pre > threshold), threshold (J,): ours for jumprelu, and for batchtopk its
+    # one learned threshold given to every feature
+    if "log_threshold" in tensors:
+        out["threshold"] = tensors["log_threshold"].exp().contiguous()
+    elif "threshold" in tensors:
+        out["threshold"] = tensors["threshold"].expand(decoder.shape[1]).contiguous()
+    return out
 
 
 def config(dictionary_config, gpt_metadata: dict | None = None) -> dict:
@@ -51,8 +60,10 @@ def config(dictionary_config, gpt_metadata: dict | None = None) -> dict:
     c = dictionary_config
     gpt = gpt_metadata or {}
     source = c.gpt["artifact"] if c.gpt else f"synthetic ({(c.synthetic or {}).get('features', 'true features')})"
+    arch = c.sae.get("arch", "relu")
     return {
-        "architecture": "standard",
+        "architecture": SAELENS_ARCH[arch],
+        **({"k": c.sae["k"]} if arch == "topk" else {}),
         "d_in": c.d_in,
         "d_sae": c.dict_size,
         "dtype": "float32",

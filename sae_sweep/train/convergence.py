@@ -56,7 +56,7 @@ def evaluate_with_counts(
     total_var = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
     ev = Evaluation(
         step=step,
-        loss=float(mse + l1_coeff * l1),
+        loss=float(held_out_loss(sae, mse, l1, active, l1_coeff)),
         mse=float(mse),
         fvu=float(mse * x.numel() / total_var),
         l0=float(active.sum(dim=1).float().mean()),
@@ -64,6 +64,16 @@ def evaluate_with_counts(
         drift=drift,
     )
     return ev, active.sum(dim=0)
+
+
+def held_out_loss(sae, mse: torch.Tensor, l1: torch.Tensor, active: torch.Tensor, l1_coeff: float) -> torch.Tensor:
+    """The objective the stopping rule watches: the training loss without AuxK (it only revives dead features)."""
+    arch = getattr(sae, "arch", "relu")
+    if arch == "relu":
+        return mse + l1_coeff * l1
+    if arch == "jumprelu":
+        return mse + sae.cfg.l0_coeff * active.sum(dim=1).float().mean()
+    return mse  # topk, batchtopk: the sparsity is fixed by k, the loss is the reconstruction
 
 
 @dataclass

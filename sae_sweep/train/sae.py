@@ -16,97 +16,15 @@ resampling).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+import math
 
 import torch
 from torch import nn
 
 from sae_sweep.errors import ConfigError
-from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS, step_grads
-
-INITS = ("linear", "transpose")
-UNTILS = ("converged", "budget")
-SAE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    dict_size: int = 1024  # J, the number of features: the sweep axis
-    l1_coeff: float = 1e-3  # alpha of the note
-    seed: int = 0  # initialisation; the GPT has its own seed
-    data_seed: int | None = None  # activation order; None: the same as seed
-    init: str = "linear"  # linear: the replication's encoder, a default nn.Linear (weight and bias U(+-1/sqrt(d_in)),
-    #                       independent of the decoder); transpose: encoder = D^T with zero bias (a control)
-    lr: float = 1e-3  # Adam, as the replication
-    batch_size: int = 256  # the replication's batch
-    epochs: int = 4  # passes over the harvested activations: the cap (until=converged) or the budget (until=budget)
-    until: str = "converged"  # converged: stop once the held-out loss and the decoder have settled; budget: all epochs
-    eval_every: int = 250  # steps between held-out evaluations (loss, FVU, L0, dead, decoder drift)
-    eval_rows: int = 4096  # held-out activations each evaluation uses (the first rows of the validation split)
-    window: int = 4  # evaluations over which the best held-out loss must gain less than loss_tol
-    loss_tol: float = 2e-3  # relative gain of the best held-out loss over the window that counts as settled
-    drift_tol: float = 0.02  # mean 1 - cos of the live decoder columns between evaluations that counts as settled
-    decoder_bias: bool = False  # a learned b_dec subtracted before encoding and added back (input centring)
-    tied: bool = False  # encoder weight = D^T
-    dead_window: int = 1000  # steps without firing before a feature counts as dead
-    log_every: int = 50  # steps between metric logs
-    ckpt_every: int = 500  # steps between checkpoints
-    steps_per_batch: int = 8  # optimizer steps per Lightning batch (a stack of that many batches): the same steps,
-    #                           with Lightning's per-batch work paid once per stack; SIGTERM acts at a stack's end;
-    #                           one process only (under DDP each step is its own batch)
-    resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
-    step: str = "auto"  # the hand-written step's path: auto (sparse once codes are sparse), dense, or sparse
-    sparse_max_density: float = (
-        SPARSE_MAX_DENSITY  # auto: the sparse path when at most this fraction of the codes is positive
-    )
-    snapshot_first: int = 16384  # activations seen at the first decoder snapshot, then every doubling; 0: none
-    precision: str = "32-true"  # the SAE's Lightning precision, whatever trainer.precision says: fp32 as the
-    #                             replication (trainer=gpu's bf16-mixed is for pretraining); bf16-mixed is a departure
-
-    def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ConfigError(f"sae.init must be one of {INITS}, got {self.init!r}")
-        if self.step not in STEPS:
-            raise ConfigError(f"sae.step must be one of {STEPS}, got {self.step!r}")
-        if not 0 <= self.sparse_max_density <= 1:
-            raise ConfigError(f"sae.sparse_max_density must be in [0, 1], got {self.sparse_max_density!r}")
-        if self.precision not in SAE_PRECISIONS:
-            raise ConfigError(f"sae.precision must be one of {SAE_PRECISIONS}, got {self.precision!r}")
-        if self.until not in UNTILS:
-            raise ConfigError(f"sae.until must be one of {UNTILS}, got {self.until!r}")
-        for name in ("loss_tol", "drift_tol"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
-        names = ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every", "eval_every")
-        for name in (*names, "steps_per_batch", "eval_rows", "window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"sae.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
-            raise ConfigError(
-                f"sae.resample_every must be 0 (off) or a positive number of steps, got {self.resample_every!r}"
-            )
-        if isinstance(self.snapshot_first, bool) or not isinstance(self.snapshot_first, int) or self.snapshot_first < 0:
-            raise ConfigError(
-                f"sae.snapshot_first must be 0 (no snapshots) or a positive number of activations, got "
-                f"{self.snapshot_first!r}"
-            )
-        if self.resample_every and self.tied:
-            raise ConfigError(
-                "sae.resample_every > 0 needs untied weights: a tied encoder row is its unit decoder column, so it "
-                "cannot take the resampling rule's 0.2 x live-row norm. Set sae.tied=false or sae.resample_every=0."
-            )
-        if not self.l1_coeff >= 0:  # also refuses NaN
-            raise ConfigError(f"sae.l1_coeff must be >= 0, got {self.l1_coeff!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"sae.lr must be > 0, got {self.lr!r}")
-
-    @property
-    def order_seed(self) -> int:
-        return self.seed if self.data_seed is None else self.data_seed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from sae_sweep.train import archs
+from sae_sweep.train.sae_config import INITS, SAE_PRECISIONS, UNTILS, SAEConfig  # noqa: F401 - the module's API
+from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, step_grads
 
 
 @contextlib.contextmanager
@@ -145,18 +63,51 @@ class SparseAutoencoder(nn.Module):
         self.decoder_bias = nn.Parameter(torch.zeros(d_in)) if cfg.decoder_bias else None
         self.register_buffer("decoder_init", decoder.clone(), persistent=False)
         self._work_key: tuple | None = None
+        self.arch, self.cfg = cfg.arch, cfg  # the architecture and its hyper-parameters (archs.py)
+        if cfg.arch == "batchtopk":  # the inference threshold: 0 until the first training batch sets it
+            self.register_buffer("threshold", torch.zeros(()))
+        if cfg.arch == "jumprelu":  # per-feature thresholds, learned in log space (positive, as the paper's)
+            self.log_threshold = nn.Parameter(torch.full((cfg.dict_size,), math.log(cfg.threshold_init)))
 
     @property
     def W_enc(self) -> torch.Tensor:
         return self.decoder.t() if self.tied else self.encoder  # (dict_size, d_in)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d_in) -> non-negative codes (B, dict_size)."""
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_in) -> W_enc (x - b_dec) + b_enc, (B, dict_size)."""
         if x.shape[-1] != self.d_in:
             raise ConfigError(f"activations have width {x.shape[-1]}, but this SAE takes d_in={self.d_in}")
         if self.decoder_bias is not None:
             x = x - self.decoder_bias
-        return torch.relu(torch.addmm(self.encoder_bias, x, self.W_enc.t()))
+        return torch.addmm(self.encoder_bias, x, self.W_enc.t())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_in) -> non-negative codes (B, dict_size), as at inference (BatchTopK by its learned threshold)."""
+        pre = self.pre_activations(x)
+        if self.arch == "relu":
+            return torch.relu(pre)
+        if self.arch == "topk":
+            return archs.topk_codes(pre, self.cfg.k)
+        theta = self.threshold if self.arch == "batchtopk" else self.log_threshold.exp()
+        return pre * (pre > theta)
+
+    def train_codes(self, pre: torch.Tensor) -> torch.Tensor:
+        """Codes (B, dict_size) from pre-activations as training computes them (BatchTopK's batch selection, and
+        JumpReLU's straight-through pseudo-derivatives)."""
+        if self.arch == "batchtopk":
+            return archs.batchtopk_codes(pre, self.cfg.k)
+        if self.arch == "jumprelu":
+            return archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth)
+        return torch.relu(pre) if self.arch == "relu" else archs.topk_codes(pre, self.cfg.k)
+
+    @torch.no_grad()
+    def update_threshold_(self, codes: torch.Tensor) -> None:
+        """BatchTopK: move the inference threshold toward this batch's smallest kept code (the first sets it)."""
+        low = archs.smallest_kept(codes)
+        if self.arch != "batchtopk" or low is None:
+            return
+        rate = 1.0 if float(self.threshold) == 0 else self.cfg.threshold_rate
+        self.threshold.mul_(1 - rate).add_(rate * low)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, dict_size) -> reconstruction (B, d_in)."""
@@ -167,19 +118,38 @@ class SparseAutoencoder(nn.Module):
         codes = self.encode(x)
         return self.decode(codes), codes
 
-    def loss(self, x: torch.Tensor, l1_coeff: float) -> dict[str, torch.Tensor]:
-        """The training loss and its parts, through autograd."""
-        recon, codes = self(x)
+    def loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training loss and its parts, through autograd; ``dead`` (dict_size,) bool: AuxK's features."""
+        pre = None
+        if self.arch == "relu":
+            recon, codes = self(x)  # the replication's ops, in its order
+        else:
+            pre = self.pre_activations(x)
+            codes = self.train_codes(pre)
+            recon = self.decode(codes)
         mse = (recon - x).pow(2).mean()
         l1 = codes.abs().sum(dim=1).mean()
         return {
-            "loss": mse + l1_coeff * l1,
+            "loss": mse + self._sparsity_term(x, pre, recon, l1, l1_coeff, dead),
             "mse": mse,
             "l1": l1,
             "codes": codes,
             "recon": recon,
             "code_sums": codes.detach().sum(dim=0),
         }
+
+    def _sparsity_term(self, x, pre, recon, l1, l1_coeff: float, dead: torch.Tensor | None) -> torch.Tensor:
+        """What the architecture adds to the mse: l1_coeff x L1 (relu), lambda x L0 (jumprelu), AuxK (top-k ones)."""
+        if self.arch == "relu":
+            return l1_coeff * l1
+        if self.arch == "jumprelu":
+            pre_theta = archs.heaviside(pre, self.log_threshold.exp(), self.cfg.bandwidth)
+            return self.cfg.l0_coeff * pre_theta.sum(dim=1).mean()
+        if dead is None or self.cfg.aux_k == 0 or not bool(dead.any()):
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        residual = (x - recon).detach()  # what the live features miss; no gradient through it (Gao et al.)
+        aux = archs.aux_reconstruction(pre, dead, self.cfg.aux_k, self.decoder)
+        return self.cfg.aux_coeff * (aux - residual).pow(2).mean()
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:

@@ -66,11 +66,13 @@ class SAEJob:
             parts.append("synthetic")
         if self.gpt == UNTRAINED:
             parts.append(UNTRAINED)
+        if self.sae.arch_suffix:
+            parts.append(self.sae.arch_suffix)  # "topk-k20": an architecture other than the note's ReLU + L1
         if self.sae.init != DEFAULT_INIT:
             parts.append(f"init-{self.sae.init}")
         if self.sae.resample_every > 0:
             parts.append("resample")
-        if self.sae.l1_coeff != DEFAULT_L1:
+        if self.sae.l1_coeff != DEFAULT_L1 and self.sae.arch == "relu":  # the others have no L1 term
             parts.append(f"l1-{self.sae.l1_coeff:g}")
         return "-".join(parts)
 

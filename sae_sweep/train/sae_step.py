@@ -73,8 +73,11 @@ def step_grads(
     Returns ``mse`` (a 0-d tensor), ``codes`` (B, J), ``code_sums`` (J,) (the L1 term per feature, and which
     features fired) and ``path`` (the one taken). Tensors are views of buffers the next call overwrites.
     """
-    if sae.tied:
-        raise ConfigError("the hand-written step supports untied weights; use loss() and autograd for tied ones")
+    if sae.tied or sae.arch != "relu":
+        raise ConfigError(
+            "the hand-written step is the untied ReLU + L1 SAE's; use loss() and autograd for tied weights and for "
+            f"sae.arch={sae.arch}"
+        )
     if step not in STEPS:
         raise ConfigError(f"sae.step must be one of {STEPS}, got {step!r}")
     d = sae.d_in

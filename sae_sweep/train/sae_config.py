@@ -1,0 +1,137 @@
+"""The SAE's settings (the ``sae`` config group): what conf/sae/default.yaml becomes, each value checked on creation.
+
+The replication's defaults (HoagyC/sparse_coding run.py: Adam 1e-3, batch 256, L1 1e-3, nn.Linear's encoder start),
+the stopping rule, the hand-written step's options and the architecture (archs.py) with its hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sae_sweep.errors import ConfigError
+from sae_sweep.train.archs import ARCHS
+from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS
+
+INITS = ("linear", "transpose")
+UNTILS = ("converged", "budget")
+SAE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    dict_size: int = 1024  # J, the number of features: the sweep axis
+    l1_coeff: float = 1e-3  # alpha of the note
+    seed: int = 0  # initialisation; the GPT has its own seed
+    data_seed: int | None = None  # activation order; None: the same as seed
+    init: str = "linear"  # linear: the replication's encoder, a default nn.Linear (weight and bias U(+-1/sqrt(d_in)),
+    #                       independent of the decoder); transpose: encoder = D^T with zero bias (a control)
+    lr: float = 1e-3  # Adam, as the replication
+    batch_size: int = 256  # the replication's batch
+    epochs: int = 4  # passes over the harvested activations: the cap (until=converged) or the budget (until=budget)
+    until: str = "converged"  # converged: stop once the held-out loss and the decoder have settled; budget: all epochs
+    eval_every: int = 250  # steps between held-out evaluations (loss, FVU, L0, dead, decoder drift)
+    eval_rows: int = 4096  # held-out activations each evaluation uses (the first rows of the validation split)
+    window: int = 4  # evaluations over which the best held-out loss must gain less than loss_tol
+    loss_tol: float = 2e-3  # relative gain of the best held-out loss over the window that counts as settled
+    drift_tol: float = 0.02  # mean 1 - cos of the live decoder columns between evaluations that counts as settled
+    decoder_bias: bool = False  # a learned b_dec subtracted before encoding and added back (input centring)
+    tied: bool = False  # encoder weight = D^T
+    dead_window: int = 1000  # steps without firing before a feature counts as dead
+    log_every: int = 50  # steps between metric logs
+    ckpt_every: int = 500  # steps between checkpoints
+    steps_per_batch: int = 8  # optimizer steps per Lightning batch (a stack of that many batches): the same steps,
+    #                           with Lightning's per-batch work paid once per stack; SIGTERM acts at a stack's end;
+    #                           one process only (under DDP each step is its own batch)
+    resample_every: int = 0  # steps between dead-feature resamplings (a control of issue 6); 0: never
+    step: str = "auto"  # the hand-written step's path: auto (sparse once codes are sparse), dense, or sparse
+    sparse_max_density: float = (
+        SPARSE_MAX_DENSITY  # auto: the sparse path when at most this fraction of the codes is positive
+    )
+    snapshot_first: int = 16384  # activations seen at the first decoder snapshot, then every doubling; 0: none
+    precision: str = "32-true"  # the SAE's Lightning precision, whatever trainer.precision says: fp32 as the
+    #                             replication (trainer=gpu's bf16-mixed is for pretraining); bf16-mixed is a departure
+    # The architecture (archs.py): relu (the note's), topk, batchtopk or jumprelu; the last three ignore l1_coeff
+    arch: str = "relu"
+    k: int = 20  # topk: codes per input; batchtopk: k x batch codes per batch (20: the demo's ReLU L0 is 16-23)
+    aux_k: int = 64  # topk, batchtopk: AuxK's dead features per input (Gao et al.: d_in / 2); 0: no AuxK
+    aux_coeff: float = 1 / 32  # topk, batchtopk: AuxK's weight (Gao et al.'s alpha)
+    threshold_rate: float = 0.01  # batchtopk: weight of each batch's smallest kept code in the running threshold
+    l0_coeff: float = 1e-3  # jumprelu: lambda, the weight of mean_b ||c||_0 (see conf/sae/default.yaml on its scale)
+    bandwidth: float = 1e-3  # jumprelu: epsilon, the pseudo-derivatives' kernel width (the paper's 0.001)
+    threshold_init: float = 1e-3  # jumprelu: every feature's initial threshold (the paper's 0.001)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"sae.init must be one of {INITS}, got {self.init!r}")
+        if self.step not in STEPS:
+            raise ConfigError(f"sae.step must be one of {STEPS}, got {self.step!r}")
+        if not 0 <= self.sparse_max_density <= 1:
+            raise ConfigError(f"sae.sparse_max_density must be in [0, 1], got {self.sparse_max_density!r}")
+        self._check_arch()
+        if self.precision not in SAE_PRECISIONS:
+            raise ConfigError(f"sae.precision must be one of {SAE_PRECISIONS}, got {self.precision!r}")
+        if self.until not in UNTILS:
+            raise ConfigError(f"sae.until must be one of {UNTILS}, got {self.until!r}")
+        for name in ("loss_tol", "drift_tol"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
+        names = ("dict_size", "batch_size", "epochs", "dead_window", "log_every", "ckpt_every", "eval_every")
+        for name in (*names, "steps_per_batch", "eval_rows", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"sae.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.resample_every, bool) or not isinstance(self.resample_every, int) or self.resample_every < 0:
+            raise ConfigError(
+                f"sae.resample_every must be 0 (off) or a positive number of steps, got {self.resample_every!r}"
+            )
+        if isinstance(self.snapshot_first, bool) or not isinstance(self.snapshot_first, int) or self.snapshot_first < 0:
+            raise ConfigError(
+                f"sae.snapshot_first must be 0 (no snapshots) or a positive number of activations, got "
+                f"{self.snapshot_first!r}"
+            )
+        if self.resample_every and self.tied:
+            raise ConfigError(
+                "sae.resample_every > 0 needs untied weights: a tied encoder row is its unit decoder column, so it "
+                "cannot take the resampling rule's 0.2 x live-row norm. Set sae.tied=false or sae.resample_every=0."
+            )
+        if not self.l1_coeff >= 0:  # also refuses NaN
+            raise ConfigError(f"sae.l1_coeff must be >= 0, got {self.l1_coeff!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"sae.lr must be > 0, got {self.lr!r}")
+
+    def _check_arch(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"sae.arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("k", "aux_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "aux_k" else 1):
+                raise ConfigError(f"sae.{name} must be a {'non-negative' if name == 'aux_k' else 'positive'} integer, "
+                                  f"got {value!r}")  # fmt: skip
+        if self.arch != "relu" and self.resample_every:
+            raise ConfigError(
+                f"sae.resample_every > 0 is the ReLU SAE's control; sae.arch={self.arch} has its own remedy for dead "
+                "features (AuxK for topk and batchtopk). Set sae.resample_every=0 or sae.arch=relu."
+            )
+        for name in ("aux_coeff", "l0_coeff"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("threshold_rate", "bandwidth", "threshold_init"):
+            if not getattr(self, name) > 0 or (name == "threshold_rate" and self.threshold_rate > 1):
+                raise ConfigError(f"sae.{name} must be in (0, 1] for threshold_rate and > 0 otherwise, got "
+                                  f"{getattr(self, name)!r}")  # fmt: skip
+
+    @property
+    def arch_suffix(self) -> str:
+        """The architecture's part of a dictionary name: "" for relu, "topk-k20", "jumprelu-l0-0.001"..."""
+        if self.arch == "relu":
+            return ""
+        if self.arch == "jumprelu":
+            return f"jumprelu-l0-{self.l0_coeff:g}"
+        return f"{self.arch}-k{self.k}"
+
+    @property
+    def order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
