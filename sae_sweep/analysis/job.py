@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from sae_sweep.analysis.architectures import architecture_table
 from sae_sweep.analysis.baselines import control_rows
 from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.extras import AnalysedRun, compute_extras
@@ -80,6 +81,7 @@ def run(job: AnalyzeJob, api=None) -> Path:
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
     main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
     control_table = control_rows(main_name, main.results, dicts, main.extras.fits)
+    runs = {main_name: (main.results, dicts, None, main.extras.shared)}  # for the architectures' comparison
     synthetic = None  # the first synthetic-data control, whose ground truth joins the report
     for variant in sorted(found) if cfg.controls else []:
         if variant == main_name:
@@ -93,8 +95,12 @@ def run(job: AnalyzeJob, api=None) -> Path:
         else:
             res_v, fits = compute(found[variant], _sizes_of(cfg, found[variant], variant), progress=_progress), None
         control_table += control_rows(variant, res_v, found[variant], fits)
+        analysed = synthetic is not None and res_v is synthetic.results  # its shared-seed rows are already there
+        runs[variant] = (res_v, found[variant], true, synthetic.extras.shared if analysed else None)
+    baselines = [main_name] + ([synthetic.variant] if synthetic else [])
+    arch_table = architecture_table(runs, baselines, cfg)
     with atomic_folder(job.out, replace=True) as tmp:
-        figs = write_all(main, tmp, control_table, synthetic, label=_label(main_name, dicts))
+        figs = write_all(main, tmp, control_table, synthetic, label=_label(main_name, dicts), arch_table=arch_table)
     print_summary(main.results, job.out / "findings.md")
     if job.logger.kind == "wandb":
         _to_wandb(job, main.results, job.out, {k: job.out / p.name for k, p in figs.items()})

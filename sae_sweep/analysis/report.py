@@ -123,12 +123,15 @@ def write_all(
     control_table: list[dict] | None = None,
     synthetic: AnalysedRun | None = None,
     label: str = "main run",
+    arch_table: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Every table and figure, the Findings and report.md linking them; returns {name: path} of the figures.
 
-    ``synthetic``: a synthetic-data control whose ground truth and Findings to add beside the main run's.
+    ``synthetic``: a synthetic-data control whose ground truth and Findings to add beside the main run's;
+    ``arch_table``: architectures.py's rows, when other architectures than ReLU were trained.
     """
     from sae_sweep.analysis.findings import findings  # noqa: PLC0415
+    from sae_sweep.analysis.report_archs import write_architectures  # noqa: PLC0415
 
     res, ex = main.results, main.extras
     out.mkdir(parents=True, exist_ok=True)
@@ -139,13 +142,15 @@ def write_all(
     more_figs, more_tables = write_beyond(res, ex, control_table or [], out, synthetic.extras if synthetic else None)
     budget_figs, budget_md = write_budget(res, ex.budget, synthetic.extras.budget if synthetic else None, out)
     figs.update(more_figs | budget_figs)
-    found = {label: findings(res, ex, control_table)}
+    arch_figs, arch_md, arch_found = write_architectures(arch_table or [], out, res.config.level)
+    figs.update(arch_figs)
+    found = {label: findings(res, ex, control_table) + arch_found}
     if synthetic is not None:
         found[f"synthetic data (variant {synthetic.variant!r})"] = findings(synthetic.results, synthetic.extras)
     notes = ex.notes + (synthetic.extras.notes if synthetic else [])
     findings_md = findings_markdown(found)
     (out / "findings.md").write_text(findings_md)
-    beyond_md = beyond_markdown(more_figs, more_tables, notes) + budget_md  # the budget section closes "Beyond"
+    beyond_md = beyond_markdown(more_figs, more_tables, notes) + arch_md + budget_md  # the budget section closes
     report = report_markdown(res, figs, tables, findings_md, beyond_md)
     (out / "report.md").write_text(report)
     return figs

@@ -17,7 +17,8 @@ aux_coeff x mean((e^ - e)^2) is added, so dead features get a gradient toward wh
 
 Selections are exact and deterministic: ``top_mask`` keeps exactly k entries, and among entries equal to the k-th
 largest it keeps the lowest indices (``torch.topk`` documents no order for ties). These architectures train
-through autograd: the hand-written step (sae_step.py) is the ReLU + L1 loss's.
+through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's), with the decode over the positive
+codes only (``decode_entries``): two dense products per step, the encoder's and its weight gradient, instead of five.
 """
 
 from __future__ import annotations
@@ -87,15 +88,66 @@ def heaviside(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tenso
     return _Step.apply(pre, theta, eps)
 
 
+def top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (..., k) of each row's k largest ``scores`` (..., n), ascending: ``top_mask``'s entries, found by one
+    ``topk`` of k + 1 (a tie across the k-th place shows as equal k-th and (k+1)-th values, and only then is the
+    mask built), and sorted so that every later sum runs in one order."""
+    n = scores.shape[-1]
+    k = min(k, n)
+    if k == n:
+        return torch.arange(n, device=scores.device).expand(*scores.shape[:-1], n)
+    values, idx = scores.topk(k + 1, dim=-1)
+    if bool((values[..., k - 1] == values[..., k]).any()):
+        idx = top_mask(scores, k).nonzero()[:, -1].view(*scores.shape[:-1], k)  # row-major: already ascending
+        return idx
+    return idx[..., :k].sort(dim=-1).values
+
+
+Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the positive codes
+
+
+def topk_entries(pre: torch.Tensor, k: int) -> Entries:
+    """TopK's codes as entries: ReLU of each row's k largest pre-activations (values carry the gradient)."""
+    idx = top_entries(pre.detach(), k)  # (B, k)
+    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(idx.shape[1])
+    return rows, idx.reshape(-1), torch.relu(pre.gather(1, idx)).reshape(-1)
+
+
+def batchtopk_entries(pre: torch.Tensor, k: int) -> Entries:
+    """BatchTopK's codes as entries: the k x B largest ReLU(pre) of the batch (B, J), in row-major order."""
+    act = torch.relu(pre).reshape(-1)
+    flat = top_entries(act.detach().unsqueeze(0), k * pre.shape[0])[0]  # ascending: row-major
+    return flat.div(pre.shape[1], rounding_mode="floor"), flat.remainder(pre.shape[1]), act[flat]
+
+
+def dense_entries(codes: torch.Tensor) -> Entries:
+    """The positive entries of dense codes (B, J), row-major (JumpReLU's, and the tests')."""
+    rows, cols = codes.detach().nonzero(as_tuple=True)
+    return rows, cols, codes[rows, cols]
+
+
+def to_dense(entries: Entries, shape: tuple[int, int], keep_grad: bool = False) -> torch.Tensor:
+    """(B, J) codes from entries, detached (what the metrics and the firing record read) unless ``keep_grad``."""
+    rows, cols, values = entries
+    out = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    return out.index_put((rows, cols), values if keep_grad else values.detach())
+
+
+def decode_entries(entries: Entries, decoder: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch, d) = codes @ D^T over the entries only, differentiable: O(nnz x d) instead of O(B J d).
+
+    The top-k architectures fire ~k of J features, so the decode and its two backward products (the code and the
+    decoder gradients) shrink to gathers and an index_add; only the encoder's products stay dense.
+    """
+    rows, cols, values = entries
+    atoms = decoder.t()[cols]  # (nnz, d): rows of the feature-major D^T
+    out = torch.zeros(batch, decoder.shape[0], dtype=values.dtype, device=values.device)
+    return out.index_add(0, rows, values.unsqueeze(1) * atoms)
+
+
 def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """ReLU of each row's k largest pre-activations, zero elsewhere."""
-    return torch.relu(pre) * top_mask(pre, k)
-
-
-def batchtopk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """The k x B largest ReLU(pre) of the batch (B, J), zero elsewhere."""
-    act = torch.relu(pre)
-    return act * top_mask(act.detach().reshape(1, -1), k * pre.shape[0]).view_as(pre)
+    """ReLU of each row's k largest pre-activations, zero elsewhere, (B, J) (inference)."""
+    return to_dense(topk_entries(pre, k), tuple(pre.shape))
 
 
 def smallest_kept(codes: torch.Tensor) -> float | None:
@@ -106,6 +158,8 @@ def smallest_kept(codes: torch.Tensor) -> float | None:
 
 def aux_reconstruction(pre: torch.Tensor, dead: torch.Tensor, aux_k: int, decoder: torch.Tensor) -> torch.Tensor:
     """(B, d) Gao's AuxK reconstruction: the aux_k largest ReLU(pre) among ``dead`` (J,) features, decoded by D."""
-    masked = pre.masked_fill(~dead, float("-inf"))
-    codes = torch.relu(pre) * (top_mask(masked, min(aux_k, int(dead.sum()))) & dead)
-    return codes @ decoder.t()
+    masked = pre.detach().masked_fill(~dead, float("-inf"))
+    idx = top_entries(masked, min(aux_k, int(dead.sum())))  # (B, aux_k): dead features only
+    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(idx.shape[1])
+    entries = (rows, idx.reshape(-1), torch.relu(pre.gather(1, idx)).reshape(-1))
+    return decode_entries(entries, decoder, pre.shape[0])

@@ -91,14 +91,14 @@ class SparseAutoencoder(nn.Module):
         theta = self.threshold if self.arch == "batchtopk" else self.log_threshold.exp()
         return pre * (pre > theta)
 
-    def train_codes(self, pre: torch.Tensor) -> torch.Tensor:
-        """Codes (B, dict_size) from pre-activations as training computes them (BatchTopK's batch selection, and
-        JumpReLU's straight-through pseudo-derivatives)."""
+    def train_entries(self, pre: torch.Tensor) -> archs.Entries:
+        """The positive codes as (rows, cols, values) from pre-activations (B, dict_size), as training computes them
+        (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu."""
+        if self.arch == "topk":
+            return archs.topk_entries(pre, self.cfg.k)
         if self.arch == "batchtopk":
-            return archs.batchtopk_codes(pre, self.cfg.k)
-        if self.arch == "jumprelu":
-            return archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth)
-        return torch.relu(pre) if self.arch == "relu" else archs.topk_codes(pre, self.cfg.k)
+            return archs.batchtopk_entries(pre, self.cfg.k)
+        return archs.dense_entries(archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth))
 
     @torch.no_grad()
     def update_threshold_(self, codes: torch.Tensor) -> None:
@@ -120,22 +120,39 @@ class SparseAutoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss and its parts, through autograd; ``dead`` (dict_size,) bool: AuxK's features."""
-        pre = None
-        if self.arch == "relu":
-            recon, codes = self(x)  # the replication's ops, in its order
-        else:
-            pre = self.pre_activations(x)
-            codes = self.train_codes(pre)
-            recon = self.decode(codes)
+        if self.arch != "relu":
+            return self._sparse_loss(x, l1_coeff, dead)
+        recon, codes = self(x)  # the replication's ops, in its order
         mse = (recon - x).pow(2).mean()
         l1 = codes.abs().sum(dim=1).mean()
         return {
-            "loss": mse + self._sparsity_term(x, pre, recon, l1, l1_coeff, dead),
+            "loss": mse + self._sparsity_term(x, None, recon, l1, l1_coeff, dead),
             "mse": mse,
             "l1": l1,
             "codes": codes,
             "recon": recon,
             "code_sums": codes.detach().sum(dim=0),
+        }
+
+    def _sparse_loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the positive entries."""
+        pre = self.pre_activations(x)
+        entries = self.train_entries(pre)
+        _, cols, values = entries
+        if values.numel() > SPARSE_MAX_DENSITY * pre.numel():  # a JumpReLU early in training: a dense decode pays
+            recon = archs.to_dense(entries, tuple(pre.shape), keep_grad=True) @ self.decoder.t()
+        else:
+            recon = archs.decode_entries(entries, self.decoder, x.shape[0])
+        recon = recon if self.decoder_bias is None else recon + self.decoder_bias
+        mse = (recon - x).pow(2).mean()
+        l1 = values.detach().sum() / x.shape[0]  # codes >= 0
+        return {
+            "loss": mse + self._sparsity_term(x, pre, recon, l1, l1_coeff, dead),
+            "mse": mse,
+            "l1": l1,
+            "codes": archs.to_dense(entries, tuple(pre.shape)),  # detached: for the metrics
+            "recon": recon,
+            "code_sums": torch.zeros_like(self.encoder_bias).index_add_(0, cols, values.detach()),
         }
 
     def _sparsity_term(self, x, pre, recon, l1, l1_coeff: float, dead: torch.Tensor | None) -> torch.Tensor:

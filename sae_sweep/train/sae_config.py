@@ -130,6 +130,13 @@ class SAEConfig:
         return f"{self.arch}-k{self.k}"
 
     @property
+    def sparsity_label(self) -> str:
+        """What sets the sparsity, for logs: "l1 0.001", "topk k=20", "jumprelu l0 1.5e-05"."""
+        if self.arch == "relu":
+            return f"l1 {self.l1_coeff:g}"
+        return f"jumprelu l0 {self.l0_coeff:g}" if self.arch == "jumprelu" else f"{self.arch} k={self.k}"
+
+    @property
     def order_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
 

@@ -208,10 +208,10 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
     datamodule = ActivationDataModule(acts.path / "train.npy", job.sae)
     n_steps = datamodule.dataset(world=job.world).n_steps
     log.info(
-        "training %s: J=%d, l1 %g, until %s (at most %d steps of %d activations, d_in=%d, %d torch threads)",
+        "training %s: J=%d, %s, until %s (at most %d steps of %d activations, d_in=%d, %d torch threads)",
         job.name,
         job.sae.dict_size,
-        job.sae.l1_coeff,
+        job.sae.sparsity_label,
         job.sae.until,
         n_steps,
         job.sae.batch_size,

@@ -158,3 +158,111 @@ def test_saelens_export_carries_each_architectures_threshold():
         tensors |= {n: getattr(sae, n).detach() for n in ("threshold", "log_threshold") if hasattr(sae, n)}
         assert saelens.weights(tensors)["threshold"].tolist() == pytest.approx(want)
     assert saelens.SAELENS_ARCH == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+
+
+def test_decode_over_entries_and_its_gradients_equal_the_dense_products_in_float64():
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.relu(torch.randn(8, 32, dtype=torch.float64, generator=gen) - 1.0)  # about 16% positive
+    decoder = torch.randn(32, 6, dtype=torch.float64, generator=gen).t()  # (d, J), stored feature-major as ours
+    weights = torch.randn(8, 6, dtype=torch.float64, generator=gen)
+    grads = []
+    for sparse in (True, False):
+        codes, dec = dense.clone().requires_grad_(), decoder.clone().requires_grad_()
+        out = archs.decode_entries(archs.dense_entries(codes), dec, 8) if sparse else codes @ dec.t()
+        (out * weights).sum().backward()
+        grads.append((out.detach(), codes.grad * (dense > 0), dec.grad))  # the code gradient where codes are positive
+    for ours, ref in zip(*grads, strict=True):
+        assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_top_entries_are_top_masks_entries_with_and_without_ties():
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(6, 40, generator=gen)
+    scores[2, [3, 9, 30]] = scores[2].max() + 1  # three equal values across the k-th place (k = 2)
+    for k in (1, 2, 5, 40):
+        idx = archs.top_entries(scores, k)
+        want = archs.top_mask(scores, k).nonzero()[:, 1].view(6, -1)
+        assert torch.equal(idx, want), k
+    assert archs.top_entries(scores, 2)[2].tolist() == [3, 9]  # ties to the lower index
+
+
+def test_a_dense_jumprelu_decodes_densely_to_the_same_loss_and_gradients():
+    """Early in training most JumpReLU codes fire: the loss then takes the dense product, with the same numbers."""
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(8, SAEConfig(dict_size=16, arch="jumprelu", threshold_init=1e-6)).double()
+    x = torch.rand(32, 8, dtype=torch.float64)
+    out = sae.loss(x, 0.0)
+    assert (out["codes"] > 0).double().mean() > 0.05  # dense: the dense branch ran
+    out["loss"].backward()
+    dense_grad = sae.encoder.grad.clone()
+    sae.zero_grad()
+    entries = sae.train_entries(sae.pre_activations(x))
+    recon = archs.decode_entries(entries, sae.decoder, 32)
+    assert torch.allclose(recon, out["recon"], rtol=0, atol=1e-12)
+    ((recon - x).pow(2).mean() + out["loss"].detach() - out["mse"].detach()).backward()
+    assert torch.allclose(sae.encoder.grad, dense_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_multirun_over_the_architectures_leaves_one_loadable_dictionary_each(tmp_path):
+    import json  # noqa: PLC0415
+
+    from sae_sweep.dictionary import load_dictionary  # noqa: PLC0415
+    from sae_sweep.store import ArtifactStore  # noqa: PLC0415
+
+    from ..conftest import run_train  # noqa: PLC0415
+
+    args = ["-m", "data=synthetic", "data.n_features=32", "data.active=4", "harvest.n_tokens=20000",
+            "harvest.n_val_tokens=4096", "sae.dict_size=64", "sae.k=4", "sae.arch=relu,topk,batchtopk,jumprelu",
+            "sae.epochs=1", "logger=none"]  # fmt: skip
+    proc = run_train(args, tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    store = ArtifactStore(tmp_path / "store")
+    suffixes = {"relu": "", "topk": "-topk-k4", "batchtopk": "-batchtopk-k4", "jumprelu": "-jumprelu-l0-0.001"}
+    assert sorted(store.names("sae-dictionary")) == sorted(f"sae-L2-J64-s0-synthetic{s}" for s in suffixes.values())
+    x = torch.rand(64, 128)
+    for arch, suffix in suffixes.items():
+        d = load_dictionary(store.get(f"sae-L2-J64-s0-synthetic{suffix}").path)
+        sae = d.to_sae()
+        assert d.config.sae["arch"] == arch and sae.arch == arch
+        codes = sae.encode(x)
+        cfg = json.loads((d.path / "saelens" / "cfg.json").read_text())
+        assert cfg["architecture"] == {"relu": "standard", "topk": "topk"}.get(arch, "jumprelu")
+        if arch == "topk":
+            assert ((codes > 0).sum(1) <= 4).all() and cfg["k"] == 4
+        if arch == "batchtopk":
+            pre = torch.addmm(sae.encoder_bias, x, sae.W_enc.t())
+            assert float(sae.threshold) > 0 and torch.equal(codes, pre * (pre > sae.threshold))  # the learned one
+        if arch == "jumprelu":
+            assert not torch.equal(sae.log_threshold, torch.full_like(sae.log_threshold, np.log(1e-3)))  # it learned
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
+def test_a_killed_run_resumes_to_the_uninterrupted_weights_bit_for_bit(arch, tmp_path):
+    """Thresholds, AuxK's dead record and Adam's state come back from the checkpoint: the same bits as one run."""
+    from sae_sweep.train.batches import ActivationDataModule  # noqa: PLC0415
+    from sae_sweep.train.runs import last_checkpoint  # noqa: PLC0415
+    from sae_sweep.train.sae_module import SAEModule  # noqa: PLC0415
+    from sae_sweep.train.trainer import TrainerConfig, build_trainer  # noqa: PLC0415
+
+    from ..conftest import KillAt, Killed  # noqa: PLC0415
+
+    x, _ = _planted(4096)
+    path = tmp_path / "acts.npy"
+    np.save(path, x.astype(np.float16))
+    cfg = SAEConfig(dict_size=64, arch=arch, k=4, aux_k=8, dead_window=4, batch_size=64, until="budget",
+                    ckpt_every=10, threshold_init=0.1, bandwidth=0.05, l0_coeff=1e-2)  # fmt: skip
+
+    def fit(name: str, *callbacks, ckpt=None) -> SAEModule:
+        trainer = build_trainer(TrainerConfig(progress_bar=False), run_dir=tmp_path / name, max_steps=64,
+                                loggers=[], ckpt_every=10, callbacks=callbacks)  # fmt: skip
+        module = SAEModule(32, cfg)
+        trainer.fit(module, datamodule=ActivationDataModule(path, cfg), ckpt_path=ckpt)
+        return module
+
+    whole = fit("whole")
+    with pytest.raises(Killed):
+        fit("cut", KillAt(25))
+    resumed = fit("cut", ckpt=str(last_checkpoint(tmp_path / "cut")))
+    for key, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key

@@ -1,0 +1,216 @@
+"""Across SAE architectures (issue 16): does the note's bimodality hold for TopK, BatchTopK and JumpReLU SAEs, and
+is ReLU + L1 more stable across seeds than TopK here, as Paulo & Belrose (2025) found?
+
+Each architecture's dictionaries form a variant (``sae.arch``, recorded in every config.json). ``architecture_rows``
+gives one row per (architecture, data, size): on the first seed the high-MCS fraction against the variant's own
+reference size (Wilson interval), the two-component fit's verdict, and the low mode's W1 to Rand 1 with its
+permutation p; across the first two seeds the shared fraction (Hungarian cosine >= analysis.shared_cosine, Wilson
+interval) and PW-MCC; on synthetic data the fraction of true features recovered.
+
+The verdicts, each a stated comparison (``bimodal``, ``stability``):
+
+* an architecture "shows the two modes" at a size when the two-component fit (mixture.py) keeps its learned Beta by
+  BIC, that component's mean MCS is at least ``analysis.threshold``, and each component holds at least
+  ``MIN_MODE`` of the features: a null-like mode and a high mode, as the note's Figure 3;
+* the cross-seed ordering is read, size by size, from the Newcombe score interval of the difference of the shared
+  fractions (ReLU minus TopK): above 0, ReLU is more stable; below 0, TopK is; covering 0, no difference detected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sae_sweep.analysis.baselines import data_kind, recovered_fraction
+from sae_sweep.analysis.features import decoder_rows, try_fit
+from sae_sweep.analysis.inference import score_difference, wilson_interval
+from sae_sweep.analysis.note import Results
+from sae_sweep.analysis.seeds import shared_rows
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.dictionary import Dictionary
+
+MIN_MODE = 0.05  # each of the two modes holds at least this fraction of the features
+
+
+def arch_of(dicts: dict) -> str | None:
+    """The architecture of a variant's dictionaries ("relu" for those trained before sae.arch; None if imported)."""
+    config = next(iter(dicts.values())).config
+    return None if config.imported else config.sae.get("arch", "relu")
+
+
+def two_modes(v: np.ndarray, K: int, M: int, threshold: float) -> tuple[bool, str]:
+    """Whether MCS values ``v`` show a null-like mode and a high mode (see the module docstring), and why."""
+    fit = try_fit(v, K, M)
+    if fit is None:
+        return False, "no fit (too few features)"
+    learned = 1 - fit.null_weight
+    mean = fit.a / (fit.a + fit.b)
+    if fit.n_real == 0:
+        return False, "BIC keeps the null alone"
+    if mean < threshold:
+        return False, f"the learned component sits at MCS {mean:.2f}, below {threshold}"
+    if min(learned, fit.null_weight) < MIN_MODE:
+        return False, f"one component holds {100 * min(learned, fit.null_weight):.1f}% of the features"
+    return True, f"null-like {100 * fit.null_weight:.1f}%, high mode {100 * learned:.1f}% at mean MCS {mean:.2f}"
+
+
+def _low_mode(res: Results, j: int, s: int, cfg: AnalysisConfig, v: np.ndarray, seed: int) -> tuple[float, float]:
+    from sae_sweep.analysis.lowmode import permutation_row  # noqa: PLC0415
+
+    row = permutation_row(j, s, "isotropic", v, res.random[j][0], cfg, seed) if j in res.random else None
+    return (row["emd"], row["p"]) if row else (float("nan"), float("nan"))
+
+
+def architecture_table(runs: dict[str, tuple], baselines: list[str], cfg: AnalysisConfig) -> list[dict]:
+    """Rows for every variant of an architecture other than ReLU and for the ReLU runs it is set beside
+    (``baselines``: the main run, the synthetic-data run); none when no other architecture was trained.
+
+    ``runs``: variant -> (Results, dictionaries, true features or None, shared-seed rows or None: computed here).
+    """
+    others = sorted(v for v, run in runs.items() if arch_of(run[1]) not in (None, "relu"))
+    if not others:
+        return []
+    rows = [r for v in others for r in architecture_rows(v, *runs[v], cfg=cfg)]
+    kinds = {r["data"] for r in rows}  # a ReLU run is set beside them only on a kind of data they were trained on
+    for v in [b for b in dict.fromkeys(baselines) if b in runs and b not in others]:
+        if data_kind(next(iter(runs[v][1].values()))) in kinds:
+            rows = architecture_rows(v, *runs[v], cfg=cfg) + rows
+    return rows
+
+
+def architecture_rows(
+    variant: str,
+    res: Results,
+    dicts: dict[tuple[int, int], Dictionary],
+    true: np.ndarray | None = None,
+    shared: list[dict] | None = None,
+    *,
+    cfg: AnalysisConfig,
+) -> list[dict]:
+    """One row per size of one variant (its first seed; shared features between its first two seeds)."""
+    arch = arch_of(dicts)
+    if arch is None or not res.seeds:
+        return []
+    s = res.seeds[0]
+    if shared is None:
+        shared = shared_rows(dicts, res.seeds[:2], cfg) if len(res.seeds) > 1 else []
+    first = set(res.seeds[:2])
+    shared = {r["dict_size"]: r for r in shared if {r["seed_a"], r["seed_b"]} == first}
+    rows = []
+    for j in res.sizes:
+        v = res.vs_reference(j, s)
+        if v is None:
+            continue
+        high = int(np.count_nonzero(v >= cfg.threshold))
+        lo, hi = wilson_interval(high, v.size, cfg.level)
+        modes, why = two_modes(v, res.d_in, res.reference, cfg.threshold)
+        seed = int(np.random.SeedSequence([cfg.seed, 16, j, s]).generate_state(1)[0])
+        emd, p = _low_mode(res, j, s, cfg, v, seed)
+        sh = shared.get(j) or {}
+        frac = sh.get("shared_fraction")
+        s_lo, s_hi = wilson_interval(round(frac * j), j, cfg.level) if frac is not None else (None, None)
+        d = dicts[(j, s)]
+        rows.append(
+            {
+                "arch": arch,
+                "variant": variant or "(note)",
+                "data": data_kind(d),
+                "dict_size": j,
+                "reference": res.reference,
+                "seed": s,
+                "activations_seen": (d.config.training or {}).get("activations_seen"),
+                "converged": res.converged.get((j, s)),
+                "l0": d.config.metrics.get("val/l0"),
+                "fvu": d.config.metrics.get("val/fvu"),
+                "high_fraction": high / v.size,
+                "high_lo": lo,
+                "high_hi": hi,
+                "two_modes": modes,
+                "modes_why": why,
+                "low_emd_rand1": emd,
+                "low_p": p,
+                "shared_fraction": frac,
+                "shared_lo": s_lo,
+                "shared_hi": s_hi,
+                "pw_mcc": sh.get("pw_mcc"),
+                "recovered_fraction": None if true is None else recovered_fraction(true, decoder_rows(d), cfg),
+            }
+        )
+    return rows
+
+
+def stability(table: list[dict], level: float) -> list[dict]:
+    """ReLU minus TopK shared fraction per (data, size) where both have one: (difference, lo, hi, verdict)."""
+    out = []
+    for data in sorted({r["data"] for r in table}):
+        by = {(r["arch"], r["dict_size"]): r for r in table if r["data"] == data and r["shared_fraction"] is not None}
+        for j in sorted({j for a, j in by if a == "relu"} & {j for a, j in by if a == "topk"}):
+            a, b = by[("relu", j)], by[("topk", j)]
+            k_relu, k_topk = round(a["shared_fraction"] * j), round(b["shared_fraction"] * j)
+            diff, lo, hi = score_difference(k_relu, j, k_topk, j, level)
+            verdict = "relu" if lo > 0 else "topk" if hi < 0 else "none"
+            seen = {"relu_seen": a.get("activations_seen"), "topk_seen": b.get("activations_seen")}
+            out.append({"data": data, "dict_size": j, "difference": diff, "lo": lo, "hi": hi, "more_stable": verdict,
+                        **seen})  # fmt: skip
+    return out
+
+
+def _sizes(js: list[int]) -> str:
+    return ", ".join(f"J={j}" for j in js) if js else "no size"
+
+
+def modes_finding(table: list[dict]) -> str | None:
+    """Which architectures show the note's two modes, and at which sizes (first seed, per kind of data)."""
+    parts = []
+    for data in sorted({r["data"] for r in table}):
+        for arch in sorted({r["arch"] for r in table if r["data"] == data}):
+            rows = sorted((r for r in table if r["data"] == data and r["arch"] == arch), key=lambda r: r["dict_size"])
+            yes = [r["dict_size"] for r in rows if r["two_modes"]]
+            no = [r["dict_size"] for r in rows if not r["two_modes"]]
+            l0 = ", ".join(f"{r['l0']:.1f}" for r in rows if r["l0"] is not None)
+            parts.append(
+                f"{arch} on {data} (L0 {l0 or 'n/a'}): two modes at {_sizes(yes)}"
+                + (f", not at {_sizes(no)}" if no else "")
+            )
+    if len(parts) < 2:
+        return None
+    return (
+        f"Architectures side by side (first seed, each against its own largest size; two modes when the two-component "
+        f"fit keeps a learned component by BIC whose mean MCS is at least the threshold, and each component holds at "
+        f"least {MIN_MODE:.0%} of the features): " + "; ".join(parts) + "."
+    )
+
+
+def _budgets(t: dict) -> str:
+    """The two sides' training budgets, when they differ (a difference that training length may explain)."""
+    a, b = t.get("relu_seen"), t.get("topk_seen")
+    if not a or not b or a == b:
+        return ""
+    return f" (trained on {a:,} and {b:,} activations: unequal budgets)"
+
+
+def stability_finding(steps: list[dict], level: float) -> str | None:
+    """Paulo & Belrose's ordering (ReLU + L1 more stable across seeds than TopK), size by size, and overall."""
+    if not steps:
+        return None
+    parts = [
+        f"J={t['dict_size']} ({t['data']}): {100 * t['difference']:+.1f} points [{100 * t['lo']:+.1f}, "
+        f"{100 * t['hi']:+.1f}]"
+        + {"relu": ", ReLU more stable", "topk": ", TopK more stable", "none": ""}[t["more_stable"]]
+        + _budgets(t)
+        for t in steps
+    ]
+    verdicts = {t["more_stable"] for t in steps}
+    if verdicts == {"relu"}:
+        overall = "ReLU + L1 is the more stable at every size compared, as Paulo & Belrose found"
+    elif verdicts == {"topk"}:
+        overall = "TopK is the more stable at every size compared: the opposite of Paulo & Belrose's ordering"
+    elif verdicts == {"none"}:
+        overall = "no difference was detected at any size compared"
+    else:
+        overall = "the ordering differs between sizes"
+    if any(_budgets(t) for t in steps):
+        overall += "; the budgets differ, and this comparison does not separate training length from architecture"
+    return (
+        f"Cross-seed stability, ReLU minus TopK shared fraction between the first two seeds ({level:.0%} Newcombe "
+        f"score interval of the difference): " + "; ".join(parts) + f". So {overall}."
+    )

@@ -1,0 +1,104 @@
+"""Architectures side by side (analysis/architectures.py, report_archs.py): the two-modes verdict, the cross-seed
+ordering, and the report's section on hand-made dictionaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sae_sweep.analysis.architectures import MIN_MODE, stability, stability_finding, two_modes
+from sae_sweep.analysis.collect import SourceConfig
+from sae_sweep.analysis.job import AnalyzeJob, run
+from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.nulls import random_dictionary
+from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.store import ArtifactStore, Paths
+from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train.sae import SAEConfig
+
+from ..conftest import save_dict
+
+
+def _null_mcs(n: int, K: int, M: int, seed: int) -> np.ndarray:
+    """MCS of n random vectors against M random ones in K dimensions: a sample of the exact null."""
+    a, b = random_dictionary(n, K, seed), random_dictionary(M, K, seed + 1)
+    return max_cosine_similarity(a, b, device="cpu")[0]
+
+
+def test_two_modes_needs_a_null_like_mode_and_a_high_mode():
+    K, M = 16, 256
+    rng = np.random.default_rng(0)
+    high = np.clip(rng.normal(0.95, 0.02, 400), 0, 0.999)
+    both, why = two_modes(np.concatenate([_null_mcs(600, K, M, 1), high]), K, M, 0.5)
+    assert both, why
+    alone, why = two_modes(_null_mcs(1000, K, M, 3), K, M, 0.5)
+    assert not alone and why == "BIC keeps the null alone"
+    few_null, why = two_modes(np.concatenate([_null_mcs(10, K, M, 5), high]), K, M, 0.5)
+    assert not few_null and "holds" in why  # one component under MIN_MODE
+    assert MIN_MODE == 0.05
+
+
+def _row(arch: str, j: int, shared: float, data: str = "activations") -> dict:
+    return {"arch": arch, "data": data, "dict_size": j, "shared_fraction": shared}
+
+
+def test_the_cross_seed_ordering_is_read_from_the_interval_of_the_difference():
+    table = [_row("relu", 1000, 0.6), _row("topk", 1000, 0.3), _row("relu", 2000, 0.51), _row("topk", 2000, 0.50)]
+    table += [_row("relu", 4000, 0.2), _row("topk", 4000, 0.4), _row("batchtopk", 4000, 0.9)]
+    steps = {t["dict_size"]: t for t in stability(table, 0.95)}
+    assert [steps[j]["more_stable"] for j in (1000, 2000, 4000)] == ["relu", "none", "topk"]
+    assert steps[1000]["difference"] == pytest.approx(0.3) and steps[1000]["lo"] > 0
+    assert "the ordering differs between sizes" in stability_finding(list(steps.values()), 0.95)
+    only = [steps[1000]]
+    assert "ReLU + L1 is the more stable at every size compared, as Paulo & Belrose found" in stability_finding(
+        only, 0.95
+    )
+    assert "the opposite of Paulo & Belrose's ordering" in stability_finding([steps[4000]], 0.95)
+    assert "no difference was detected at any size compared" in stability_finding([steps[2000]], 0.95)
+    assert stability([_row("relu", 1000, 0.6)], 0.95) == []  # nothing to compare without TopK
+    unequal = {**steps[1000], "relu_seen": 2_400_000, "topk_seen": 300_000}
+    text = stability_finding([unequal], 0.95)
+    assert "(trained on 2,400,000 and 300,000 activations: unequal budgets)" in text
+    assert "does not separate training length from architecture" in text
+
+
+def _plant(store: ArtifactStore, arch: str, variant: str, n_true: int = 8, d_in: int = 16) -> None:
+    """Sizes 8-32 on seeds 0 and 1: n_true shared unit features, then random directions."""
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        for J in (8, 16, 32):
+            cols = np.concatenate([np.eye(d_in)[:, :n_true], rng.normal(size=(d_in, J - n_true))], axis=1)
+            sae = SAEConfig(dict_size=J, seed=seed, arch=arch).to_dict()
+            save_dict(store, J, seed, d_in=d_in, decoder=cols / np.linalg.norm(cols, axis=0), variant=variant,
+                      extra={"sae": sae})  # fmt: skip
+
+
+def test_report_sets_the_architectures_side_by_side(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    _plant(store, "relu", "")
+    _plant(store, "topk", "topk-k20")
+    out = tmp_path / "analysis"
+    job = AnalyzeJob(AnalysisConfig(n_random=2, n_boot=50, n_perm=50), SourceConfig(), LoggerConfig(kind="none"),
+                     Paths(tmp_path), out)  # fmt: skip
+    text = run(job).read_text()
+    assert "### Architectures" in text and "fig20_architectures.png" in text
+    assert (out / "fig20_architectures.png").stat().st_size > 0
+    rows = (out / "architectures.csv").read_text().splitlines()
+    assert rows[0].startswith("arch,variant,data,dict_size,reference,seed,activations_seen,converged,l0,fvu,high_")
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["relu", "relu", "topk", "topk"]  # 8 and 16 against 32
+    # Both architectures share the same 8 features across seeds, at every size: no difference to detect.
+    steps = (out / "architecture_stability.csv").read_text().splitlines()
+    assert len(steps) == 3 and all(s.endswith(",none,256,256") for s in steps[1:])  # equal budgets
+    findings = (out / "findings.md").read_text()
+    assert "Architectures side by side" in findings and "relu on activations" in findings
+    assert "topk on activations" in findings and "no difference was detected at any size compared" in findings
+
+
+def test_no_architectures_section_without_another_architecture(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    _plant(store, "relu", "")
+    out = tmp_path / "analysis"
+    job = AnalyzeJob(AnalysisConfig(n_random=2, n_boot=50, n_perm=50), SourceConfig(), LoggerConfig(kind="none"),
+                     Paths(tmp_path), out)  # fmt: skip
+    assert "### Architectures" not in run(job).read_text()
+    assert not (out / "architectures.csv").exists()
