@@ -94,11 +94,14 @@ def test_report_sets_the_architectures_side_by_side(tmp_path):
     assert "topk on activations" in findings and "no difference was detected at any size compared" in findings
 
 
-def test_no_architectures_section_without_another_architecture(tmp_path):
+def test_no_architectures_rows_without_another_architecture(tmp_path):
+    """Only ReLU runs: architecture_table has nothing to set side by side, so the report has no such section."""
+    from sae_sweep.analysis.architectures import architecture_table  # noqa: PLC0415
+    from sae_sweep.analysis.collect import collect_local  # noqa: PLC0415
+    from sae_sweep.analysis.note import compute  # noqa: PLC0415
+
     store = ArtifactStore(tmp_path / "store")
     _plant(store, "relu", "")
-    out = tmp_path / "analysis"
-    job = AnalyzeJob(AnalysisConfig(n_random=2, n_boot=50, n_perm=50), SourceConfig(), LoggerConfig(kind="none"),
-                     Paths(tmp_path), out)  # fmt: skip
-    assert "### Architectures" not in run(job).read_text()
-    assert not (out / "architectures.csv").exists()
+    dicts = collect_local(store.root, 2)
+    cfg = AnalysisConfig(n_random=2, n_boot=50, n_perm=50)
+    assert architecture_table({"": (compute(dicts, cfg), dicts, None, None)}, [""], cfg) == []
