@@ -23,6 +23,7 @@ import numpy as np
 from sae_sweep.analysis.baselines import data_kind, recovered_fraction
 from sae_sweep.analysis.features import decoder_rows, try_fit
 from sae_sweep.analysis.inference import score_difference, wilson_interval
+from sae_sweep.analysis.lowmode import permutation_row
 from sae_sweep.analysis.note import Results
 from sae_sweep.analysis.seeds import shared_rows
 from sae_sweep.analysis.settings import AnalysisConfig
@@ -54,8 +55,6 @@ def two_modes(v: np.ndarray, K: int, M: int, threshold: float) -> tuple[bool, st
 
 
 def _low_mode(res: Results, j: int, s: int, cfg: AnalysisConfig, v: np.ndarray, seed: int) -> tuple[float, float]:
-    from sae_sweep.analysis.lowmode import permutation_row  # noqa: PLC0415
-
     row = permutation_row(j, s, "isotropic", v, res.random[j][0], cfg, seed) if j in res.random else None
     return (row["emd"], row["p"]) if row else (float("nan"), float("nan"))
 

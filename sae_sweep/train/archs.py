@@ -106,11 +106,15 @@ def top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the positive codes
 
 
-def topk_entries(pre: torch.Tensor, k: int) -> Entries:
-    """TopK's codes as entries: ReLU of each row's k largest pre-activations (values carry the gradient)."""
-    idx = top_entries(pre.detach(), k)  # (B, k)
+def row_entries(pre: torch.Tensor, idx: torch.Tensor) -> Entries:
+    """ReLU(pre) at the columns ``idx`` (B, k) of each row, as entries (values carry the gradient)."""
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(idx.shape[1])
     return rows, idx.reshape(-1), torch.relu(pre.gather(1, idx)).reshape(-1)
+
+
+def topk_entries(pre: torch.Tensor, k: int) -> Entries:
+    """TopK's codes as entries: ReLU of each row's k largest pre-activations."""
+    return row_entries(pre, top_entries(pre.detach(), k))
 
 
 def batchtopk_entries(pre: torch.Tensor, k: int) -> Entries:
@@ -160,6 +164,4 @@ def aux_reconstruction(pre: torch.Tensor, dead: torch.Tensor, aux_k: int, decode
     """(B, d) Gao's AuxK reconstruction: the aux_k largest ReLU(pre) among ``dead`` (J,) features, decoded by D."""
     masked = pre.detach().masked_fill(~dead, float("-inf"))
     idx = top_entries(masked, min(aux_k, int(dead.sum())))  # (B, aux_k): dead features only
-    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(idx.shape[1])
-    entries = (rows, idx.reshape(-1), torch.relu(pre.gather(1, idx)).reshape(-1))
-    return decode_entries(entries, decoder, pre.shape[0])
+    return decode_entries(row_entries(pre, idx), decoder, pre.shape[0])

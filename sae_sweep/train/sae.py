@@ -103,8 +103,10 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def update_threshold_(self, codes: torch.Tensor) -> None:
         """BatchTopK: move the inference threshold toward this batch's smallest kept code (the first sets it)."""
+        if self.arch != "batchtopk":  # before any work: this runs after every step of every architecture
+            return
         low = archs.smallest_kept(codes)
-        if self.arch != "batchtopk" or low is None:
+        if low is None:
             return
         rate = 1.0 if float(self.threshold) == 0 else self.cfg.threshold_rate
         self.threshold.mul_(1 - rate).add_(rate * low)
