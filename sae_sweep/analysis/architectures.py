@@ -59,20 +59,42 @@ def _low_mode(res: Results, j: int, s: int, cfg: AnalysisConfig, v: np.ndarray, 
     return (row["emd"], row["p"]) if row else (float("nan"), float("nan"))
 
 
+def tag_of(dicts: dict) -> str:
+    """The ``sae.tag`` a variant's dictionaries were trained with ("" for none)."""
+    return next(iter(dicts.values())).config.sae.get("tag") or ""
+
+
+def _baseline(runs: dict[str, tuple], data: str, tag: str, baselines: list[str]) -> str | None:
+    """The ReLU run a group of other architectures is set beside: with a tag, the ReLU variant trained under the
+    same tag on the same data (experiment=architectures' one-pass arm: equal budgets), the shortest-named if several;
+    without one, or when there is none, the first of ``baselines`` on that data (the main run, the synthetic run)."""
+    same = [v for v, run in runs.items() if arch_of(run[1]) == "relu" and (_data(run), tag_of(run[1])) == (data, tag)]
+    if tag and same:
+        return min(same, key=lambda v: (len(v), v))
+    return next((b for b in dict.fromkeys(baselines) if b in runs and _data(runs[b]) == data), None)
+
+
+def _data(run: tuple) -> str:
+    return data_kind(next(iter(run[1].values())))
+
+
 def architecture_table(runs: dict[str, tuple], baselines: list[str], cfg: AnalysisConfig) -> list[dict]:
-    """Rows for every variant of an architecture other than ReLU and for the ReLU runs it is set beside
-    (``baselines``: the main run, the synthetic-data run); none when no other architecture was trained.
+    """Rows for every variant of an architecture other than ReLU, grouped by data and ``sae.tag`` (the ``tag``
+    column), each group after the ReLU run it is set beside (``_baseline``); none when no other architecture was
+    trained.
 
     ``runs``: variant -> (Results, dictionaries, true features or None, shared-seed rows or None: computed here).
     """
-    others = sorted(v for v, run in runs.items() if arch_of(run[1]) not in (None, "relu"))
-    if not others:
-        return []
-    rows = [r for v in others for r in architecture_rows(v, *runs[v], cfg=cfg)]
-    kinds = {r["data"] for r in rows}  # a ReLU run is set beside them only on a kind of data they were trained on
-    for v in [b for b in dict.fromkeys(baselines) if b in runs and b not in others]:
-        if data_kind(next(iter(runs[v][1].values()))) in kinds:
-            rows = architecture_rows(v, *runs[v], cfg=cfg) + rows
+    groups: dict[tuple[str, str], list[str]] = {}
+    for v in sorted(runs):
+        if arch_of(runs[v][1]) not in (None, "relu"):
+            groups.setdefault((_data(runs[v]), tag_of(runs[v][1])), []).append(v)
+    rows = []
+    for (data, tag), variants in sorted(groups.items()):
+        base = _baseline(runs, data, tag, baselines)
+        for v in ([base] if base is not None and base not in variants else []) + variants:
+            rows += [{"arch": r["arch"], "variant": r["variant"], "data": r["data"], "tag": tag} | r
+                     for r in architecture_rows(v, *runs[v], cfg=cfg)]  # fmt: skip
     return rows
 
 
@@ -104,6 +126,8 @@ def architecture_rows(
         modes, why = two_modes(v, res.d_in, res.reference, cfg.threshold)
         seed = int(np.random.SeedSequence([cfg.seed, 16, j, s]).generate_state(1)[0])
         emd, p = _low_mode(res, j, s, cfg, v, seed)
+        rec = None if true is None else recovered_fraction(true, decoder_rows(dicts[(j, s)]), cfg)
+        r_lo, r_hi = wilson_interval(round(rec * len(true)), len(true), cfg.level) if rec is not None else (None, None)
         sh = shared.get(j) or {}
         frac = sh.get("shared_fraction")
         s_lo, s_hi = wilson_interval(round(frac * j), j, cfg.level) if frac is not None else (None, None)
@@ -131,26 +155,33 @@ def architecture_rows(
                 "shared_lo": s_lo,
                 "shared_hi": s_hi,
                 "pw_mcc": sh.get("pw_mcc"),
-                "recovered_fraction": None if true is None else recovered_fraction(true, decoder_rows(d), cfg),
+                "recovered_fraction": rec,
+                "recovered_lo": r_lo,
+                "recovered_hi": r_hi,
             }
         )
     return rows
 
 
 def stability(table: list[dict], level: float) -> list[dict]:
-    """ReLU minus TopK shared fraction per (data, size) where both have one: (difference, lo, hi, verdict)."""
+    """ReLU minus TopK shared fraction per (data, tag, size) where both have one: (difference, lo, hi, verdict)."""
     out = []
-    for data in sorted({r["data"] for r in table}):
-        by = {(r["arch"], r["dict_size"]): r for r in table if r["data"] == data and r["shared_fraction"] is not None}
+    for data, tag in sorted({(r["data"], r.get("tag", "")) for r in table}):
+        group = [r for r in table if (r["data"], r.get("tag", "")) == (data, tag)]
+        by = {(r["arch"], r["dict_size"]): r for r in group if r["shared_fraction"] is not None}
         for j in sorted({j for a, j in by if a == "relu"} & {j for a, j in by if a == "topk"}):
             a, b = by[("relu", j)], by[("topk", j)]
             k_relu, k_topk = round(a["shared_fraction"] * j), round(b["shared_fraction"] * j)
             diff, lo, hi = score_difference(k_relu, j, k_topk, j, level)
             verdict = "relu" if lo > 0 else "topk" if hi < 0 else "none"
             seen = {"relu_seen": a.get("activations_seen"), "topk_seen": b.get("activations_seen")}
-            out.append({"data": data, "dict_size": j, "difference": diff, "lo": lo, "hi": hi, "more_stable": verdict,
-                        **seen})  # fmt: skip
+            out.append({"data": data, "tag": tag, "dict_size": j, "difference": diff, "lo": lo, "hi": hi,
+                        "more_stable": verdict, **seen})  # fmt: skip
     return out
+
+
+def _tagged(tag: str) -> str:
+    return f", sae.tag {tag}" if tag else ""
 
 
 def _sizes(js: list[int]) -> str:
@@ -160,14 +191,15 @@ def _sizes(js: list[int]) -> str:
 def modes_finding(table: list[dict]) -> str | None:
     """Which architectures show the note's two modes, and at which sizes (first seed, per kind of data)."""
     parts = []
-    for data in sorted({r["data"] for r in table}):
-        for arch in sorted({r["arch"] for r in table if r["data"] == data}):
-            rows = sorted((r for r in table if r["data"] == data and r["arch"] == arch), key=lambda r: r["dict_size"])
+    for data, tag in sorted({(r["data"], r.get("tag", "")) for r in table}):
+        group = [r for r in table if (r["data"], r.get("tag", "")) == (data, tag)]
+        for arch in sorted({r["arch"] for r in group}):
+            rows = sorted((r for r in group if r["arch"] == arch), key=lambda r: r["dict_size"])
             yes = [r["dict_size"] for r in rows if r["two_modes"]]
             no = [r["dict_size"] for r in rows if not r["two_modes"]]
             l0 = ", ".join(f"{r['l0']:.1f}" for r in rows if r["l0"] is not None)
             parts.append(
-                f"{arch} on {data} (L0 {l0 or 'n/a'}): two modes at {_sizes(yes)}"
+                f"{arch} on {data}{_tagged(tag)} (L0 {l0 or 'n/a'}): two modes at {_sizes(yes)}"
                 + (f", not at {_sizes(no)}" if no else "")
             )
     if len(parts) < 2:
@@ -192,8 +224,8 @@ def stability_finding(steps: list[dict], level: float) -> str | None:
     if not steps:
         return None
     parts = [
-        f"J={t['dict_size']} ({t['data']}): {100 * t['difference']:+.1f} points [{100 * t['lo']:+.1f}, "
-        f"{100 * t['hi']:+.1f}]"
+        f"J={t['dict_size']} ({t['data']}{_tagged(t.get('tag', ''))}): {100 * t['difference']:+.1f} points "
+        f"[{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]"
         + {"relu": ", ReLU more stable", "topk": ", TopK more stable", "none": ""}[t["more_stable"]]
         + _budgets(t)
         for t in steps

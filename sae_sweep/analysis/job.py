@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sae_sweep.analysis.architectures import architecture_table
+from sae_sweep.analysis.architectures import arch_of, architecture_table
 from sae_sweep.analysis.baselines import control_rows
 from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.extras import AnalysedRun, compute_extras
@@ -83,7 +83,8 @@ def run(job: AnalyzeJob, api=None) -> Path:
     control_table = control_rows(main_name, main.results, dicts, main.extras.fits)
     runs = {main_name: (main.results, dicts, None, main.extras.shared)}  # for the architectures' comparison
     synthetic = None  # the first synthetic-data control, whose ground truth joins the report
-    for variant in sorted(found) if cfg.controls else []:
+    # ReLU variants first: the synthetic section takes the first synthetic ReLU run, not another architecture's
+    for variant in sorted(found, key=lambda v: (arch_of(found[v]) != "relu", v)) if cfg.controls else []:
         if variant == main_name:
             continue
         log.info("control %r: %d dictionaries", variant, len(found[variant]))

@@ -15,33 +15,48 @@ INTRO = (
     "beside the ReLU + L1 runs on the same data: the high-MCS fraction (Wilson interval), whether the MCS "
     "distribution shows the note's two modes, the low mode against Rand 1 (permutation test), and across the first "
     "two seeds the shared fraction (Hungarian cosine >= `analysis.shared_cosine`) and PW-MCC; on synthetic data the "
-    "true features recovered."
+    "true features recovered (MCS above `analysis.recovered_cosine`). A group of architectures trained under one "
+    "`sae.tag` (`experiment=architectures`: `onepass`) is set beside the ReLU run of that tag, at equal budgets; "
+    "without one, beside the main run (or the synthetic ReLU run), whose budget may differ (`activations_seen`)."
 )
 
 
 def fig_architectures(table: list[dict], path: Path) -> Path | None:
-    """Figure 20: high-MCS fraction and cross-seed shared fraction per size, one line per architecture and data."""
-    lines = sorted({(r["arch"], r["data"]) for r in table})
+    """Figure 20: high-MCS fraction and cross-seed shared fraction per size, one line per architecture, data and tag;
+    on synthetic data a third panel, the true features recovered (Wilson intervals on the fractions)."""
+    lines = sorted({(r["arch"], r["data"], r.get("tag", "")) for r in table})
     if len(lines) < 2:
         return None
-    fig = Figure(figsize=(10, 4))
-    a1, a2 = fig.subplots(1, 2)
-    for arch, data in lines:
-        rows = sorted((r for r in table if (r["arch"], r["data"]) == (arch, data)), key=lambda r: r["dict_size"])
-        sizes = [r["dict_size"] for r in rows]
+    panels = [("high_fraction", "high-MCS fraction (vs own reference)"), ("shared_fraction", "shared across seeds")]
+    if any(r.get("recovered_fraction") is not None for r in table):
+        panels.append(("recovered_fraction", "true features recovered"))
+    fig = Figure(figsize=(5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels))
+    for arch, data, tag in lines:
+        rows = sorted((r for r in table if (r["arch"], r["data"], r.get("tag", "")) == (arch, data, tag)),
+                      key=lambda r: r["dict_size"])  # fmt: skip
         style = "-" if data == "activations" else "--"
-        a1.errorbar(sizes, [r["high_fraction"] for r in rows], marker="o", ls=style, label=f"{arch} ({data})",
-                    yerr=[[r["high_fraction"] - r["high_lo"] for r in rows],
-                          [r["high_hi"] - r["high_fraction"] for r in rows]])  # fmt: skip
-        shared = [(r["dict_size"], r["shared_fraction"]) for r in rows if r["shared_fraction"] is not None]
-        if shared:
-            a2.plot(*zip(*shared, strict=True), marker="o", ls=style)
-    for ax, ylabel in ((a1, "high-MCS fraction (vs own reference)"), (a2, "shared across seeds (Hungarian)")):
+        label = f"{arch} ({data}{', ' + tag if tag else ''})"
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            _line(ax, rows, key, style, label)
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
         ax.set_xscale("log", base=2)
         ax.set(xlabel="dictionary size", ylabel=ylabel, ylim=(0, 1.02))
-    a1.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle("Fig. 20: architectures side by side")
     return save(fig, path)
+
+
+def _line(ax, rows: list[dict], key: str, style: str, label: str) -> None:
+    """One architecture's ``key`` fraction against size, with its interval (``<stem>_lo``, ``_hi``) where given."""
+    pts = [r for r in rows if r.get(key) is not None]
+    if not pts:
+        return
+    stem = key.removesuffix("_fraction")
+    y = [r[key] for r in pts]
+    err = [[v - r[f"{stem}_lo"] for v, r in zip(y, pts, strict=True)],
+           [r[f"{stem}_hi"] - v for v, r in zip(y, pts, strict=True)]]  # fmt: skip
+    ax.errorbar([r["dict_size"] for r in pts], y, yerr=err, marker="o", ls=style, label=label, capsize=2)
 
 
 def write_architectures(table: list[dict], out: Path, level: float):

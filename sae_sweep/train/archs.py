@@ -17,11 +17,16 @@ aux_coeff x mean((e^ - e)^2) is added, so dead features get a gradient toward wh
 
 Selections are exact and deterministic: ``top_mask`` keeps exactly k entries, and among entries equal to the k-th
 largest it keeps the lowest indices (``torch.topk`` documents no order for ties). These architectures train
-through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's), with the decode over the positive
-codes only (``decode_entries``): two dense products per step, the encoder's and its weight gradient, instead of five.
+through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's) over the selected entries only:
+TopK and BatchTopK select from pre-activations computed without a graph and take their values through ``pre_at``,
+whose backward touches the selected entries alone, and the decode runs over the positive codes (``decode_entries``).
+One dense product per step, the encoder's, instead of five (JumpReLU's pre-activations keep their dense graph: its
+threshold's pseudo-gradient reads every code near the threshold).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -106,22 +111,60 @@ def top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the positive codes
 
 
-def row_entries(pre: torch.Tensor, idx: torch.Tensor) -> Entries:
-    """ReLU(pre) at the columns ``idx`` (B, k) of each row, as entries (values carry the gradient)."""
-    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(idx.shape[1])
-    return rows, idx.reshape(-1), torch.relu(pre.gather(1, idx)).reshape(-1)
+Index = tuple[torch.Tensor, torch.Tensor]  # (rows, cols), each (nnz,): the selected entries of a (B, J) matrix
+PreAt = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows, cols) -> pre-activations there, differentiable
 
 
-def topk_entries(pre: torch.Tensor, k: int) -> Entries:
-    """TopK's codes as entries: ReLU of each row's k largest pre-activations."""
-    return row_entries(pre, top_entries(pre.detach(), k))
+class _PreAt(torch.autograd.Function):
+    """pre[rows, cols] of pre = x W^T + b, computed densely beforehand; the backward is over the entries alone:
+    dW[j] += g x[b], db[j] += g, dx[b] += g W[j] for each entry (b, j) with gradient g. O(nnz d), where the dense
+    weight gradient is a (J, B) x (B, d) product and the gather's backward fills a (B, J) matrix."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, x, pre, rows, cols):
+        ctx.save_for_backward(weight, x, rows, cols)
+        return pre.reshape(-1).index_select(0, rows * pre.shape[1] + cols)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, x, rows, cols = ctx.saved_tensors
+        g_w = g_b = g_x = None
+        if ctx.needs_input_grad[0]:
+            g_w = torch.zeros_like(weight).index_add_(0, cols, scale_rows(x.index_select(0, rows), grad))  # (J, d)
+        if ctx.needs_input_grad[1]:
+            g_b = torch.zeros(weight.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+        if ctx.needs_input_grad[2]:  # x = x - b_dec: the decoder bias's gradient flows through x
+            g_x = torch.zeros_like(x).index_add_(0, rows, scale_rows(weight.index_select(0, cols), grad))  # (B, d)
+        return g_w, g_b, g_x, None, None, None
 
 
-def batchtopk_entries(pre: torch.Tensor, k: int) -> Entries:
-    """BatchTopK's codes as entries: the k x B largest ReLU(pre) of the batch (B, J), in row-major order."""
-    act = torch.relu(pre).reshape(-1)
-    flat = top_entries(act.detach().unsqueeze(0), k * pre.shape[0])[0]  # ascending: row-major
-    return flat.div(pre.shape[1], rounding_mode="floor"), flat.remainder(pre.shape[1]), act[flat]
+def pre_at(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, pre: torch.Tensor) -> PreAt:
+    """A function of (rows, cols) giving ``pre`` there (``pre`` = x weight^T + bias, (B, J), without a graph) with
+    gradients to weight (J, d), bias (J,) and x (B, d) over those entries only."""
+    return lambda rows, cols: _PreAt.apply(weight, bias, x, pre, rows, cols)
+
+
+def row_index(idx: torch.Tensor) -> Index:
+    """The entries of the columns ``idx`` (B, k) of each row, row-major."""
+    rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
+    return rows, idx.reshape(-1)
+
+
+def topk_index(pre: torch.Tensor, k: int) -> Index:
+    """TopK's entries: each row's k largest pre-activations (pre (B, J), no gradient needed)."""
+    return row_index(top_entries(pre, k))
+
+
+def batchtopk_index(pre: torch.Tensor, k: int) -> Index:
+    """BatchTopK's entries: the k x B largest ReLU(pre) of the batch (B, J), row-major."""
+    flat = top_entries(torch.relu(pre).reshape(1, -1), k * pre.shape[0])[0]  # ascending: row-major
+    return flat.div(pre.shape[1], rounding_mode="floor"), flat.remainder(pre.shape[1])
+
+
+def relu_entries(index: Index, at: PreAt) -> Entries:
+    """ReLU(pre) at ``index`` as entries (values carry the gradient through ``at``)."""
+    rows, cols = index
+    return rows, cols, torch.relu(at(rows, cols))
 
 
 def dense_entries(codes: torch.Tensor) -> Entries:
@@ -137,21 +180,48 @@ def to_dense(entries: Entries, shape: tuple[int, int], keep_grad: bool = False) 
     return out.index_put((rows, cols), values if keep_grad else values.detach())
 
 
+def scale_rows(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(n, d) rows of ``m`` times ``v`` (n,). Written as a (d, n) product by broadcasting over the last axis: torch's
+    broadcast of an (n, 1) factor along rows ran 3-6x slower on CPU (benchmarks/bench_archs.py)."""
+    return (m.t() * v).t()
+
+
+class _DecodeEntries(torch.autograd.Function):
+    """codes @ D^T over the entries (rows, cols, values) of the codes: out[b] = sum over b's entries of v D[:, j]. The
+    backward gathers and index-adds as the forward: dv = grad[b] . D[:, j], dD[:, j] += v grad[b]."""
+
+    @staticmethod
+    def forward(ctx, values, decoder, rows, cols, batch: int):
+        atoms = decoder.t().index_select(0, cols)  # (nnz, d): rows of the feature-major D^T, a contiguous gather
+        ctx.save_for_backward(values, decoder, atoms, rows, cols)
+        out = torch.zeros(batch, decoder.shape[0], dtype=values.dtype, device=values.device)
+        return out.index_add_(0, rows, scale_rows(atoms, values))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        values, decoder, atoms, rows, cols = ctx.saved_tensors
+        g_rows = grad.index_select(0, rows)  # (nnz, d)
+        g_values = (g_rows * atoms).sum(1) if ctx.needs_input_grad[0] else None
+        g_dec = None
+        if ctx.needs_input_grad[1]:  # (J, d) feature-major, returned as the (d, J) view the decoder is
+            g_dec = torch.zeros_like(decoder.t()).index_add_(0, cols, scale_rows(g_rows, values)).t()
+        return g_values, g_dec, None, None, None
+
+
 def decode_entries(entries: Entries, decoder: torch.Tensor, batch: int) -> torch.Tensor:
     """(batch, d) = codes @ D^T over the entries only, differentiable: O(nnz x d) instead of O(B J d).
 
     The top-k architectures fire ~k of J features, so the decode and its two backward products (the code and the
-    decoder gradients) shrink to gathers and an index_add; only the encoder's products stay dense.
+    decoder gradients) shrink to gathers and index-adds; only the encoder's forward product stays dense.
     """
     rows, cols, values = entries
-    atoms = decoder.t()[cols]  # (nnz, d): rows of the feature-major D^T
-    out = torch.zeros(batch, decoder.shape[0], dtype=values.dtype, device=values.device)
-    return out.index_add(0, rows, values.unsqueeze(1) * atoms)
+    return _DecodeEntries.apply(values, decoder, rows, cols, batch)
 
 
 def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
     """ReLU of each row's k largest pre-activations, zero elsewhere, (B, J) (inference)."""
-    return to_dense(topk_entries(pre, k), tuple(pre.shape))
+    rows, cols = topk_index(pre, k)
+    return to_dense((rows, cols, torch.relu(pre[rows, cols])), tuple(pre.shape))
 
 
 def smallest_kept(codes: torch.Tensor) -> float | None:
@@ -160,8 +230,8 @@ def smallest_kept(codes: torch.Tensor) -> float | None:
     return float(positive.min()) if positive.numel() else None
 
 
-def aux_reconstruction(pre: torch.Tensor, dead: torch.Tensor, aux_k: int, decoder: torch.Tensor) -> torch.Tensor:
+def aux_reconstruction(pre: torch.Tensor, at: PreAt, dead: torch.Tensor, aux_k: int, decoder: torch.Tensor):
     """(B, d) Gao's AuxK reconstruction: the aux_k largest ReLU(pre) among ``dead`` (J,) features, decoded by D."""
-    masked = pre.detach().masked_fill(~dead, float("-inf"))
-    idx = top_entries(masked, min(aux_k, int(dead.sum())))  # (B, aux_k): dead features only
-    return decode_entries(row_entries(pre, idx), decoder, pre.shape[0])
+    cols = dead.nonzero().squeeze(1)  # (n_dead,) ascending, so ties still go to the lower feature index
+    idx = cols[top_entries(pre.detach().index_select(1, cols), aux_k)]  # (B, min(aux_k, n_dead))
+    return decode_entries(relu_entries(row_index(idx), at), decoder, pre.shape[0])

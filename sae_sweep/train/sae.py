@@ -73,10 +73,13 @@ class SparseAutoencoder(nn.Module):
     def W_enc(self) -> torch.Tensor:
         return self.decoder.t() if self.tied else self.encoder  # (dict_size, d_in)
 
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d_in) -> W_enc (x - b_dec) + b_enc, (B, dict_size)."""
+    def _check_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:
             raise ConfigError(f"activations have width {x.shape[-1]}, but this SAE takes d_in={self.d_in}")
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_in) -> W_enc (x - b_dec) + b_enc, (B, dict_size)."""
+        self._check_width(x)
         if self.decoder_bias is not None:
             x = x - self.decoder_bias
         return torch.addmm(self.encoder_bias, x, self.W_enc.t())
@@ -91,14 +94,24 @@ class SparseAutoencoder(nn.Module):
         theta = self.threshold if self.arch == "batchtopk" else self.log_threshold.exp()
         return pre * (pre > theta)
 
-    def train_entries(self, pre: torch.Tensor) -> archs.Entries:
+    def train_entries(self, pre: torch.Tensor, at: archs.PreAt | None = None) -> archs.Entries:
         """The positive codes as (rows, cols, values) from pre-activations (B, dict_size), as training computes them
-        (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu."""
-        if self.arch == "topk":
-            return archs.topk_entries(pre, self.cfg.k)
-        if self.arch == "batchtopk":
-            return archs.batchtopk_entries(pre, self.cfg.k)
-        return archs.dense_entries(archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth))
+        (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu. ``at``: the
+        selected pre-activations with their gradient (``selected``); None: read from ``pre``'s own graph."""
+        if self.arch == "jumprelu":
+            return archs.dense_entries(archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth))
+        select = archs.topk_index if self.arch == "topk" else archs.batchtopk_index
+        return archs.relu_entries(select(pre.detach(), self.cfg.k), at or (lambda rows, cols: pre[rows, cols]))
+
+    def selected(self, x: torch.Tensor) -> tuple[torch.Tensor, archs.PreAt]:
+        """TopK, BatchTopK: pre-activations (B, dict_size) computed without a graph, to select from, and ``at``, their
+        values at the selected entries with gradients over those entries only (archs.pre_at)."""
+        self._check_width(x)
+        if self.decoder_bias is not None:
+            x = x - self.decoder_bias
+        with torch.no_grad():
+            pre = torch.addmm(self.encoder_bias, x, self.W_enc.t())
+        return pre, archs.pre_at(self.W_enc, self.encoder_bias, x, pre)
 
     @torch.no_grad()
     def update_threshold_(self, codes: torch.Tensor) -> None:
@@ -138,8 +151,8 @@ class SparseAutoencoder(nn.Module):
 
     def _sparse_loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the positive entries."""
-        pre = self.pre_activations(x)
-        entries = self.train_entries(pre)
+        pre, at = (self.pre_activations(x), None) if self.arch == "jumprelu" else self.selected(x)
+        entries = self.train_entries(pre, at)
         _, cols, values = entries
         if values.numel() > SPARSE_MAX_DENSITY * pre.numel():  # a JumpReLU early in training: a dense decode pays
             recon = archs.to_dense(entries, tuple(pre.shape), keep_grad=True) @ self.decoder.t()
@@ -149,7 +162,7 @@ class SparseAutoencoder(nn.Module):
         mse = (recon - x).pow(2).mean()
         l1 = values.detach().sum() / x.shape[0]  # codes >= 0
         return {
-            "loss": mse + self._sparsity_term(x, pre, recon, l1, l1_coeff, dead),
+            "loss": mse + self._sparsity_term(x, (pre, at), recon, l1, l1_coeff, dead),
             "mse": mse,
             "l1": l1,
             "codes": archs.to_dense(entries, tuple(pre.shape)),  # detached: for the metrics
@@ -157,17 +170,19 @@ class SparseAutoencoder(nn.Module):
             "code_sums": torch.zeros_like(self.encoder_bias).index_add_(0, cols, values.detach()),
         }
 
-    def _sparsity_term(self, x, pre, recon, l1, l1_coeff: float, dead: torch.Tensor | None) -> torch.Tensor:
-        """What the architecture adds to the mse: l1_coeff x L1 (relu), lambda x L0 (jumprelu), AuxK (top-k ones)."""
+    def _sparsity_term(self, x, pre_at, recon, l1, l1_coeff: float, dead: torch.Tensor | None) -> torch.Tensor:
+        """What the architecture adds to the mse: l1_coeff x L1 (relu), lambda x L0 (jumprelu), AuxK (top-k ones).
+        ``pre_at``: (pre-activations, ``at`` or None) of the other architectures (``selected``)."""
         if self.arch == "relu":
             return l1_coeff * l1
+        pre, at = pre_at
         if self.arch == "jumprelu":
             pre_theta = archs.heaviside(pre, self.log_threshold.exp(), self.cfg.bandwidth)
             return self.cfg.l0_coeff * pre_theta.sum(dim=1).mean()
         if dead is None or self.cfg.aux_k == 0 or not bool(dead.any()):
             return torch.zeros((), dtype=x.dtype, device=x.device)
         residual = (x - recon).detach()  # what the live features miss; no gradient through it (Gao et al.)
-        aux = archs.aux_reconstruction(pre, dead, self.cfg.aux_k, self.decoder)
+        aux = archs.aux_reconstruction(pre, at, dead, self.cfg.aux_k, self.decoder)
         return self.cfg.aux_coeff * (aux - residual).pow(2).mean()
 
     @torch.no_grad()

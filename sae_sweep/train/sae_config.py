@@ -6,6 +6,7 @@ the stopping rule, the hand-written step's options and the architecture (archs.p
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from sae_sweep.errors import ConfigError
@@ -59,6 +60,7 @@ class SAEConfig:
     l0_coeff: float = 1e-3  # jumprelu: lambda, the weight of mean_b ||c||_0 (see conf/sae/default.yaml on its scale)
     bandwidth: float = 1e-3  # jumprelu: epsilon, the pseudo-derivatives' kernel width (the paper's 0.001)
     threshold_init: float = 1e-3  # jumprelu: every feature's initial threshold (the paper's 0.001)
+    tag: str = ""  # a name for a setting the name does not otherwise show (a budget, say): sae-L2-J1024-s0-<tag>
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -68,6 +70,10 @@ class SAEConfig:
         if not 0 <= self.sparse_max_density <= 1:
             raise ConfigError(f"sae.sparse_max_density must be in [0, 1], got {self.sparse_max_density!r}")
         self._check_arch()
+        if self.tag and not re.fullmatch(r"[a-z0-9][a-z0-9.]*", self.tag):
+            raise ConfigError(
+                f"sae.tag must be lower-case letters, digits and dots (it goes into dictionary names), got {self.tag!r}"
+            )
         if self.precision not in SAE_PRECISIONS:
             raise ConfigError(f"sae.precision must be one of {SAE_PRECISIONS}, got {self.precision!r}")
         if self.until not in UNTILS:

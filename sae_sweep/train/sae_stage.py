@@ -74,6 +74,8 @@ class SAEJob:
             parts.append("resample")
         if self.sae.l1_coeff != DEFAULT_L1 and self.sae.arch == "relu":  # the others have no L1 term
             parts.append(f"l1-{self.sae.l1_coeff:g}")
+        if self.sae.tag:
+            parts.append(self.sae.tag)  # "onepass": what the user names (experiment=architectures' equal budgets)
         return "-".join(parts)
 
     @property

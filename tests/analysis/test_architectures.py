@@ -62,13 +62,13 @@ def test_the_cross_seed_ordering_is_read_from_the_interval_of_the_difference():
     assert "does not separate training length from architecture" in text
 
 
-def _plant(store: ArtifactStore, arch: str, variant: str, n_true: int = 8, d_in: int = 16) -> None:
+def _plant(store: ArtifactStore, arch: str, variant: str, n_true: int = 8, d_in: int = 16, tag: str = "") -> None:
     """Sizes 8-32 on seeds 0 and 1: n_true shared unit features, then random directions."""
     for seed in (0, 1):
         rng = np.random.default_rng(seed)
         for J in (8, 16, 32):
             cols = np.concatenate([np.eye(d_in)[:, :n_true], rng.normal(size=(d_in, J - n_true))], axis=1)
-            sae = SAEConfig(dict_size=J, seed=seed, arch=arch).to_dict()
+            sae = SAEConfig(dict_size=J, seed=seed, arch=arch, tag=tag).to_dict()
             save_dict(store, J, seed, d_in=d_in, decoder=cols / np.linalg.norm(cols, axis=0), variant=variant,
                       extra={"sae": sae})  # fmt: skip
 
@@ -84,11 +84,12 @@ def test_report_sets_the_architectures_side_by_side(tmp_path):
     assert "### Architectures" in text and "fig20_architectures.png" in text
     assert (out / "fig20_architectures.png").stat().st_size > 0
     rows = (out / "architectures.csv").read_text().splitlines()
-    assert rows[0].startswith("arch,variant,data,dict_size,reference,seed,activations_seen,converged,l0,fvu,high_")
+    assert rows[0].startswith("arch,variant,data,tag,dict_size,reference,seed,activations_seen,converged,l0,fvu,high_")
     assert sorted(r.split(",")[0] for r in rows[1:]) == ["relu", "relu", "topk", "topk"]  # 8 and 16 against 32
     # Both architectures share the same 8 features across seeds, at every size: no difference to detect.
     steps = (out / "architecture_stability.csv").read_text().splitlines()
     assert len(steps) == 3 and all(s.endswith(",none,256,256") for s in steps[1:])  # equal budgets
+    assert steps[0].startswith("data,tag,dict_size,difference")
     findings = (out / "findings.md").read_text()
     assert "Architectures side by side" in findings and "relu on activations" in findings
     assert "topk on activations" in findings and "no difference was detected at any size compared" in findings
@@ -105,3 +106,27 @@ def test_no_architectures_rows_without_another_architecture(tmp_path):
     dicts = collect_local(store.root, 2)
     cfg = AnalysisConfig(n_random=2, n_boot=50, n_perm=50)
     assert architecture_table({"": (compute(dicts, cfg), dicts, None, None)}, [""], cfg) == []
+
+
+def test_a_tagged_group_is_set_beside_the_relu_run_of_its_tag(tmp_path):
+    """experiment=architectures' one-pass arms (sae.tag=onepass) meet the one-pass ReLU arm, not the main run nor a
+    tagged control; untagged ones meet the main run; the stability table keeps the groups apart."""
+    from sae_sweep.analysis.architectures import architecture_table  # noqa: PLC0415
+    from sae_sweep.analysis.collect import collect_local_variants  # noqa: PLC0415
+    from sae_sweep.analysis.note import compute  # noqa: PLC0415
+
+    store = ArtifactStore(tmp_path / "store")
+    _plant(store, "relu", "")
+    _plant(store, "relu", "onepass", tag="onepass")
+    _plant(store, "relu", "untrained-onepass", tag="onepass")  # a control under the tag: longer name, not chosen
+    _plant(store, "topk", "topk-k20-onepass", tag="onepass")
+    _plant(store, "topk", "topk-k20")
+    cfg = AnalysisConfig(n_random=2, n_boot=50, n_perm=50)
+    runs = {v: (compute(d, cfg), d, None, None) for v, d in collect_local_variants(store.root, 2).items()}
+    table = architecture_table(runs, [""], cfg)
+    got = [(r["tag"], r["variant"], r["dict_size"]) for r in table]
+    assert got == [(t, v, j) for t, v in [("", "(note)"), ("", "topk-k20"), ("onepass", "onepass"),
+                                          ("onepass", "topk-k20-onepass")] for j in (8, 16)]  # fmt: skip
+    steps = stability(table, 0.95)
+    assert [(t["tag"], t["dict_size"]) for t in steps] == [("", 8), ("", 16), ("onepass", 8), ("onepass", 16)]
+    assert "J=8 (activations, sae.tag onepass)" in stability_finding(steps, 0.95)

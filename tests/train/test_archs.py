@@ -176,6 +176,43 @@ def test_decode_over_entries_and_its_gradients_equal_the_dense_products_in_float
         assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
 
 
+def _dense_reference_loss(sae: SparseAutoencoder, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """TopK / BatchTopK + AuxK written densely, all through autograd: masks times ReLU(pre), full products."""
+    pre = sae.pre_activations(x)  # (B, J), with its graph
+    B, J = pre.shape
+    if sae.arch == "topk":
+        keep = archs.top_mask(pre.detach(), sae.cfg.k)
+    else:
+        keep = archs.top_mask(torch.relu(pre.detach()).reshape(1, -1), sae.cfg.k * B).view(B, J)
+    recon = (torch.relu(pre) * keep) @ sae.decoder.t() + sae.decoder_bias
+    aux_keep = archs.top_mask(pre.detach().masked_fill(~dead, float("-inf")), sae.cfg.aux_k) & dead
+    aux = (torch.relu(pre) * aux_keep) @ sae.decoder.t()
+    return (recon - x).pow(2).mean() + sae.cfg.aux_coeff * (aux - (x - recon).detach()).pow(2).mean()
+
+
+@pytest.mark.parametrize("arch, tied", [("topk", False), ("topk", True), ("batchtopk", False)])
+def test_selected_entries_gradients_equal_the_dense_products_in_float64(arch, tied):
+    """The top-k architectures' step (pre-activations without a graph, gradients over the selected entries only,
+    AuxK's among the dead features' columns) against the same loss written densely, every parameter, float64."""
+    torch.manual_seed(0)
+    cfg = SAEConfig(dict_size=24, arch=arch, k=3, aux_k=4, aux_coeff=0.5, decoder_bias=True, tied=tied)
+    sae = SparseAutoencoder(6, cfg).double()
+    with torch.no_grad():
+        sae.decoder_bias.normal_()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    dead = torch.zeros(24, dtype=torch.bool)
+    dead[[1, 5, 6, 11, 17, 20, 23]] = True
+    grads = []
+    for loss in (lambda: sae.loss(x, 0.0, dead)["loss"], lambda: _dense_reference_loss(sae, x, dead)):
+        sae.zero_grad()
+        value = loss()
+        value.backward()
+        grads.append([value.detach()] + [p.grad.clone() for p in sae.parameters()])
+    assert len(grads[0]) == (4 if tied else 5)
+    for ours, ref in zip(*grads, strict=True):
+        assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+
+
 def test_top_entries_are_top_masks_entries_with_and_without_ties():
     gen = torch.Generator().manual_seed(1)
     scores = torch.randn(6, 40, generator=gen)

@@ -163,7 +163,7 @@ def test_pretraining_on_synthetic_data_is_refused_before_any_work(tmp_path):
 
 
 def _job(**kw) -> SAEJob:
-    sae = SAEConfig(**{k: kw.pop(k) for k in ("l1_coeff", "resample_every") if k in kw})
+    sae = SAEConfig(**{k: kw.pop(k) for k in ("l1_coeff", "resample_every", "arch", "tag") if k in kw})
     return SAEJob(HarvestConfig(), sae, TrainerConfig(), LoggerConfig(), Paths(Path("x")), **kw)
 
 
@@ -182,6 +182,9 @@ def _job(**kw) -> SAEJob:
             "sae-L2-J1024-s0-synthetic-resample-l1-0",
         ),
         ({"gpt": "gpt-embedded-s0", "l1_coeff": 1e-3}, "sae-L2-J1024-s0"),
+        ({"tag": "onepass"}, "sae-L2-J1024-s0-onepass"),
+        ({"arch": "topk", "tag": "onepass", "l1_coeff": 3e-3}, "sae-L2-J1024-s0-topk-k20-onepass"),
+        ({"synthetic": SyntheticConfig(), "l1_coeff": 5e-3, "tag": "a.1"}, "sae-L2-J1024-s0-synthetic-l1-0.005-a.1"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -190,6 +193,12 @@ def test_variant_names(kw, name):
     assert job.name == name
     assert job.variant == name.removeprefix("sae-L2-J1024-s0").removeprefix("-")
     assert job.group == "sae-L2-J1024" + name.removeprefix("sae-L2-J1024-s0")
+
+
+@pytest.mark.parametrize("tag", ["One", "-x", "a b", "a_b"])
+def test_a_tag_that_cannot_go_into_a_name_is_refused(tag):
+    with pytest.raises(ConfigError, match="sae.tag must be lower-case letters, digits and dots"):
+        SAEConfig(tag=tag)
 
 
 def test_config_builds_the_variants():
