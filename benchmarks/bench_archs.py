@@ -25,14 +25,27 @@ import torch
 
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
+try:  # as SAEModule.setup does on CPU; a commit before it (--against) has no such module
+    from sae_sweep.train.allocator import keep_freed_blocks
+except ImportError:
+    keep_freed_blocks = None
+
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 D_IN, BATCH, WARMUP = 128, 256, 3
+L0 = 20  # the demo's: codes per row of a trained-like JumpReLU
 JUMPRELU = {"l0_coeff": 3e-5, "bandwidth": 0.02, "threshold_init": 0.03}  # experiment=architectures' settings
 
 
-def make(arch: str, J: int) -> SparseAutoencoder:
-    return SparseAutoencoder(D_IN, SAEConfig(dict_size=J, arch=arch, **(JUMPRELU if arch == "jumprelu" else {})))
+def make(arch: str, J: int, x: torch.Tensor) -> SparseAutoencoder:
+    """A fresh SAE; a JumpReLU one with its thresholds raised to fire ~L0 features per row of ``x`` (B, d_in), where
+    training spends most of its steps (its codes start dense, and the step then takes the dense graph)."""
+    sae = SparseAutoencoder(D_IN, SAEConfig(dict_size=J, arch=arch, **(JUMPRELU if arch == "jumprelu" else {})))
+    if arch == "jumprelu":
+        with torch.no_grad():
+            kth = sae.pre_activations(x).kthvalue(J - L0, dim=1).values.median()  # the L0-th largest, typically
+            sae.log_threshold.fill_(float(kth.clamp(min=1e-3).log()))
+    return sae
 
 
 def ms_per_step(sae: SparseAutoencoder, xs: torch.Tensor) -> float:
@@ -95,15 +108,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--against", metavar="REV", help="time each architecture at this commit too")
+    ap.add_argument("--untuned", action="store_true", help="leave glibc's allocator as it is (train/allocator.py)")
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # ARCH J STEPS TREE: one timing (--against's child)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if keep_freed_blocks is not None and not args.untuned:
+        keep_freed_blocks()
     if args.one:
         arch, J, steps, tree = args.one
         import sae_sweep  # noqa: PLC0415
 
         assert Path(sae_sweep.__file__).resolve().is_relative_to(Path(tree).resolve()), sae_sweep.__file__
-        print("MS", ms_per_step(make(arch, int(J)), inputs(int(steps))))
+        xs = inputs(int(steps))
+        print("MS", ms_per_step(make(arch, int(J), xs[0]), xs))
         return
     if args.against:
         against(args.against, args.sizes, args.steps, args.repeats)
@@ -113,7 +130,7 @@ def main() -> None:
         times: dict[str, list[float]] = {a: [] for a in ARCHS}
         for _ in range(args.repeats):  # interleaved: machine noise hits every column alike
             for arch in ARCHS:
-                times[arch].append(ms_per_step(make(arch, J), xs))
+                times[arch].append(ms_per_step(make(arch, J, xs[0]), xs))
         print(f"J={J}: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in times.items()), flush=True)
 
 

@@ -98,6 +98,21 @@ def architecture_table(runs: dict[str, tuple], baselines: list[str], cfg: Analys
     return rows
 
 
+def _against_reference(res: Results, j: int, s: int, cfg: AnalysisConfig) -> dict:
+    """The MCS columns of size j, seed s against the reference: high-MCS fraction, two modes, low mode vs Rand 1."""
+    v = res.vs_reference(j, s)
+    if v is None:  # the reference itself
+        keys = ("high_fraction", "high_lo", "high_hi", "two_modes", "modes_why", "low_emd_rand1", "low_p")
+        return dict.fromkeys(keys)
+    high = int(np.count_nonzero(v >= cfg.threshold))
+    lo, hi = wilson_interval(high, v.size, cfg.level)
+    modes, why = two_modes(v, res.d_in, res.reference, cfg.threshold)
+    seed = int(np.random.SeedSequence([cfg.seed, 16, j, s]).generate_state(1)[0])
+    emd, p = _low_mode(res, j, s, cfg, v, seed)
+    return {"high_fraction": high / v.size, "high_lo": lo, "high_hi": hi, "two_modes": modes, "modes_why": why,
+            "low_emd_rand1": emd, "low_p": p}  # fmt: skip
+
+
 def architecture_rows(
     variant: str,
     res: Results,
@@ -117,15 +132,8 @@ def architecture_rows(
     first = set(res.seeds[:2])
     shared = {r["dict_size"]: r for r in shared if {r["seed_a"], r["seed_b"]} == first}
     rows = []
-    for j in res.sizes:
-        v = res.vs_reference(j, s)
-        if v is None:
-            continue
-        high = int(np.count_nonzero(v >= cfg.threshold))
-        lo, hi = wilson_interval(high, v.size, cfg.level)
-        modes, why = two_modes(v, res.d_in, res.reference, cfg.threshold)
-        seed = int(np.random.SeedSequence([cfg.seed, 16, j, s]).generate_state(1)[0])
-        emd, p = _low_mode(res, j, s, cfg, v, seed)
+    for j in res.sizes:  # the reference size too: its shared fraction and recovery, with no MCS against itself
+        mcs = _against_reference(res, j, s, cfg)
         rec = None if true is None else recovered_fraction(true, decoder_rows(dicts[(j, s)]), cfg)
         r_lo, r_hi = wilson_interval(round(rec * len(true)), len(true), cfg.level) if rec is not None else (None, None)
         sh = shared.get(j) or {}
@@ -144,13 +152,7 @@ def architecture_rows(
                 "converged": res.converged.get((j, s)),
                 "l0": d.config.metrics.get("val/l0"),
                 "fvu": d.config.metrics.get("val/fvu"),
-                "high_fraction": high / v.size,
-                "high_lo": lo,
-                "high_hi": hi,
-                "two_modes": modes,
-                "modes_why": why,
-                "low_emd_rand1": emd,
-                "low_p": p,
+                **mcs,
                 "shared_fraction": frac,
                 "shared_lo": s_lo,
                 "shared_hi": s_hi,
@@ -192,7 +194,7 @@ def modes_finding(table: list[dict]) -> str | None:
     """Which architectures show the note's two modes, and at which sizes (first seed, per kind of data)."""
     parts = []
     for data, tag in sorted({(r["data"], r.get("tag", "")) for r in table}):
-        group = [r for r in table if (r["data"], r.get("tag", "")) == (data, tag)]
+        group = [r for r in table if (r["data"], r.get("tag", "")) == (data, tag) and r["two_modes"] is not None]
         for arch in sorted({r["arch"] for r in group}):
             rows = sorted((r for r in group if r["arch"] == arch), key=lambda r: r["dict_size"])
             yes = [r["dict_size"] for r in rows if r["two_modes"]]

@@ -9,6 +9,7 @@
     convergence.py                         held-out evaluations, decoder drift and the stopping rule
     trainer.py, preemption.py, runs.py     the shared Trainer, clean stops on SIGTERM/requeue, a run's folder
     loggers.py, density.py                 CSV + guarded W&B logging; the one figure a job draws
+    allocator.py                           glibc keeps large freed blocks (no page faults per CPU step)
 
 Nothing here imports the analysis, scipy, or (until a job draws its histogram) matplotlib.
 """

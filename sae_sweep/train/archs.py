@@ -18,10 +18,10 @@ aux_coeff x mean((e^ - e)^2) is added, so dead features get a gradient toward wh
 Selections are exact and deterministic: ``top_mask`` keeps exactly k entries, and among entries equal to the k-th
 largest it keeps the lowest indices (``torch.topk`` documents no order for ties). These architectures train
 through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's) over the selected entries only:
-TopK and BatchTopK select from pre-activations computed without a graph and take their values through ``pre_at``,
-whose backward touches the selected entries alone, and the decode runs over the positive codes (``decode_entries``).
-One dense product per step, the encoder's, instead of five (JumpReLU's pre-activations keep their dense graph: its
-threshold's pseudo-gradient reads every code near the threshold).
+They select from pre-activations computed without a graph and take their values through ``pre_at``,
+whose backward touches the selected entries alone, and the decode runs over the selected codes (``decode_entries``).
+JumpReLU's entries are its positive codes and the zero ones within bandwidth / 2 below their threshold, the only
+ones its threshold's pseudo-gradient reads. One dense product per step, the encoder's, instead of five.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class _JumpReLU(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         pre, theta = ctx.saved_tensors
         window = ((pre - theta) / ctx.eps).abs() < 0.5  # K, the rectangle kernel: 1 on (-1/2, 1/2)
-        grad_theta = -(theta / ctx.eps) * (grad * window).sum(0)
+        grad_theta = (-(theta / ctx.eps) * grad * window).sum_to_size(theta.shape)  # over the batch when theta is (J,)
         return grad * (pre > theta), grad_theta, None
 
 
@@ -80,12 +80,23 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         pre, theta = ctx.saved_tensors
         window = ((pre - theta) / ctx.eps).abs() < 0.5
-        return None, -(1.0 / ctx.eps) * (grad * window).sum(0), None
+        return None, (-(1.0 / ctx.eps) * grad * window).sum_to_size(theta.shape), None
 
 
 def jumprelu(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, J) codes of a JumpReLU with per-feature thresholds ``theta`` (J,)."""
     return _JumpReLU.apply(pre, theta, eps)
+
+
+def jumprelu_entries(pre: torch.Tensor, at: PreAt | None, theta: torch.Tensor, eps: float):
+    """(JumpReLU's codes as entries, its L0 per row with the threshold's pseudo-gradient), both over the entries with
+    pre > theta - eps / 2: the positive codes and the zero ones within eps / 2 below their threshold, whose
+    reconstruction gradient the threshold's pseudo-derivative sums as well (every other code has none, and adds
+    nothing to the L0 or its gradient). ``at`` as ``pre_at`` (None: read from ``pre``'s own graph)."""
+    rows, cols = (pre.detach() > theta.detach()[None] - eps / 2).nonzero(as_tuple=True)
+    v, theta_at = (at(rows, cols) if at else pre[rows, cols]), theta[cols]  # (nnz,) each
+    l0 = heaviside(v, theta_at, eps).sum() / pre.shape[0]
+    return (rows, cols, jumprelu(v, theta_at, eps)), l0
 
 
 def heaviside(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:

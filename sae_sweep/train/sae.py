@@ -99,18 +99,19 @@ class SparseAutoencoder(nn.Module):
         (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu. ``at``: the
         selected pre-activations with their gradient (``selected``); None: read from ``pre``'s own graph."""
         if self.arch == "jumprelu":
-            return archs.dense_entries(archs.jumprelu(pre, self.log_threshold.exp(), self.cfg.bandwidth))
+            return archs.jumprelu_entries(pre, at, self.log_threshold.exp(), self.cfg.bandwidth)[0]
         select = archs.topk_index if self.arch == "topk" else archs.batchtopk_index
         return archs.relu_entries(select(pre.detach(), self.cfg.k), at or (lambda rows, cols: pre[rows, cols]))
 
-    def selected(self, x: torch.Tensor) -> tuple[torch.Tensor, archs.PreAt]:
-        """TopK, BatchTopK: pre-activations (B, dict_size) computed without a graph, to select from, and ``at``, their
-        values at the selected entries with gradients over those entries only (archs.pre_at)."""
+    def selected(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, archs.PreAt]:
+        """Pre-activations (B, dict_size) computed without a graph, to select from, and ``at``, their values at the
+        selected entries with gradients over those entries only (archs.pre_at): the top-k architectures and JumpReLU."""
         self._check_width(x)
         if self.decoder_bias is not None:
             x = x - self.decoder_bias
-        with torch.no_grad():
-            pre = torch.addmm(self.encoder_bias, x, self.W_enc.t())
+        if pre is None:  # else already computed (JumpReLU's, to choose its path)
+            with torch.no_grad():
+                pre = torch.addmm(self.encoder_bias, x, self.W_enc.t())
         return pre, archs.pre_at(self.W_enc, self.encoder_bias, x, pre)
 
     @torch.no_grad()
@@ -141,7 +142,7 @@ class SparseAutoencoder(nn.Module):
         mse = (recon - x).pow(2).mean()
         l1 = codes.abs().sum(dim=1).mean()
         return {
-            "loss": mse + self._sparsity_term(x, None, recon, l1, l1_coeff, dead),
+            "loss": mse + l1_coeff * l1,
             "mse": mse,
             "l1": l1,
             "codes": codes,
@@ -150,35 +151,47 @@ class SparseAutoencoder(nn.Module):
         }
 
     def _sparse_loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the positive entries."""
-        pre, at = (self.pre_activations(x), None) if self.arch == "jumprelu" else self.selected(x)
-        entries = self.train_entries(pre, at)
-        _, cols, values = entries
-        if values.numel() > SPARSE_MAX_DENSITY * pre.numel():  # a JumpReLU early in training: a dense decode pays
-            recon = archs.to_dense(entries, tuple(pre.shape), keep_grad=True) @ self.decoder.t()
+        """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the selected entries."""
+        if self.arch == "jumprelu":
+            pre, theta, eps = self.pre_activations(x), self.log_threshold.exp(), self.cfg.bandwidth  # pre's graph:
+            if int((pre.detach() > theta.detach() - eps / 2).sum()) > SPARSE_MAX_DENSITY * pre.numel():
+                return self._dense_jumprelu_loss(x, pre, theta, eps)  # used only while the codes are dense
+            pre, at = self.selected(x, pre.detach())
+            entries, l0 = archs.jumprelu_entries(pre, at, theta, eps)
         else:
-            recon = archs.decode_entries(entries, self.decoder, x.shape[0])
-        recon = recon if self.decoder_bias is None else recon + self.decoder_bias
+            pre, at = self.selected(x)
+            entries = self.train_entries(pre, at)
+        _, cols, values = entries
+        recon = self._add_bias(archs.decode_entries(entries, self.decoder, x.shape[0]))
         mse = (recon - x).pow(2).mean()
-        l1 = values.detach().sum() / x.shape[0]  # codes >= 0
+        if self.arch == "jumprelu":
+            extra = self.cfg.l0_coeff * l0
+        else:
+            extra = self._aux_term(x, pre, at, recon, dead)
         return {
-            "loss": mse + self._sparsity_term(x, (pre, at), recon, l1, l1_coeff, dead),
+            "loss": mse + extra,
             "mse": mse,
-            "l1": l1,
+            "l1": values.detach().sum() / x.shape[0],  # codes >= 0
             "codes": archs.to_dense(entries, tuple(pre.shape)),  # detached: for the metrics
             "recon": recon,
             "code_sums": torch.zeros_like(self.encoder_bias).index_add_(0, cols, values.detach()),
         }
 
-    def _sparsity_term(self, x, pre_at, recon, l1, l1_coeff: float, dead: torch.Tensor | None) -> torch.Tensor:
-        """What the architecture adds to the mse: l1_coeff x L1 (relu), lambda x L0 (jumprelu), AuxK (top-k ones).
-        ``pre_at``: (pre-activations, ``at`` or None) of the other architectures (``selected``)."""
-        if self.arch == "relu":
-            return l1_coeff * l1
-        pre, at = pre_at
-        if self.arch == "jumprelu":
-            pre_theta = archs.heaviside(pre, self.log_threshold.exp(), self.cfg.bandwidth)
-            return self.cfg.l0_coeff * pre_theta.sum(dim=1).mean()
+    def _dense_jumprelu_loss(self, x, pre, theta, eps: float) -> dict[str, torch.Tensor]:
+        """JumpReLU's loss while its codes are dense (early in training): the paper's, every code decoded."""
+        codes = archs.jumprelu(pre, theta, eps)  # (B, dict_size)
+        recon = self._add_bias(codes @ self.decoder.t())
+        mse = (recon - x).pow(2).mean()
+        l0 = archs.heaviside(pre, theta, eps).sum(dim=1).mean()
+        done = codes.detach()
+        return {"loss": mse + self.cfg.l0_coeff * l0, "mse": mse, "l1": done.sum() / x.shape[0], "codes": done,
+                "recon": recon, "code_sums": done.sum(dim=0)}  # fmt: skip
+
+    def _add_bias(self, recon: torch.Tensor) -> torch.Tensor:
+        return recon if self.decoder_bias is None else recon + self.decoder_bias
+
+    def _aux_term(self, x, pre, at: archs.PreAt, recon, dead: torch.Tensor | None) -> torch.Tensor:
+        """TopK's and BatchTopK's AuxK: aux_coeff x the mse of the dead features' reconstruction of the residual."""
         if dead is None or self.cfg.aux_k == 0 or not bool(dead.any()):
             return torch.zeros((), dtype=x.dtype, device=x.device)
         residual = (x - recon).detach()  # what the live features miss; no gradient through it (Gao et al.)

@@ -10,6 +10,7 @@ import torch
 
 from sae_sweep.errors import ConfigError, TrainingError
 from sae_sweep.train import snapshots
+from sae_sweep.train.allocator import keep_freed_blocks
 from sae_sweep.train.convergence import StoppingRule, evaluate, progress_row, progress_summary
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
@@ -50,6 +51,8 @@ class SAEModule(pl.LightningModule):
         return int(self.resampled[1]) if self.cfg.resample_every else 0
 
     def setup(self, stage: str) -> None:
+        if self.device.type == "cpu":  # in every process that trains (ddp_spawn's workers too)
+            keep_freed_blocks()
         if not self.cfg.resample_every:
             return
         if self.trainer.world_size > 1:

@@ -85,10 +85,13 @@ def test_report_sets_the_architectures_side_by_side(tmp_path):
     assert (out / "fig20_architectures.png").stat().st_size > 0
     rows = (out / "architectures.csv").read_text().splitlines()
     assert rows[0].startswith("arch,variant,data,tag,dict_size,reference,seed,activations_seen,converged,l0,fvu,high_")
-    assert sorted(r.split(",")[0] for r in rows[1:]) == ["relu", "relu", "topk", "topk"]  # 8 and 16 against 32
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["relu"] * 3 + ["topk"] * 3  # 8, 16 against 32, and 32
+    reference = [r.split(",") for r in rows[1:] if r.split(",")[4] == "32"]
+    head = rows[0].split(",")
+    assert len(reference) == 2 and all(r[head.index("high_fraction")] == "" for r in reference)  # no MCS vs itself
     # Both architectures share the same 8 features across seeds, at every size: no difference to detect.
     steps = (out / "architecture_stability.csv").read_text().splitlines()
-    assert len(steps) == 3 and all(s.endswith(",none,256,256") for s in steps[1:])  # equal budgets
+    assert len(steps) == 4 and all(s.endswith(",none,256,256") for s in steps[1:])  # equal budgets, 8 ... 32
     assert steps[0].startswith("data,tag,dict_size,difference")
     findings = (out / "findings.md").read_text()
     assert "Architectures side by side" in findings and "relu on activations" in findings
@@ -126,7 +129,7 @@ def test_a_tagged_group_is_set_beside_the_relu_run_of_its_tag(tmp_path):
     table = architecture_table(runs, [""], cfg)
     got = [(r["tag"], r["variant"], r["dict_size"]) for r in table]
     assert got == [(t, v, j) for t, v in [("", "(note)"), ("", "topk-k20"), ("onepass", "onepass"),
-                                          ("onepass", "topk-k20-onepass")] for j in (8, 16)]  # fmt: skip
+                                          ("onepass", "topk-k20-onepass")] for j in (8, 16, 32)]  # fmt: skip
     steps = stability(table, 0.95)
-    assert [(t["tag"], t["dict_size"]) for t in steps] == [("", 8), ("", 16), ("onepass", 8), ("onepass", 16)]
+    assert [(t["tag"], t["dict_size"]) for t in steps] == [(tag, j) for tag in ("", "onepass") for j in (8, 16, 32)]
     assert "J=8 (activations, sae.tag onepass)" in stability_finding(steps, 0.95)

@@ -10,6 +10,7 @@ import torch
 from sae_sweep.errors import ConfigError
 from sae_sweep.train import archs
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY
 
 
 def _hand_set(arch: str, **kw) -> SparseAutoencoder:
@@ -222,6 +223,34 @@ def test_top_entries_are_top_masks_entries_with_and_without_ties():
         want = archs.top_mask(scores, k).nonzero()[:, 1].view(6, -1)
         assert torch.equal(idx, want), k
     assert archs.top_entries(scores, 2)[2].tolist() == [3, 9]  # ties to the lower index
+
+
+@pytest.mark.parametrize("threshold_init, bandwidth, sparse", [(0.8, 0.1, True), (0.05, 0.5, False)])
+def test_jumprelu_loss_gradients_are_the_papers_with_every_code_dense_in_float64(threshold_init, bandwidth, sparse):
+    """Every parameter's gradient, the threshold's included, as the paper's loss written densely: the threshold's
+    pseudo-gradient sums dL/dc over every code within bandwidth / 2 of it, the zero codes just below it included."""
+    torch.manual_seed(0)
+    cfg = SAEConfig(dict_size=64, arch="jumprelu", threshold_init=threshold_init, bandwidth=bandwidth, l0_coeff=0.01)
+    sae = SparseAutoencoder(8, cfg).double()
+    x = torch.rand(32, 8, dtype=torch.float64)
+    grads = []
+    for ours in (True, False):
+        sae.zero_grad()
+        if ours:
+            loss = sae.loss(x, 0.0)["loss"]
+        else:
+            pre, theta = sae.pre_activations(x), sae.log_threshold.exp()
+            codes = archs.jumprelu(pre, theta, cfg.bandwidth)  # (B, J): every code, zeros included, decoded
+            l0 = archs.heaviside(pre, theta, cfg.bandwidth).sum(1).mean()
+            loss = (codes @ sae.decoder.t() - x).pow(2).mean() + cfg.l0_coeff * l0
+        loss.backward()
+        grads.append([p.grad.clone() for p in sae.parameters()])
+    pre, theta = sae.pre_activations(x).detach(), sae.log_threshold.exp().detach()
+    assert ((pre < theta) & (pre > theta - bandwidth / 2)).any()  # zero codes in the window: what the paper counts
+    decoded = (pre > theta - bandwidth / 2).sum().item()  # the entries the loss decodes (positive and in the window)
+    assert (decoded <= SPARSE_MAX_DENSITY * pre.numel()) == sparse  # the entries' decode, or the dense one
+    for got, want in zip(*grads, strict=True):
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
 def test_a_dense_jumprelu_decodes_densely_to_the_same_loss_and_gradients():

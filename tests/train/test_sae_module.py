@@ -1,4 +1,5 @@
 import csv as csv_module
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -189,3 +190,12 @@ def test_resampling_refuses_ddp_and_unknown_length(world, max_steps, needle):
     module._trainer = SimpleNamespace(world_size=world, max_steps=max_steps)
     with pytest.raises(ConfigError, match=rf"sae\.resample_every > 0 {needle}"):
         module.setup("fit")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_the_allocator_keeps_large_freed_blocks_on_linux():
+    """SAEModule.setup's allocator setting takes on glibc (mallopt returns 1 for each of the two thresholds)."""
+    from sae_sweep.train import allocator  # noqa: PLC0415
+
+    assert allocator.keep_freed_blocks() is True
+    assert allocator.MMAP_THRESHOLD >= 8 * 2**20  # a (256, 8192) float32 intermediate comes from the heap
