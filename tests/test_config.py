@@ -34,7 +34,7 @@ def test_every_group_option_composes_and_converts(group, option):
     if option == "text_files":
         overrides.append("data.paths=[corpus/*.txt]")
     cfg = compose(overrides)
-    if option == "synthetic":  # generated activations: nothing to pretrain, and saying so is tested in test_synthetic
+    if cfg.data.corpus == "synthetic":  # generated activations: nothing to pretrain (tested in test_synthetic too)
         with pytest.raises(ConfigError, match="no GPT to pretrain on synthetic data"):
             config.pretrain_job(cfg)
     else:
