@@ -17,9 +17,9 @@ aux_coeff x mean((e^ - e)^2) is added, so dead features get a gradient toward wh
 
 Selections are exact and deterministic: ``top_mask`` keeps exactly k entries, and among entries equal to the k-th
 largest it keeps the lowest indices (``torch.topk`` documents no order for ties). These architectures train
-through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's) over the selected entries only:
-They select from pre-activations computed without a graph and take their values through ``pre_at``,
-whose backward touches the selected entries alone, and the decode runs over the selected codes (``decode_entries``).
+through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's) over the selected entries only: they
+select from pre-activations computed without a graph and take their values through ``pre_at``, whose backward
+touches the selected entries alone, and the decode runs over the selected codes (``decode_entries``).
 JumpReLU's entries are its positive codes and the zero ones within bandwidth / 2 below their threshold, the only
 ones its threshold's pseudo-gradient reads. One dense product per step, the encoder's, instead of five.
 """
@@ -88,15 +88,19 @@ def jumprelu(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor
     return _JumpReLU.apply(pre, theta, eps)
 
 
-def jumprelu_entries(pre: torch.Tensor, at: PreAt | None, theta: torch.Tensor, eps: float):
-    """(JumpReLU's codes as entries, its L0 per row with the threshold's pseudo-gradient), both over the entries with
-    pre > theta - eps / 2: the positive codes and the zero ones within eps / 2 below their threshold, whose
-    reconstruction gradient the threshold's pseudo-derivative sums as well (every other code has none, and adds
-    nothing to the L0 or its gradient). ``at`` as ``pre_at`` (None: read from ``pre``'s own graph)."""
-    rows, cols = (pre.detach() > theta.detach()[None] - eps / 2).nonzero(as_tuple=True)
-    v, theta_at = (at(rows, cols) if at else pre[rows, cols]), theta[cols]  # (nnz,) each
-    l0 = heaviside(v, theta_at, eps).sum() / pre.shape[0]
-    return (rows, cols, jumprelu(v, theta_at, eps)), l0
+def jumprelu_index(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> Index:
+    """JumpReLU's entries, pre > theta - eps / 2 (pre (B, J), no gradient needed): the positive codes and the zero
+    ones within eps / 2 below their threshold, whose reconstruction gradient the threshold's pseudo-derivative sums as
+    well; every other code has none, and adds nothing to the L0 or its gradient."""
+    return (pre > theta.detach()[None] - eps / 2).nonzero(as_tuple=True)
+
+
+def jumprelu_entries(index: Index, v: torch.Tensor, theta: torch.Tensor, eps: float) -> tuple[Entries, torch.Tensor]:
+    """(JumpReLU's codes as entries, its summed L0 with the threshold's pseudo-gradient) over ``index``
+    (``jumprelu_index``), from the pre-activations there, ``v`` (nnz,) with their gradient."""
+    rows, cols = index
+    theta_at = theta[cols]  # (nnz,)
+    return (rows, cols, jumprelu(v, theta_at, eps)), heaviside(v, theta_at, eps).sum()
 
 
 def heaviside(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -119,7 +123,7 @@ def top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
     return idx[..., :k].sort(dim=-1).values
 
 
-Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the positive codes
+Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the selected codes
 
 
 Index = tuple[torch.Tensor, torch.Tensor]  # (rows, cols), each (nnz,): the selected entries of a (B, J) matrix
@@ -176,12 +180,6 @@ def relu_entries(index: Index, at: PreAt) -> Entries:
     """ReLU(pre) at ``index`` as entries (values carry the gradient through ``at``)."""
     rows, cols = index
     return rows, cols, torch.relu(at(rows, cols))
-
-
-def dense_entries(codes: torch.Tensor) -> Entries:
-    """The positive entries of dense codes (B, J), row-major (JumpReLU's, and the tests')."""
-    rows, cols = codes.detach().nonzero(as_tuple=True)
-    return rows, cols, codes[rows, cols]
 
 
 def to_dense(entries: Entries, shape: tuple[int, int], keep_grad: bool = False) -> torch.Tensor:

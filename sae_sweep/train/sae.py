@@ -99,7 +99,9 @@ class SparseAutoencoder(nn.Module):
         (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu. ``at``: the
         selected pre-activations with their gradient (``selected``); None: read from ``pre``'s own graph."""
         if self.arch == "jumprelu":
-            return archs.jumprelu_entries(pre, at, self.log_threshold.exp(), self.cfg.bandwidth)[0]
+            theta, eps = self.log_threshold.exp(), self.cfg.bandwidth
+            rows, cols = index = archs.jumprelu_index(pre.detach(), theta, eps)
+            return archs.jumprelu_entries(index, at(rows, cols) if at else pre[rows, cols], theta, eps)[0]
         select = archs.topk_index if self.arch == "topk" else archs.batchtopk_index
         return archs.relu_entries(select(pre.detach(), self.cfg.k), at or (lambda rows, cols: pre[rows, cols]))
 
@@ -154,10 +156,11 @@ class SparseAutoencoder(nn.Module):
         """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the selected entries."""
         if self.arch == "jumprelu":
             pre, theta, eps = self.pre_activations(x), self.log_threshold.exp(), self.cfg.bandwidth  # pre's graph:
-            if int((pre.detach() > theta.detach() - eps / 2).sum()) > SPARSE_MAX_DENSITY * pre.numel():
+            rows, cols = index = archs.jumprelu_index(pre.detach(), theta, eps)
+            if rows.numel() > SPARSE_MAX_DENSITY * pre.numel():
                 return self._dense_jumprelu_loss(x, pre, theta, eps)  # used only while the codes are dense
             pre, at = self.selected(x, pre.detach())
-            entries, l0 = archs.jumprelu_entries(pre, at, theta, eps)
+            entries, l0_sum = archs.jumprelu_entries(index, at(rows, cols), theta, eps)
         else:
             pre, at = self.selected(x)
             entries = self.train_entries(pre, at)
@@ -165,7 +168,7 @@ class SparseAutoencoder(nn.Module):
         recon = self._add_bias(archs.decode_entries(entries, self.decoder, x.shape[0]))
         mse = (recon - x).pow(2).mean()
         if self.arch == "jumprelu":
-            extra = self.cfg.l0_coeff * l0
+            extra = self.cfg.l0_coeff * (l0_sum / x.shape[0])  # lambda x mean_b ||c||_0
         else:
             extra = self._aux_term(x, pre, at, recon, dead)
         return {
