@@ -59,7 +59,7 @@ def ms_per_step(sae: SparseAutoencoder, xs: torch.Tensor) -> float:
         out["loss"].backward()
         opt.step()
         sae.normalize_decoder_()
-        sae.update_threshold_(out["codes"])
+        sae.after_step_(out["codes"])
 
     for x in xs[:WARMUP]:
         step(x)

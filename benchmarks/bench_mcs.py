@@ -6,7 +6,7 @@
 
 Paths, all on the same random N(0, 1) float32 dictionaries (rows are features):
 
-* ours       ``sae_sweep.analysis.mcs.max_cosine_similarity`` (values and indices).
+* ours       ``sae_sweep.analysis.measures.mcs.max_cosine_similarity`` (values and indices).
 * naive      numpy: normalise, the full ``a @ b.T`` product, ``max`` and ``argmax`` over it.
 * mm_rows    the bare chunked ``torch.mm``: ``chunk_size x n_b`` products into one reused buffer, nothing else.
 * mm_tiled   the bare ``torch.mm`` of exactly the tiles ours runs (``chunk_size x mcs._COL_BLOCK``), no max.
@@ -33,10 +33,10 @@ import numpy as np
 import scipy.stats
 import torch
 
-from sae_sweep.analysis import mcs
-from sae_sweep.analysis.mcs import max_cosine_similarity
-from sae_sweep.analysis.nulls import random_dictionary
-from sae_sweep.analysis.stats import emd
+from sae_sweep.analysis.measures import mcs
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.nulls import random_dictionary
+from sae_sweep.analysis.measures.stats import emd
 
 PATHS = ("ours", "naive", "mm_rows", "mm_tiled")
 

@@ -9,7 +9,8 @@ One trained SAE is one folder (a store version, or any folder ``write_dictionary
     snapshots.safetensors   decoder.<steps> (d_in, dict_size), fired.<steps> (dict_size,): the budget axis (optional;
                             their metrics in config.json's training.snapshots; see train/snapshots.py)
     saelens/            the same SAE in SAELens' format (cfg.json, sae_weights.safetensors, sparsity.safetensors):
-                        ``sae_lens.SAE.load_from_disk(<folder>/saelens)`` opens it (interop/saelens.py)
+                        ``sae_lens.SAE.load_from_disk(<folder>/saelens)`` opens it (written by the SAE stage, through
+                        interop/saelens.py)
 
 ``DictionaryConfig`` is the config.json schema: the SAE stage writes one, the analysis reads one back, and a
 folder that lacks a field is refused with its name and the folder's, never read with a silent default.
@@ -23,16 +24,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sae_sweep.errors import DataError
-from sae_sweep.interop import saelens
 from sae_sweep.store import MANIFEST, verify
 
 DICTIONARY_TYPE = "sae-dictionary"
 SAE_WEIGHTS_FILE, SAE_CONFIG_FILE, COUNTS_FILE = "sae.safetensors", "config.json", "firing_counts.npy"
 SNAPSHOTS_FILE = "snapshots.safetensors"
 DECODER_ORIENTATION = "decoder: (d_in, dict_size); column j is feature j, unit norm (the note's D)"
-
-
-ARCH_TENSORS = ("threshold", "log_threshold")  # what an architecture other than ReLU adds to sae.safetensors
 
 
 def dictionary_name(layer: int, dict_size: int, seed: int, variant: str = "") -> str:
@@ -111,38 +108,17 @@ class DictionaryConfig:
 
 
 def write_dictionary(
-    folder: Path,
-    sae,
-    config: DictionaryConfig,
-    firing_counts,
-    extra_files: dict | None = None,
-    gpt_metadata: dict | None = None,
+    folder: Path, tensors: dict, config: DictionaryConfig, firing_counts, extra_files: dict | None = None
 ) -> None:
-    """Fill ``folder`` with one dictionary: weights (with the decoder at initialisation), config, firing counts, and
-    the same SAE as a SAELens folder in ``saelens/``.
-
-    ``sae`` is a trained SparseAutoencoder; ``extra_files`` maps a file name in the folder to a source path to copy
-    (metrics.csv, a histogram); ``gpt_metadata`` (the GPT artifact's) gives the export its context size and corpus.
-    """
+    """Fill ``folder`` with one dictionary: ``tensors`` (the SAE's, decoder (d_in, J) and decoder_init included; see
+    ``SparseAutoencoder.state_tensors``), its config and its firing counts. ``extra_files`` maps a file name in the
+    folder to a source path to copy (metrics.csv, a histogram)."""
     import numpy as np  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    tensors = {
-        "decoder": sae.decoder.detach().cpu().contiguous(),
-        "decoder_init": sae.decoder_init.cpu().contiguous(),
-        "encoder.bias": sae.encoder_bias.detach().cpu().contiguous(),
-    }
-    if not sae.tied:
-        tensors["encoder.weight"] = sae.encoder.detach().cpu().contiguous()
-    if sae.decoder_bias is not None:
-        tensors["decoder_bias"] = sae.decoder_bias.detach().cpu().contiguous()
-    for name in ARCH_TENSORS:  # batchtopk's threshold (), jumprelu's log_threshold (J,)
-        if hasattr(sae, name):
-            tensors[name] = getattr(sae, name).detach().cpu().contiguous()
     save_file(tensors, str(folder / SAE_WEIGHTS_FILE), metadata={"orientation": DECODER_ORIENTATION})
     (folder / SAE_CONFIG_FILE).write_text(config.to_json())
     np.save(folder / COUNTS_FILE, np.asarray(firing_counts, dtype=np.int64))
-    saelens.write(folder / saelens.SAELENS_DIR, tensors, config, firing_counts, gpt_metadata)
     for name, src in (extra_files or {}).items():
         shutil.copyfile(src, folder / name)
 
@@ -210,21 +186,6 @@ class Dictionary:
             )
             for m in taken
         ]
-
-    def to_sae(self):
-        """Rebuild the trained SparseAutoencoder module (CPU, eval mode)."""
-        from sae_sweep.train.sae import SAEConfig, SparseAutoencoder  # noqa: PLC0415 - the only way into training
-
-        sae = SparseAutoencoder(self.d_in, SAEConfig(**self.config.sae))
-        state = {"decoder": self.tensors["decoder"], "encoder_bias": self.tensors["encoder.bias"]}
-        if "encoder.weight" in self.tensors:
-            state["encoder"] = self.tensors["encoder.weight"]
-        if "decoder_bias" in self.tensors:
-            state["decoder_bias"] = self.tensors["decoder_bias"]
-        state |= {name: self.tensors[name] for name in ARCH_TENSORS if name in self.tensors}
-        sae.load_state_dict(state)
-        sae.decoder_init.copy_(self.tensors["decoder_init"])
-        return sae.eval()
 
 
 def load_dictionary(path: str | Path, verify_files: bool = True) -> Dictionary:

@@ -15,7 +15,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
+from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name
 
 # Never reach a server from tests: W&B writes offline runs, HF libraries stay offline.
 os.environ["WANDB_MODE"] = "offline"
@@ -183,6 +183,7 @@ def save_dict(
     """Save a hand-made dictionary of size J (decoder (d_in, J) if given, else a seeded orthogonal one) to ``store``;
     ``files``: more files for its folder (name -> source path), e.g. a snapshots.safetensors."""
     from sae_sweep.train.sae import SAEConfig, SparseAutoencoder  # noqa: PLC0415
+    from sae_sweep.train.sae_stage import write_with_export  # noqa: PLC0415
 
     sae = SparseAutoencoder(d_in, SAEConfig(dict_size=J, seed=seed))
     if decoder is not None:
@@ -191,4 +192,5 @@ def save_dict(
     name = dictionary_name(layer, J, seed, variant)
     config = dictionary_config(name, variant=variant, d_in=d_in, layer=layer, dict_size=J, seed=seed, **(extra or {}))
     counts = np.ones(J, dtype=np.int64) if counts is None else counts
-    return store.save(name, DICTIONARY_TYPE, lambda f: write_dictionary(f, sae, config, counts, files), config.__dict__)
+    write = lambda f: write_with_export(f, sae, config, counts, files)  # noqa: E731 - as the SAE stage saves one
+    return store.save(name, DICTIONARY_TYPE, write, config.__dict__)

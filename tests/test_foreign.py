@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 from sae_sweep import DataError
 from sae_sweep.interop import foreign, saelens
 from sae_sweep.store import ArtifactStore
+from sae_sweep.train.archs import architecture
+from sae_sweep.train.sae_config import SAEConfig
 from tests.conftest import dictionary_config, run_analyze, save_dict
 
 D_IN, J = 4, 6
@@ -64,7 +66,7 @@ def test_each_layout_gives_the_atoms_as_columns(tmp_path):
 def test_a_saelens_export_of_ours_says_its_seed_and_variant(tmp_path):
     tensors = {"decoder": ATOMS.t().contiguous(), "encoder.bias": torch.zeros(J), "encoder.weight": ATOMS}
     cfg = dictionary_config("sae-L2-J6-s3-untrained", d_in=D_IN, dict_size=J)
-    saelens.write(tmp_path / "exp", tensors, cfg, np.array([0, 1, 2, 3, 4, 1000]))
+    saelens.write(tmp_path / "exp", tensors, cfg, np.array([0, 1, 2, 3, 4, 1000]), architecture(SAEConfig()))
     got = read(tmp_path / "exp")
     assert (got.format, got.seed, got.variant, got.synthetic) == ("saelens", 3, "untrained", False)
     d = foreign.as_dictionary(got, got.seed, layer=2)

@@ -43,7 +43,7 @@ def export_of(tmp_path, sae, counts=(500, 0, 1)) -> tuple:
     sae_cfg = SAEConfig(dict_size=3, decoder_bias=sae.decoder_bias is not None, tied=sae.tied).to_dict()
     cfg = dictionary_config("sae-L2-J3-s0", d_in=2, dict_size=3, sae=sae_cfg)
     folder = tmp_path / "export"
-    saelens.write(folder, tensors, cfg, np.array(counts))
+    saelens.write(folder, tensors, cfg, np.array(counts), sae.architecture)
     return folder, cfg
 
 
@@ -151,7 +151,7 @@ def test_saelens_loads_every_export_and_encodes_to_our_codes(tmp_path):
     for j, s in [(8, 0), (16, 0), (16, 1), (32, 0)]:
         save_dict(store, j, s)
     for folder in export_sweep(store.root, tmp_path / "out"):
-        ours = load_dictionary(store.get(folder.name).path).to_sae()
+        ours = SparseAutoencoder.from_dictionary(load_dictionary(store.get(folder.name).path))
         loaded = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
         x = torch.relu(torch.randn(256, 16, generator=torch.Generator().manual_seed(1)))
         with torch.no_grad():

@@ -1,8 +1,11 @@
 """The package's two halves meet only through products on disk: training never loads the analysis (nor scipy or
-matplotlib itself, bar the one histogram), and the analysis never loads Lightning or the training side."""
+matplotlib itself, bar the one histogram), and the analysis never loads Lightning or the training side. The import
+graph (tests/import_graph.py, read from the AST, lazy imports included) has no cycle and no upward edge; the
+analysis's measures never draw; every package's docstring lists what is in it."""
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 from sae_sweep.store import ArtifactStore
 
 from .conftest import REPO, SMOKE, fresh_root, save_dict
+from .import_graph import cycles, edges, modules, upward
 
 PACKAGE = REPO / "sae_sweep"
 
@@ -43,6 +47,44 @@ def test_training_modules_import_no_analysis_and_no_scipy(path):
 def test_analysis_modules_import_no_lightning_and_no_training(path):
     names = imports_of(path)
     assert not _under(names, "lightning") and not _under(names, "sae_sweep.train"), names
+
+
+def test_the_import_graph_has_no_cycle_even_through_function_level_imports():
+    assert cycles(edges()) == []
+
+
+def test_a_cycle_is_found_when_there_is_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_shared_modules_never_import_a_side():
+    """store, files, dictionary, activations, truth, tracking: both sides read them, so neither may be above them."""
+    assert upward(edges()) == []
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "analysis" / "measures").glob("*.py")), ids=lambda p: p.name)
+def test_measures_neither_draw_nor_write_the_report(path):
+    names = imports_of(path)
+    assert not _under(names, "matplotlib") and not _under(names, "sae_sweep.analysis.report"), names
+
+
+@pytest.mark.parametrize("init", sorted(PACKAGE.rglob("__init__.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_package_docstring_lists_what_is_in_it(init):
+    """Every module and subpackage of a package is named in its ``__init__``'s docstring (``store``, ``store.py`` or
+    ``measures/``), and every ``name.py`` its listing names exists."""
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    inside = [p for p in init.parent.iterdir() if p.suffix == ".py" and p.name != "__init__.py"]
+    inside += [p for p in init.parent.iterdir() if (p / "__init__.py").is_file()]
+    missing = [p.name for p in inside if not re.search(rf"\b{p.stem}\b", doc)]
+    assert not missing, f"{init} does not list {missing}"
+    listed = re.findall(r"(?m)^\s+(\w+\.py(?:,\s*\w+\.py)*)", doc)  # the listing's lines: "    a.py, b.py   what"
+    gone = {n.strip().removesuffix(".py") for line in listed for n in line.split(",")} - {p.stem for p in inside}
+    assert not gone, f"{init} names modules that are not there: {gone}"
+
+
+def test_the_graph_covers_every_module():
+    assert set(edges()) == set(modules()) and "sae_sweep.analysis.report.document" in modules()
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))

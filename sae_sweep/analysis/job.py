@@ -1,8 +1,9 @@
-"""Stage ``analyze``: collect a sweep's dictionaries, compute the note's numbers and more, write the report (and W&B).
+"""Stage ``analyze``: collect a sweep's dictionaries, measure them, write the report (and W&B).
 
-``run`` is what ``analyze.py`` calls: the main variant and each control through ``note.compute`` and
-``extras.compute_extras``, then ``report.write_all`` into a temporary folder that replaces the old report whole
-(``files.atomic_folder``), a summary table on the console, and an analysis run on W&B when logging is on.
+``run`` is what ``analyze.py`` calls: the main variant and each control through ``measures.pairwise.compute`` and
+``measures.variant.measure_variant``, then ``report.document.write_all`` into a temporary folder that replaces the
+old report whole (``files.atomic_folder``), a summary table on the console, and an analysis run on W&B when logging
+is on.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from sae_sweep.analysis.architectures import arch_of, architecture_table
-from sae_sweep.analysis.baselines import control_rows
 from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
-from sae_sweep.analysis.extras import AnalysedRun, compute_extras
-from sae_sweep.analysis.note import Results, check_sizes, compute, counts, learned_name, random_name
-from sae_sweep.analysis.report import write_all
+from sae_sweep.analysis.measures.architectures import arch_of, architecture_table, stability
+from sae_sweep.analysis.measures.controls import control_rows
+from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
+from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
+from sae_sweep.analysis.report.document import write_all
+from sae_sweep.analysis.report.section import ReportInput
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.errors import SaeSweepError
 from sae_sweep.files import atomic_folder
@@ -66,7 +68,7 @@ def _collect(job: AnalyzeJob, api=None) -> tuple[Collection, list[ArtifactStore]
 def _analyse(job: AnalyzeJob, variant: str, dicts: dict, stores: list[ArtifactStore], truth) -> AnalysedRun:
     cfg = _sizes_of(job.analysis, dicts, variant)
     res = compute(dicts, cfg, progress=_progress)
-    ex = compute_extras(res, dicts, cfg, variant, job.paths.cache, truth, progress=_progress)
+    ex = measure_variant(res, dicts, cfg, variant, job.paths.cache, truth, progress=_progress)
     return AnalysedRun(variant, res, ex)
 
 
@@ -80,8 +82,8 @@ def run(job: AnalyzeJob, api=None) -> Path:
     check_sizes(cfg, sorted({j for j, _ in dicts}))  # a reference or featured size that is not there: before any work
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
     main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
-    control_table = control_rows(main_name, main.results, dicts, main.extras.fits)
-    runs = {main_name: (main.results, dicts, None, main.extras.shared)}  # for the architectures' comparison
+    control_table = control_rows(main_name, main.results, dicts, main.measures.fits)
+    runs = {main_name: (main.results, dicts, None, main.measures.shared)}  # for the architectures' comparison
     synthetic = None  # the first synthetic-data control, whose ground truth joins the report
     # ReLU variants first: the synthetic section takes the first synthetic ReLU run, not another architecture's
     for variant in sorted(found, key=lambda v: (arch_of(found[v]) != "relu", v)) if cfg.controls else []:
@@ -89,19 +91,20 @@ def run(job: AnalyzeJob, api=None) -> Path:
             continue
         log.info("control %r: %d dictionaries", variant, len(found[variant]))
         true = _true_features(stores, found[variant])
-        if true is not None and synthetic is None and not main.extras.ground_truth:
+        if true is not None and synthetic is None and not main.measures.ground_truth:
             synthetic = _analyse(job, variant, found[variant], stores, true)
-            fits = synthetic.extras.fits
+            fits = synthetic.measures.fits
             res_v = synthetic.results
         else:
             res_v, fits = compute(found[variant], _sizes_of(cfg, found[variant], variant), progress=_progress), None
         control_table += control_rows(variant, res_v, found[variant], fits)
         analysed = synthetic is not None and res_v is synthetic.results  # its shared-seed rows are already there
-        runs[variant] = (res_v, found[variant], true, synthetic.extras.shared if analysed else None)
+        runs[variant] = (res_v, found[variant], true, synthetic.measures.shared if analysed else None)
     baselines = [main_name] + ([synthetic.variant] if synthetic else [])
     arch_table = architecture_table(runs, baselines, cfg)
+    rep = ReportInput(main, synthetic, control_table, arch_table, stability(arch_table, cfg.level))
     with atomic_folder(job.out, replace=True) as tmp:
-        figs = write_all(main, tmp, control_table, synthetic, label=_label(main_name, dicts), arch_table=arch_table)
+        figs = write_all(rep, tmp, label=_label(main_name, dicts))
     print_summary(main.results, job.out / "findings.md")
     if job.logger.kind == "wandb":
         _to_wandb(job, main.results, job.out, {k: job.out / p.name for k, p in figs.items()})

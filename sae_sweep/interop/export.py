@@ -21,6 +21,8 @@ from sae_sweep.errors import DataError, SaeSweepError
 from sae_sweep.files import atomic_folder
 from sae_sweep.interop import saelens
 from sae_sweep.store import MANIFEST, ArtifactStore
+from sae_sweep.train.archs import architecture
+from sae_sweep.train.sae_config import SAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def export_sweep(root: str | Path, out: str | Path) -> list[Path]:
                 shutil.copytree(folder / saelens.SAELENS_DIR, tmp, dirs_exist_ok=True)
             else:
                 gpt = _gpt_metadata(root, d.config.gpt_artifact)
-                saelens.write(tmp, d.tensors, d.config, d.firing_counts, gpt)
+                arch = architecture(SAEConfig(**d.config.sae))
+                saelens.write(tmp, d.tensors, d.config, d.firing_counts, arch, gpt)
         written.append(out / name)
         log.info("exported %s to %s", name, out / name)
     return written

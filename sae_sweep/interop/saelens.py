@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,12 +31,19 @@ HOOK = "blocks.{layer}.mlp.hook_post"  # TransformerLens' name for the MLP's hid
 SPARSITY_FLOOR = 1e-10  # log10 of a never-firing feature's rate is -10, not -inf
 # SAELens' names for the architectures whose decoder rows are atoms and whose weights have these four tensors.
 ATOM_ROWS = ("standard", "topk", "batchtopk", "jumprelu", "gated")
-# SAELens' inference architecture for each sae.arch (a BatchTopK SAE infers as a JumpReLU one with one threshold)
-SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 
 
-def weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SAELens' four tensors from a dictionary's ``sae.safetensors`` tensors (``decoder`` is (d_in, J))."""
+class Architecture(Protocol):
+    """What the export asks of an SAE architecture (sae_sweep/train/archs.py's objects)."""
+
+    def saelens_config(self) -> dict: ...  # {"architecture": SAELens' name, and the fields it needs ("k")}
+
+    def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]: ...
+
+
+def weights(tensors: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
+    """SAELens' tensors from a dictionary's ``sae.safetensors`` tensors (``decoder`` is (d_in, J)): the four every
+    architecture has, then what ``arch``'s SAELens architecture reads (a threshold)."""
     decoder = tensors["decoder"]
     encoder = tensors.get("encoder.weight", decoder.t())  # tied: the encoder is D^T
     b_dec = tensors.get("decoder_bias", torch.zeros(decoder.shape[0], dtype=decoder.dtype))
@@ -45,25 +53,17 @@ def weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "W_dec": decoder.t().contiguous(),  # (J, d_in): row j is atom j
         "b_dec": b_dec.contiguous(),  # (d_in,)
     }
-    # SAELens' JumpReLU codes relu(pre) * (pre > threshold), threshold (J,): ours for jumprelu, and for batchtopk its
-    # one learned threshold given to every feature
-    if "log_threshold" in tensors:
-        out["threshold"] = tensors["log_threshold"].exp().contiguous()
-    elif "threshold" in tensors:
-        out["threshold"] = tensors["threshold"].expand(decoder.shape[1]).contiguous()
-    return out
+    return out | arch.saelens_tensors(tensors, decoder.shape[1])
 
 
-def config(dictionary_config, gpt_metadata: dict | None = None) -> dict:
+def config(dictionary_config, arch: Architecture, gpt_metadata: dict | None = None) -> dict:
     """cfg.json for one of our dictionaries; ``gpt_metadata`` (the GPT artifact's metadata) gives the context size
     and the corpus when known."""
     c = dictionary_config
     gpt = gpt_metadata or {}
     source = c.gpt["artifact"] if c.gpt else f"synthetic ({(c.synthetic or {}).get('features', 'true features')})"
-    arch = c.sae.get("arch", "relu")
     return {
-        "architecture": SAELENS_ARCH[arch],
-        **({"k": c.sae["k"]} if arch == "topk" else {}),
+        **arch.saelens_config(),
         "d_in": c.d_in,
         "d_sae": c.dict_size,
         "dtype": "float32",
@@ -90,14 +90,16 @@ def sparsity(firing_counts: np.ndarray, n_rows: int) -> torch.Tensor:
     return torch.from_numpy(np.log10(np.maximum(rate, SPARSITY_FLOOR))).float()
 
 
-def write(folder: Path, tensors: dict, dictionary_config, firing_counts, gpt_metadata: dict | None = None) -> None:
-    """Write the SAELens folder ``folder`` (created) for one dictionary."""
+def write(
+    folder: Path, tensors: dict, dictionary_config, firing_counts, arch: Architecture, gpt_metadata: dict | None = None
+) -> None:
+    """Write the SAELens folder ``folder`` (created) for one dictionary of the architecture ``arch``."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(weights(tensors), str(folder / WEIGHTS_FILE))
+    save_file(weights(tensors, arch), str(folder / WEIGHTS_FILE))
     save_file({"sparsity": sparsity(firing_counts, dictionary_config.n_val_tokens)}, str(folder / SPARSITY_FILE))
-    (folder / CFG_FILE).write_text(json.dumps(config(dictionary_config, gpt_metadata), indent=2) + "\n")
+    (folder / CFG_FILE).write_text(json.dumps(config(dictionary_config, arch, gpt_metadata), indent=2) + "\n")
 
 
 def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:

@@ -1,4 +1,5 @@
-"""SAE architectures (``sae.arch``): how pre-activations become codes, and what each one adds to the loss.
+"""SAE architectures (``sae.arch``), one object each: how pre-activations become codes, what each adds to the loss,
+the tensors it adds to a dictionary, how SAELens names it, and which ``sae.*`` hyper-parameters it reads.
 
 With pre = W_enc (x - b_dec) + b_enc, shape (B, J)::
 
@@ -11,236 +12,324 @@ With pre = W_enc (x - b_dec) + b_enc, shape (B, J)::
                mean_b ||c||_0, theta trained through the paper's straight-through pseudo-derivatives with a
                rectangle kernel of width ``bandwidth`` (Rajamanoharan et al. 2024, "Jumping Ahead")
 
-AuxK (topk, batchtopk; ``aux_k = 0`` turns it off): the residual e = x - x^ (no gradient through it) is
-reconstructed from the aux_k largest ReLU(pre) among the dead features only (silent for ``dead_window`` steps), and
-aux_coeff x mean((e^ - e)^2) is added, so dead features get a gradient toward what the live ones miss.
+AuxK (topk, batchtopk; ``aux_k = 0`` turns it off) adds aux_coeff x mean((e^ - e)^2), e^ the dead features'
+reconstruction of the residual e (sparse_ops.aux_reconstruction), so dead features get a gradient toward what the
+live ones miss. The kernels (exact selections, straight-through functions, entry-wise decodes) are sparse_ops.py's.
 
-Selections are exact and deterministic: ``top_mask`` keeps exactly k entries, and among entries equal to the k-th
-largest it keeps the lowest indices (``torch.topk`` documents no order for ties). These architectures train
-through autograd (the hand-written step, sae_step.py, is the ReLU + L1 loss's) over the selected entries only: they
-select from pre-activations computed without a graph and take their values through ``pre_at``, whose backward
-touches the selected entries alone, and the decode runs over the selected codes (``decode_entries``).
-JumpReLU's entries are its positive codes and the zero ones within bandwidth / 2 below their threshold, the only
-ones its threshold's pseudo-gradient reads. One dense product per step, the encoder's, instead of five.
+``architecture(cfg)`` is chosen once, from ``sae.arch``, by the SAE it trains (``SparseAutoencoder.architecture``);
+everything else asks that object. The hyper-parameters stay flat ``sae.*`` keys (SAEConfig's fields, in the order
+config.json records them); each architecture names the ones it reads (``params``) and checks them (``check_params``,
+run for every architecture on every config, so a bad value is refused whatever ``sae.arch`` is). A new architecture
+is a subclass here, added to ``ARCHITECTURES`` (or given to ``register``), and its line in conf/sae/default.yaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from typing import ClassVar
 
 import torch
+from torch import nn
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")  # SAELens' names for them: interop/saelens.py, SAELENS_ARCH
+from sae_sweep.errors import ConfigError
+from sae_sweep.train import sparse_ops as ops
+from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY
 
+# Each method takes the SAE it works for (sae.py's SparseAutoencoder, an nn.Module) and each object holds the
+# SAEConfig it was made from (``cfg``); neither is imported here, since both modules choose their architecture here.
 
-def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of ``scores`` (..., n) with exactly min(k, n) True per row: the largest, ties to the lower index."""
-    n = scores.shape[-1]
-    k = min(k, n)
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    kth = scores.topk(k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest value
-    keep = scores > kth
-    tied = scores == kth
-    need = k - keep.sum(-1, keepdim=True)  # (..., 1) how many of the tied entries make up k
-    if bool((tied.sum(-1, keepdim=True) > need).any()):  # rare on real data: a cumsum only when ties must be split
-        keep |= tied & (tied.cumsum(-1) <= need)
-    else:
-        keep |= tied
-    return keep
+Loss = dict[str, torch.Tensor]  # loss, mse, l1, codes (B, J), recon (B, d_in), code_sums (J,)
 
 
-class _JumpReLU(torch.autograd.Function):
-    """pre * H(pre - theta); d/dpre = H(pre - theta), d/dtheta = -(theta / eps) K((pre - theta) / eps)."""
-
-    @staticmethod
-    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return pre * (pre > theta)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        pre, theta = ctx.saved_tensors
-        window = ((pre - theta) / ctx.eps).abs() < 0.5  # K, the rectangle kernel: 1 on (-1/2, 1/2)
-        grad_theta = (-(theta / ctx.eps) * grad * window).sum_to_size(theta.shape)  # over the batch when theta is (J,)
-        return grad * (pre > theta), grad_theta, None
+def _positive_int(cfg, name: str, least: int = 1) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"sae.{name} must be a {'non-negative' if least == 0 else 'positive'} integer, got {value!r}")
 
 
-class _Step(torch.autograd.Function):
-    """H(pre - theta); no gradient to pre, d/dtheta = -(1 / eps) K((pre - theta) / eps)."""
+class Architecture:
+    """What every architecture answers; a subclass sets the class attributes and the methods it changes."""
 
-    @staticmethod
-    def forward(ctx, pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
-        ctx.save_for_backward(pre, theta)
-        ctx.eps = eps
-        return (pre > theta).to(pre.dtype)
+    name: ClassVar[str] = ""  # the sae.arch value
+    saelens: ClassVar[str] = ""  # SAELens' architecture that infers as this one does
+    params: ClassVar[tuple[str, ...]] = ()  # the sae.* keys it reads beyond the shared ones
+    tensors: ClassVar[tuple[str, ...]] = ()  # what it adds to a dictionary's sae.safetensors (its own parameters)
+    hand_written: ClassVar[bool] = False  # sae_step.py's exact gradients apply (untied, one process)
+    resampling: ClassVar[bool] = False  # sae.resample_every (dead-feature resampling, a control) applies
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        pre, theta = ctx.saved_tensors
-        window = ((pre - theta) / ctx.eps).abs() < 0.5
-        return None, (-(1.0 / ctx.eps) * grad * window).sum_to_size(theta.shape), None
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
 
+    @classmethod
+    def check_params(cls, cfg) -> None:
+        """ConfigError for a bad value of one of ``params`` (``l1_coeff`` is SAEConfig's own check)."""
 
-def jumprelu(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, J) codes of a JumpReLU with per-feature thresholds ``theta`` (J,)."""
-    return _JumpReLU.apply(pre, theta, eps)
+    def check(self) -> None:
+        """ConfigError for a setting this architecture cannot train with."""
+        if self.cfg.resample_every and not self.resampling:
+            raise ConfigError(
+                f"sae.resample_every > 0 is the ReLU SAE's control; sae.arch={self.name} has its own remedy for dead "
+                "features (AuxK for topk and batchtopk). Set sae.resample_every=0 or sae.arch=relu."
+            )
 
+    @property
+    def suffix(self) -> str:
+        """Its part of a dictionary's name: "" for the note's ReLU, "topk-k20", "jumprelu-l0-0.001"..."""
+        return self.name
 
-def jumprelu_index(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> Index:
-    """JumpReLU's entries, pre > theta - eps / 2 (pre (B, J), no gradient needed): the positive codes and the zero
-    ones within eps / 2 below their threshold, whose reconstruction gradient the threshold's pseudo-derivative sums as
-    well; every other code has none, and adds nothing to the L0 or its gradient."""
-    return (pre > theta.detach()[None] - eps / 2).nonzero(as_tuple=True)
+    @property
+    def label(self) -> str:
+        """What sets the sparsity, for logs: "l1 0.001", "topk k=20", "jumprelu l0 1.5e-05"."""
+        return self.name
 
+    def add_to(self, sae: nn.Module) -> None:
+        """Register on ``sae`` the parameters and buffers named in ``tensors``."""
 
-def jumprelu_entries(index: Index, v: torch.Tensor, theta: torch.Tensor, eps: float) -> tuple[Entries, torch.Tensor]:
-    """(JumpReLU's codes as entries, its summed L0 with the threshold's pseudo-gradient) over ``index``
-    (``jumprelu_index``), from the pre-activations there, ``v`` (nnz,) with their gradient."""
-    rows, cols = index
-    theta_at = theta[cols]  # (nnz,)
-    return (rows, cols, jumprelu(v, theta_at, eps)), heaviside(v, theta_at, eps).sum()
+    def encode(self, sae: nn.Module, pre: torch.Tensor) -> torch.Tensor:
+        """Codes (B, J) at inference from pre-activations (B, J)."""
+        raise NotImplementedError
 
+    def loss(self, sae: nn.Module, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> Loss:
+        """The training loss and its parts through autograd; ``dead`` (J,) bool: AuxK's features."""
+        raise NotImplementedError
 
-def heaviside(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, J) indicators of pre > theta, whose sum over features is the L0 the JumpReLU loss penalises."""
-    return _Step.apply(pre, theta, eps)
+    def after_step(self, sae: nn.Module, codes: torch.Tensor) -> None:
+        """What an optimizer step leaves to do beside the parameters' update (BatchTopK's threshold)."""
 
+    def penalty(self, l1_sum, l0_sum, n: int, l1_coeff: float):
+        """The sparsity term of the held-out loss (the training loss without AuxK, which only revives dead features)
+        from the codes' summed L1 and L0 over ``n`` rows."""
+        return 0.0
 
-def top_entries(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (..., k) of each row's k largest ``scores`` (..., n), ascending: ``top_mask``'s entries, found by one
-    ``topk`` of k + 1 (a tie across the k-th place shows as equal k-th and (k+1)-th values, and only then is the
-    mask built), and sorted so that every later sum runs in one order."""
-    n = scores.shape[-1]
-    k = min(k, n)
-    if k == n:
-        return torch.arange(n, device=scores.device).expand(*scores.shape[:-1], n)
-    values, idx = scores.topk(k + 1, dim=-1)
-    if bool((values[..., k - 1] == values[..., k]).any()):
-        idx = top_mask(scores, k).nonzero()[:, -1].view(*scores.shape[:-1], k)  # row-major: already ascending
-        return idx
-    return idx[..., :k].sort(dim=-1).values
+    def saelens_config(self) -> dict:
+        """cfg.json's architecture and the fields it needs."""
+        return {"architecture": self.saelens}
 
-
-Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, cols, values), each (nnz,): the selected codes
-
-
-Index = tuple[torch.Tensor, torch.Tensor]  # (rows, cols), each (nnz,): the selected entries of a (B, J) matrix
-PreAt = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows, cols) -> pre-activations there, differentiable
-
-
-class _PreAt(torch.autograd.Function):
-    """pre[rows, cols] of pre = x W^T + b, computed densely beforehand; the backward is over the entries alone:
-    dW[j] += g x[b], db[j] += g, dx[b] += g W[j] for each entry (b, j) with gradient g. O(nnz d), where the dense
-    weight gradient is a (J, B) x (B, d) product and the gather's backward fills a (B, J) matrix."""
-
-    @staticmethod
-    def forward(ctx, weight, bias, x, pre, rows, cols):
-        ctx.save_for_backward(weight, x, rows, cols)
-        return pre.reshape(-1).index_select(0, rows * pre.shape[1] + cols)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        weight, x, rows, cols = ctx.saved_tensors
-        g_w = g_b = g_x = None
-        if ctx.needs_input_grad[0]:
-            g_w = torch.zeros_like(weight).index_add_(0, cols, scale_rows(x.index_select(0, rows), grad))  # (J, d)
-        if ctx.needs_input_grad[1]:
-            g_b = torch.zeros(weight.shape[0], dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        if ctx.needs_input_grad[2]:  # x = x - b_dec: the decoder bias's gradient flows through x
-            g_x = torch.zeros_like(x).index_add_(0, rows, scale_rows(weight.index_select(0, cols), grad))  # (B, d)
-        return g_w, g_b, g_x, None, None, None
+    def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]:
+        """What SAELens' architecture reads beyond W_enc, b_enc, W_dec and b_dec, from ``tensors`` (sae.safetensors)."""
+        return {}
 
 
-def pre_at(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, pre: torch.Tensor) -> PreAt:
-    """A function of (rows, cols) giving ``pre`` there (``pre`` = x weight^T + bias, (B, J), without a graph) with
-    gradients to weight (J, d), bias (J,) and x (B, d) over those entries only."""
-    return lambda rows, cols: _PreAt.apply(weight, bias, x, pre, rows, cols)
+class ReLU(Architecture):
+    """The replication's: ReLU codes, an L1 penalty, trained by the hand-written step where it applies."""
+
+    name: ClassVar[str] = "relu"
+    saelens: ClassVar[str] = "standard"
+    params: ClassVar[tuple[str, ...]] = ("l1_coeff",)
+    hand_written: ClassVar[bool] = True
+    resampling: ClassVar[bool] = True
+
+    @property
+    def suffix(self) -> str:
+        return ""  # the note's architecture: no suffix
+
+    @property
+    def label(self) -> str:
+        return f"l1 {self.cfg.l1_coeff:g}"
+
+    def encode(self, sae: nn.Module, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def loss(self, sae: nn.Module, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> Loss:
+        recon, codes = sae(x)  # the replication's ops, in its order
+        mse = (recon - x).pow(2).mean()
+        l1 = codes.abs().sum(dim=1).mean()
+        return {"loss": mse + l1_coeff * l1, "mse": mse, "l1": l1, "codes": codes, "recon": recon,
+                "code_sums": codes.detach().sum(dim=0)}  # fmt: skip
+
+    def penalty(self, l1_sum, l0_sum, n: int, l1_coeff: float):
+        return l1_coeff * l1_sum / n
 
 
-def row_index(idx: torch.Tensor) -> Index:
-    """The entries of the columns ``idx`` (B, k) of each row, row-major."""
-    rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
-    return rows, idx.reshape(-1)
+class _Sparse(Architecture):
+    """The architectures whose codes are ~k of J: trained through autograd over the selected entries only."""
 
-
-def topk_index(pre: torch.Tensor, k: int) -> Index:
-    """TopK's entries: each row's k largest pre-activations (pre (B, J), no gradient needed)."""
-    return row_index(top_entries(pre, k))
-
-
-def batchtopk_index(pre: torch.Tensor, k: int) -> Index:
-    """BatchTopK's entries: the k x B largest ReLU(pre) of the batch (B, J), row-major."""
-    flat = top_entries(torch.relu(pre).reshape(1, -1), k * pre.shape[0])[0]  # ascending: row-major
-    return flat.div(pre.shape[1], rounding_mode="floor"), flat.remainder(pre.shape[1])
-
-
-def relu_entries(index: Index, at: PreAt) -> Entries:
-    """ReLU(pre) at ``index`` as entries (values carry the gradient through ``at``)."""
-    rows, cols = index
-    return rows, cols, torch.relu(at(rows, cols))
-
-
-def to_dense(entries: Entries, shape: tuple[int, int], keep_grad: bool = False) -> torch.Tensor:
-    """(B, J) codes from entries, detached (what the metrics and the firing record read) unless ``keep_grad``."""
-    rows, cols, values = entries
-    out = torch.zeros(shape, dtype=values.dtype, device=values.device)
-    return out.index_put((rows, cols), values if keep_grad else values.detach())
-
-
-def scale_rows(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(n, d) rows of ``m`` times ``v`` (n,). Written as a (d, n) product by broadcasting over the last axis: torch's
-    broadcast of an (n, 1) factor along rows ran 3-6x slower on CPU (benchmarks/bench_archs.py)."""
-    return (m.t() * v).t()
-
-
-class _DecodeEntries(torch.autograd.Function):
-    """codes @ D^T over the entries (rows, cols, values) of the codes: out[b] = sum over b's entries of v D[:, j]. The
-    backward gathers and index-adds as the forward: dv = grad[b] . D[:, j], dD[:, j] += v grad[b]."""
+    def loss(self, sae: nn.Module, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> Loss:
+        pre, at = sae.selected(x)
+        entries = self.entries(sae, pre, at)
+        recon = sae.add_bias(ops.decode_entries(entries, sae.decoder, x.shape[0]))
+        mse = (recon - x).pow(2).mean()
+        return self.parts(sae, x, entries, recon, mse, self.extra(sae, x, pre, at, recon, dead), tuple(pre.shape))
 
     @staticmethod
-    def forward(ctx, values, decoder, rows, cols, batch: int):
-        atoms = decoder.t().index_select(0, cols)  # (nnz, d): rows of the feature-major D^T, a contiguous gather
-        ctx.save_for_backward(values, decoder, atoms, rows, cols)
-        out = torch.zeros(batch, decoder.shape[0], dtype=values.dtype, device=values.device)
-        return out.index_add_(0, rows, scale_rows(atoms, values))
+    def parts(sae: nn.Module, x, entries: ops.Entries, recon, mse, extra, shape: tuple[int, int]) -> Loss:
+        """The loss's parts from the selected entries (every sum over them) and the term the architecture adds."""
+        _, cols, values = entries
+        return {
+            "loss": mse + extra,
+            "mse": mse,
+            "l1": values.detach().sum() / x.shape[0],  # codes >= 0
+            "codes": ops.to_dense(entries, shape),  # detached: for the metrics
+            "recon": recon,
+            "code_sums": torch.zeros_like(sae.encoder_bias).index_add_(0, cols, values.detach()),
+        }
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        values, decoder, atoms, rows, cols = ctx.saved_tensors
-        g_rows = grad.index_select(0, rows)  # (nnz, d)
-        g_values = (g_rows * atoms).sum(1) if ctx.needs_input_grad[0] else None
-        g_dec = None
-        if ctx.needs_input_grad[1]:  # (J, d) feature-major, returned as the (d, J) view the decoder is
-            g_dec = torch.zeros_like(decoder.t()).index_add_(0, cols, scale_rows(g_rows, values)).t()
-        return g_values, g_dec, None, None, None
+    def entries(self, sae: nn.Module, pre: torch.Tensor, at: ops.PreAt | None = None) -> ops.Entries:
+        """The positive codes as (rows, cols, values) from pre-activations (B, J), as training computes them. ``at``:
+        the selected pre-activations with their gradient (``sae.selected``); None: read from ``pre``'s own graph."""
+        raise NotImplementedError
 
-
-def decode_entries(entries: Entries, decoder: torch.Tensor, batch: int) -> torch.Tensor:
-    """(batch, d) = codes @ D^T over the entries only, differentiable: O(nnz x d) instead of O(B J d).
-
-    The top-k architectures fire ~k of J features, so the decode and its two backward products (the code and the
-    decoder gradients) shrink to gathers and index-adds; only the encoder's forward product stays dense.
-    """
-    rows, cols, values = entries
-    return _DecodeEntries.apply(values, decoder, rows, cols, batch)
+    def extra(self, sae: nn.Module, x, pre, at: ops.PreAt, recon, dead: torch.Tensor | None) -> torch.Tensor:
+        """What the architecture adds to the reconstruction loss."""
+        raise NotImplementedError
 
 
-def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """ReLU of each row's k largest pre-activations, zero elsewhere, (B, J) (inference)."""
-    rows, cols = topk_index(pre, k)
-    return to_dense((rows, cols, torch.relu(pre[rows, cols])), tuple(pre.shape))
+class TopK(_Sparse):
+    """The sparsity is fixed by k: its held-out loss is the reconstruction alone (``penalty`` 0)."""
+
+    name: ClassVar[str] = "topk"
+    saelens: ClassVar[str] = "topk"
+    params: ClassVar[tuple[str, ...]] = ("k", "aux_k", "aux_coeff")
+
+    @classmethod
+    def check_params(cls, cfg) -> None:
+        _positive_int(cfg, "k")
+        _positive_int(cfg, "aux_k", least=0)
+        if not cfg.aux_coeff >= 0:
+            raise ConfigError(f"sae.aux_coeff must be >= 0, got {cfg.aux_coeff!r}")
+
+    @property
+    def suffix(self) -> str:
+        return f"{self.name}-k{self.cfg.k}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} k={self.cfg.k}"
+
+    def encode(self, sae: nn.Module, pre: torch.Tensor) -> torch.Tensor:
+        return ops.topk_codes(pre, self.cfg.k)
+
+    def select(self, pre: torch.Tensor) -> ops.Index:
+        return ops.topk_index(pre, self.cfg.k)
+
+    def entries(self, sae: nn.Module, pre: torch.Tensor, at: ops.PreAt | None = None) -> ops.Entries:
+        return ops.relu_entries(self.select(pre.detach()), at or (lambda rows, cols: pre[rows, cols]))
+
+    def extra(self, sae: nn.Module, x, pre, at: ops.PreAt, recon, dead: torch.Tensor | None) -> torch.Tensor:
+        """AuxK: aux_coeff x the mse of the dead features' reconstruction of the residual."""
+        if dead is None or self.cfg.aux_k == 0 or not bool(dead.any()):
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        residual = (x - recon).detach()  # what the live features miss; no gradient through it (Gao et al.)
+        aux = ops.aux_reconstruction(pre, at, dead, self.cfg.aux_k, sae.decoder)
+        return self.cfg.aux_coeff * (aux - residual).pow(2).mean()
+
+    def saelens_config(self) -> dict:
+        return {"architecture": self.saelens, "k": self.cfg.k}
 
 
-def smallest_kept(codes: torch.Tensor) -> float | None:
-    """The smallest positive code of a batch (BatchTopK's threshold sample); None when none is positive."""
-    positive = codes.detach()[codes.detach() > 0]
-    return float(positive.min()) if positive.numel() else None
+class BatchTopK(TopK):
+    name: ClassVar[str] = "batchtopk"
+    saelens: ClassVar[str] = "jumprelu"  # it infers as a JumpReLU whose every feature has the one learned threshold
+    params: ClassVar[tuple[str, ...]] = ("k", "aux_k", "aux_coeff", "threshold_rate")
+    tensors: ClassVar[tuple[str, ...]] = ("threshold",)
+
+    @classmethod
+    def check_params(cls, cfg) -> None:
+        TopK.check_params(cfg)
+        if not 0 < cfg.threshold_rate <= 1:
+            raise ConfigError(f"sae.threshold_rate must be in (0, 1], got {cfg.threshold_rate!r}")
+
+    def add_to(self, sae: nn.Module) -> None:
+        sae.register_buffer("threshold", torch.zeros(()))  # the inference threshold: 0 until the first batch sets it
+
+    def encode(self, sae: nn.Module, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > sae.threshold)
+
+    def select(self, pre: torch.Tensor) -> ops.Index:
+        return ops.batchtopk_index(pre, self.cfg.k)
+
+    @torch.no_grad()
+    def after_step(self, sae: nn.Module, codes: torch.Tensor) -> None:
+        """Move the inference threshold toward this batch's smallest kept code (the first sets it)."""
+        low = ops.smallest_kept(codes)
+        if low is None:
+            return
+        rate = 1.0 if float(sae.threshold) == 0 else self.cfg.threshold_rate
+        sae.threshold.mul_(1 - rate).add_(rate * low)
+
+    def saelens_config(self) -> dict:
+        return {"architecture": self.saelens}
+
+    def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]:
+        return {"threshold": tensors["threshold"].expand(dict_size).contiguous()}
 
 
-def aux_reconstruction(pre: torch.Tensor, at: PreAt, dead: torch.Tensor, aux_k: int, decoder: torch.Tensor):
-    """(B, d) Gao's AuxK reconstruction: the aux_k largest ReLU(pre) among ``dead`` (J,) features, decoded by D."""
-    cols = dead.nonzero().squeeze(1)  # (n_dead,) ascending, so ties still go to the lower feature index
-    idx = cols[top_entries(pre.detach().index_select(1, cols), aux_k)]  # (B, min(aux_k, n_dead))
-    return decode_entries(relu_entries(row_index(idx), at), decoder, pre.shape[0])
+class JumpReLU(_Sparse):
+    name: ClassVar[str] = "jumprelu"
+    saelens: ClassVar[str] = "jumprelu"
+    params: ClassVar[tuple[str, ...]] = ("l0_coeff", "bandwidth", "threshold_init")
+    tensors: ClassVar[tuple[str, ...]] = ("log_threshold",)
+
+    @classmethod
+    def check_params(cls, cfg) -> None:
+        if not cfg.l0_coeff >= 0:
+            raise ConfigError(f"sae.l0_coeff must be >= 0, got {cfg.l0_coeff!r}")
+        for name in ("bandwidth", "threshold_init"):
+            if not getattr(cfg, name) > 0:
+                raise ConfigError(f"sae.{name} must be > 0, got {getattr(cfg, name)!r}")
+
+    @property
+    def suffix(self) -> str:
+        return f"jumprelu-l0-{self.cfg.l0_coeff:g}"
+
+    @property
+    def label(self) -> str:
+        return f"jumprelu l0 {self.cfg.l0_coeff:g}"
+
+    def add_to(self, sae: nn.Module) -> None:
+        # per-feature thresholds, learned in log space (positive, as the paper's)
+        sae.log_threshold = nn.Parameter(torch.full((self.cfg.dict_size,), math.log(self.cfg.threshold_init)))
+
+    def encode(self, sae: nn.Module, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > sae.log_threshold.exp())
+
+    def entries(self, sae: nn.Module, pre: torch.Tensor, at: ops.PreAt | None = None) -> ops.Entries:
+        theta, eps = sae.log_threshold.exp(), self.cfg.bandwidth
+        rows, cols = index = ops.jumprelu_index(pre.detach(), theta, eps)
+        return ops.jumprelu_entries(index, at(rows, cols) if at else pre[rows, cols], theta, eps)[0]
+
+    def loss(self, sae: nn.Module, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> Loss:
+        pre, theta, eps = sae.pre_activations(x), sae.log_threshold.exp(), self.cfg.bandwidth  # pre's graph:
+        rows, cols = index = ops.jumprelu_index(pre.detach(), theta, eps)
+        if rows.numel() > SPARSE_MAX_DENSITY * pre.numel():
+            return self._dense_loss(sae, x, pre, theta, eps)  # used only while the codes are dense
+        pre, at = sae.selected(x, pre.detach())
+        entries, l0_sum = ops.jumprelu_entries(index, at(rows, cols), theta, eps)
+        recon = sae.add_bias(ops.decode_entries(entries, sae.decoder, x.shape[0]))
+        mse = (recon - x).pow(2).mean()
+        extra = self.cfg.l0_coeff * (l0_sum / x.shape[0])  # lambda x mean_b ||c||_0
+        return self.parts(sae, x, entries, recon, mse, extra, tuple(pre.shape))
+
+    def _dense_loss(self, sae: nn.Module, x, pre, theta, eps: float) -> Loss:
+        """The loss while the codes are dense (early in training): the paper's, every code decoded."""
+        codes = ops.jumprelu(pre, theta, eps)  # (B, J)
+        recon = sae.add_bias(codes @ sae.decoder.t())
+        mse = (recon - x).pow(2).mean()
+        l0 = ops.heaviside(pre, theta, eps).sum(dim=1).mean()
+        done = codes.detach()
+        return {"loss": mse + self.cfg.l0_coeff * l0, "mse": mse, "l1": done.sum() / x.shape[0], "codes": done,
+                "recon": recon, "code_sums": done.sum(dim=0)}  # fmt: skip
+
+    def penalty(self, l1_sum, l0_sum, n: int, l1_coeff: float):
+        return self.cfg.l0_coeff * l0_sum / n
+
+    def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]:
+        return {"threshold": tensors["log_threshold"].exp().contiguous()}
+
+
+ARCHITECTURES: dict[str, type[Architecture]] = {a.name: a for a in (ReLU, TopK, BatchTopK, JumpReLU)}
+
+
+def register(cls: type[Architecture]) -> type[Architecture]:
+    """Add an architecture to ``sae.arch``'s choices (a class decorator); its name must be new."""
+    if cls.name in ARCHITECTURES:
+        raise ValueError(f"an architecture named {cls.name!r} is already registered")
+    ARCHITECTURES[cls.name] = cls
+    return cls
+
+
+def architecture(cfg) -> Architecture:
+    """The object for ``cfg.arch``; ConfigError naming the choices for an unknown one."""
+    if cfg.arch not in ARCHITECTURES:
+        raise ConfigError(f"sae.arch must be one of {tuple(ARCHITECTURES)}, got {cfg.arch!r}")
+    return ARCHITECTURES[cfg.arch](cfg)

@@ -67,13 +67,9 @@ def evaluate_with_counts(
 
 
 def held_out_loss(sae, mse: torch.Tensor, l1: torch.Tensor, active: torch.Tensor, l1_coeff: float) -> torch.Tensor:
-    """The objective the stopping rule watches: the training loss without AuxK (it only revives dead features)."""
-    arch = getattr(sae, "arch", "relu")
-    if arch == "relu":
-        return mse + l1_coeff * l1
-    if arch == "jumprelu":
-        return mse + sae.cfg.l0_coeff * active.sum(dim=1).float().mean()
-    return mse  # topk, batchtopk: the sparsity is fixed by k, the loss is the reconstruction
+    """The objective the stopping rule watches: the training loss without AuxK (it only revives dead features); the
+    architecture says its sparsity term (0 for TopK and BatchTopK, whose sparsity k fixes)."""
+    return mse + sae.architecture.penalty(l1, active.sum(dim=1).float().mean(), 1, l1_coeff)
 
 
 @dataclass

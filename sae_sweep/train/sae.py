@@ -1,4 +1,5 @@
-"""The sparse autoencoder of the replication the note builds on (HoagyC/sparse_coding, June 2023).
+"""The sparse autoencoder of the replication the note builds on (HoagyC/sparse_coding, June 2023), and the other
+architectures': its ``architecture`` (archs.py), chosen once from ``sae.arch``, makes the codes and the loss.
 
     codes  c = ReLU(W_enc x + b_enc)                 (B, dict_size)
     recon  x^ = D c (+ b_dec)                        (B, d_in); D is (d_in, dict_size), unit-norm columns
@@ -16,13 +17,14 @@ resampling).
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
 
+from sae_sweep.dictionary import Dictionary
 from sae_sweep.errors import ConfigError
-from sae_sweep.train import archs
+from sae_sweep.train import sparse_ops as ops
+from sae_sweep.train.archs import architecture
 from sae_sweep.train.sae_config import INITS, SAE_PRECISIONS, UNTILS, SAEConfig  # noqa: F401 - the module's API
 from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, step_grads
 
@@ -63,11 +65,13 @@ class SparseAutoencoder(nn.Module):
         self.decoder_bias = nn.Parameter(torch.zeros(d_in)) if cfg.decoder_bias else None
         self.register_buffer("decoder_init", decoder.clone(), persistent=False)
         self._work_key: tuple | None = None
-        self.arch, self.cfg = cfg.arch, cfg  # the architecture and its hyper-parameters (archs.py)
-        if cfg.arch == "batchtopk":  # the inference threshold: 0 until the first training batch sets it
-            self.register_buffer("threshold", torch.zeros(()))
-        if cfg.arch == "jumprelu":  # per-feature thresholds, learned in log space (positive, as the paper's)
-            self.log_threshold = nn.Parameter(torch.full((cfg.dict_size,), math.log(cfg.threshold_init)))
+        self.cfg = cfg
+        self.architecture = architecture(cfg)  # chosen once from sae.arch (archs.py); everything else asks it
+        self.architecture.add_to(self)  # its own parameters and buffers (BatchTopK's threshold, JumpReLU's)
+
+    @property
+    def arch(self) -> str:
+        return self.architecture.name
 
     @property
     def W_enc(self) -> torch.Tensor:
@@ -86,50 +90,28 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d_in) -> non-negative codes (B, dict_size), as at inference (BatchTopK by its learned threshold)."""
-        pre = self.pre_activations(x)
-        if self.arch == "relu":
-            return torch.relu(pre)
-        if self.arch == "topk":
-            return archs.topk_codes(pre, self.cfg.k)
-        theta = self.threshold if self.arch == "batchtopk" else self.log_threshold.exp()
-        return pre * (pre > theta)
+        return self.architecture.encode(self, self.pre_activations(x))
 
-    def train_entries(self, pre: torch.Tensor, at: archs.PreAt | None = None) -> archs.Entries:
-        """The positive codes as (rows, cols, values) from pre-activations (B, dict_size), as training computes them
-        (BatchTopK's batch selection, JumpReLU's straight-through pseudo-derivatives); not for relu. ``at``: the
-        selected pre-activations with their gradient (``selected``); None: read from ``pre``'s own graph."""
-        if self.arch == "jumprelu":
-            theta, eps = self.log_threshold.exp(), self.cfg.bandwidth
-            rows, cols = index = archs.jumprelu_index(pre.detach(), theta, eps)
-            return archs.jumprelu_entries(index, at(rows, cols) if at else pre[rows, cols], theta, eps)[0]
-        select = archs.topk_index if self.arch == "topk" else archs.batchtopk_index
-        return archs.relu_entries(select(pre.detach(), self.cfg.k), at or (lambda rows, cols: pre[rows, cols]))
-
-    def selected(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, archs.PreAt]:
+    def selected(self, x: torch.Tensor, pre: torch.Tensor | None = None) -> tuple[torch.Tensor, ops.PreAt]:
         """Pre-activations (B, dict_size) computed without a graph, to select from, and ``at``, their values at the
-        selected entries with gradients over those entries only (archs.pre_at): the top-k architectures and JumpReLU."""
+        selected entries with gradients over those entries only (sparse_ops.pre_at): the sparse architectures."""
         self._check_width(x)
         if self.decoder_bias is not None:
             x = x - self.decoder_bias
         if pre is None:  # else already computed (JumpReLU's, to choose its path)
             with torch.no_grad():
                 pre = torch.addmm(self.encoder_bias, x, self.W_enc.t())
-        return pre, archs.pre_at(self.W_enc, self.encoder_bias, x, pre)
+        return pre, ops.pre_at(self.W_enc, self.encoder_bias, x, pre)
 
-    @torch.no_grad()
-    def update_threshold_(self, codes: torch.Tensor) -> None:
-        """BatchTopK: move the inference threshold toward this batch's smallest kept code (the first sets it)."""
-        if self.arch != "batchtopk":  # before any work: this runs after every step of every architecture
-            return
-        low = archs.smallest_kept(codes)
-        if low is None:
-            return
-        rate = 1.0 if float(self.threshold) == 0 else self.cfg.threshold_rate
-        self.threshold.mul_(1 - rate).add_(rate * low)
+    def after_step_(self, codes: torch.Tensor) -> None:
+        """What an optimizer step leaves to the architecture (BatchTopK moves its inference threshold)."""
+        self.architecture.after_step(self, codes)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, dict_size) -> reconstruction (B, d_in)."""
-        recon = codes @ self.decoder.t()
+        return self.add_bias(codes @ self.decoder.t())
+
+    def add_bias(self, recon: torch.Tensor) -> torch.Tensor:
         return recon if self.decoder_bias is None else recon + self.decoder_bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,68 +120,37 @@ class SparseAutoencoder(nn.Module):
 
     def loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss and its parts, through autograd; ``dead`` (dict_size,) bool: AuxK's features."""
-        if self.arch != "relu":
-            return self._sparse_loss(x, l1_coeff, dead)
-        recon, codes = self(x)  # the replication's ops, in its order
-        mse = (recon - x).pow(2).mean()
-        l1 = codes.abs().sum(dim=1).mean()
-        return {
-            "loss": mse + l1_coeff * l1,
-            "mse": mse,
-            "l1": l1,
-            "codes": codes,
-            "recon": recon,
-            "code_sums": codes.detach().sum(dim=0),
+        return self.architecture.loss(self, x, l1_coeff, dead)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What a dictionary saves (sae.safetensors), on the CPU: decoder (d_in, J), decoder_init, encoder.bias,
+        encoder.weight (untied), decoder_bias (when learned), then the architecture's own tensors."""
+        tensors = {
+            "decoder": self.decoder.detach().cpu().contiguous(),
+            "decoder_init": self.decoder_init.cpu().contiguous(),
+            "encoder.bias": self.encoder_bias.detach().cpu().contiguous(),
         }
+        if not self.tied:
+            tensors["encoder.weight"] = self.encoder.detach().cpu().contiguous()
+        if self.decoder_bias is not None:
+            tensors["decoder_bias"] = self.decoder_bias.detach().cpu().contiguous()
+        for name in self.architecture.tensors:  # batchtopk's threshold (), jumprelu's log_threshold (J,)
+            tensors[name] = getattr(self, name).detach().cpu().contiguous()
+        return tensors
 
-    def _sparse_loss(self, x: torch.Tensor, l1_coeff: float, dead: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """``loss`` for the architectures whose codes are ~k of dict_size: every sum over the selected entries."""
-        if self.arch == "jumprelu":
-            pre, theta, eps = self.pre_activations(x), self.log_threshold.exp(), self.cfg.bandwidth  # pre's graph:
-            rows, cols = index = archs.jumprelu_index(pre.detach(), theta, eps)
-            if rows.numel() > SPARSE_MAX_DENSITY * pre.numel():
-                return self._dense_jumprelu_loss(x, pre, theta, eps)  # used only while the codes are dense
-            pre, at = self.selected(x, pre.detach())
-            entries, l0_sum = archs.jumprelu_entries(index, at(rows, cols), theta, eps)
-        else:
-            pre, at = self.selected(x)
-            entries = self.train_entries(pre, at)
-        _, cols, values = entries
-        recon = self._add_bias(archs.decode_entries(entries, self.decoder, x.shape[0]))
-        mse = (recon - x).pow(2).mean()
-        if self.arch == "jumprelu":
-            extra = self.cfg.l0_coeff * (l0_sum / x.shape[0])  # lambda x mean_b ||c||_0
-        else:
-            extra = self._aux_term(x, pre, at, recon, dead)
-        return {
-            "loss": mse + extra,
-            "mse": mse,
-            "l1": values.detach().sum() / x.shape[0],  # codes >= 0
-            "codes": archs.to_dense(entries, tuple(pre.shape)),  # detached: for the metrics
-            "recon": recon,
-            "code_sums": torch.zeros_like(self.encoder_bias).index_add_(0, cols, values.detach()),
-        }
-
-    def _dense_jumprelu_loss(self, x, pre, theta, eps: float) -> dict[str, torch.Tensor]:
-        """JumpReLU's loss while its codes are dense (early in training): the paper's, every code decoded."""
-        codes = archs.jumprelu(pre, theta, eps)  # (B, dict_size)
-        recon = self._add_bias(codes @ self.decoder.t())
-        mse = (recon - x).pow(2).mean()
-        l0 = archs.heaviside(pre, theta, eps).sum(dim=1).mean()
-        done = codes.detach()
-        return {"loss": mse + self.cfg.l0_coeff * l0, "mse": mse, "l1": done.sum() / x.shape[0], "codes": done,
-                "recon": recon, "code_sums": done.sum(dim=0)}  # fmt: skip
-
-    def _add_bias(self, recon: torch.Tensor) -> torch.Tensor:
-        return recon if self.decoder_bias is None else recon + self.decoder_bias
-
-    def _aux_term(self, x, pre, at: archs.PreAt, recon, dead: torch.Tensor | None) -> torch.Tensor:
-        """TopK's and BatchTopK's AuxK: aux_coeff x the mse of the dead features' reconstruction of the residual."""
-        if dead is None or self.cfg.aux_k == 0 or not bool(dead.any()):
-            return torch.zeros((), dtype=x.dtype, device=x.device)
-        residual = (x - recon).detach()  # what the live features miss; no gradient through it (Gao et al.)
-        aux = archs.aux_reconstruction(pre, at, dead, self.cfg.aux_k, self.decoder)
-        return self.cfg.aux_coeff * (aux - residual).pow(2).mean()
+    @classmethod
+    def from_dictionary(cls, d: Dictionary) -> SparseAutoencoder:
+        """The module a dictionary was saved from (``state_tensors``), rebuilt on the CPU in eval mode."""
+        sae = cls(d.d_in, SAEConfig(**d.config.sae))
+        state = {"decoder": d.tensors["decoder"], "encoder_bias": d.tensors["encoder.bias"]}
+        if "encoder.weight" in d.tensors:
+            state["encoder"] = d.tensors["encoder.weight"]
+        if "decoder_bias" in d.tensors:
+            state["decoder_bias"] = d.tensors["decoder_bias"]
+        state |= {name: d.tensors[name] for name in sae.architecture.tensors}
+        sae.load_state_dict(state)
+        sae.decoder_init.copy_(d.tensors["decoder_init"])
+        return sae.eval()
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from sae_sweep.errors import ConfigError
-from sae_sweep.train.archs import ARCHS
+from sae_sweep.train.archs import ARCHITECTURES, architecture
 from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS
 
 INITS = ("linear", "transpose")
@@ -51,7 +51,7 @@ class SAEConfig:
     snapshot_first: int = 16384  # activations seen at the first decoder snapshot, then every doubling; 0: none
     precision: str = "32-true"  # the SAE's Lightning precision, whatever trainer.precision says: fp32 as the
     #                             replication (trainer=gpu's bf16-mixed is for pretraining); bf16-mixed is a departure
-    # The architecture (archs.py): relu (the note's), topk, batchtopk or jumprelu; the last three ignore l1_coeff
+    # The architecture (archs.py: each names the keys below it reads): relu (the note's), topk, batchtopk or jumprelu
     arch: str = "relu"
     k: int = 20  # topk: codes per input; batchtopk: k x batch codes per batch (20: the demo's ReLU L0 is 16-23)
     aux_k: int = 64  # topk, batchtopk: AuxK's dead features per input (Gao et al.: d_in / 2); 0: no AuxK
@@ -106,41 +106,22 @@ class SAEConfig:
             raise ConfigError(f"sae.lr must be > 0, got {self.lr!r}")
 
     def _check_arch(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"sae.arch must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("k", "aux_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "aux_k" else 1):
-                raise ConfigError(f"sae.{name} must be a {'non-negative' if name == 'aux_k' else 'positive'} integer, "
-                                  f"got {value!r}")  # fmt: skip
-        if self.arch != "relu" and self.resample_every:
-            raise ConfigError(
-                f"sae.resample_every > 0 is the ReLU SAE's control; sae.arch={self.arch} has its own remedy for dead "
-                "features (AuxK for topk and batchtopk). Set sae.resample_every=0 or sae.arch=relu."
-            )
-        for name in ("aux_coeff", "l0_coeff"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"sae.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("threshold_rate", "bandwidth", "threshold_init"):
-            if not getattr(self, name) > 0 or (name == "threshold_rate" and self.threshold_rate > 1):
-                raise ConfigError(f"sae.{name} must be in (0, 1] for threshold_rate and > 0 otherwise, got "
-                                  f"{getattr(self, name)!r}")  # fmt: skip
+        """Every architecture's hyper-parameters (a bad ``sae.k`` is refused whatever ``sae.arch`` is), then what the
+        chosen one cannot train with."""
+        chosen = architecture(self)  # an unknown sae.arch first
+        for cls in ARCHITECTURES.values():
+            cls.check_params(self)
+        chosen.check()
 
     @property
     def arch_suffix(self) -> str:
         """The architecture's part of a dictionary name: "" for relu, "topk-k20", "jumprelu-l0-0.001"..."""
-        if self.arch == "relu":
-            return ""
-        if self.arch == "jumprelu":
-            return f"jumprelu-l0-{self.l0_coeff:g}"
-        return f"{self.arch}-k{self.k}"
+        return architecture(self).suffix
 
     @property
     def sparsity_label(self) -> str:
         """What sets the sparsity, for logs: "l1 0.001", "topk k=20", "jumprelu l0 1.5e-05"."""
-        if self.arch == "relu":
-            return f"l1 {self.l1_coeff:g}"
-        return f"jumprelu l0 {self.l0_coeff:g}" if self.arch == "jumprelu" else f"{self.arch} k={self.k}"
+        return architecture(self).label
 
     @property
     def order_seed(self) -> int:

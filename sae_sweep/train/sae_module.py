@@ -116,7 +116,7 @@ class SAEModule(pl.LightningModule):
     def one_step(self, x: torch.Tensor) -> None:
         step = self.global_step  # optimizer steps done so far: Lightning counts each opt.step() of a stack
         opt = self.optimizers()
-        fused = self.cfg.arch == "relu" and not self.cfg.tied and self.trainer.world_size == 1
+        fused = self.sae.architecture.hand_written and not self.cfg.tied and self.trainer.world_size == 1
         if fused:
             # grads written in place, nothing to zero
             out = self.sae.fused_grads(x, self.cfg.l1_coeff, self.cfg.step, self.cfg.sparse_max_density)
@@ -134,7 +134,7 @@ class SAEModule(pl.LightningModule):
         except FloatingPointError as exc:
             raise self._diverged(step, str(exc)) from None
         self.last_fired.masked_fill_(out["code_sums"] > 0, step)
-        self.sae.update_threshold_(out["codes"])  # BatchTopK's inference threshold; nothing for the others
+        self.sae.after_step_(out["codes"])  # BatchTopK's inference threshold; nothing for the others
         every = self.cfg.resample_every
         if every and step % every == 0 and 0 < 2 * step < self.trainer.max_steps:
             self.resample(x, step)
@@ -230,7 +230,7 @@ def evaluate_sae(
         l0 += active.sum().item()
         total += (x - mean).pow(2).sum()
     mse = sq_err / (n * sae.d_in)
-    sparsity = {"relu": l1_coeff * l1 / n, "jumprelu": sae.cfg.l0_coeff * l0 / n}.get(sae.arch, 0.0)  # held_out_loss
+    sparsity = sae.architecture.penalty(l1, l0, n, l1_coeff)  # as convergence.held_out_loss
     metrics = {
         "val/mse": mse,
         "val/l1": l1 / n,

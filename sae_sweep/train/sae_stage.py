@@ -22,9 +22,11 @@ from sae_sweep.activations import Activations
 from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.files import json_digest
+from sae_sweep.interop import saelens
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train import snapshots
+from sae_sweep.train.archs import architecture
 from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import HarvestConfig, harvest
@@ -72,7 +74,7 @@ class SAEJob:
             parts.append(f"init-{self.sae.init}")
         if self.sae.resample_every > 0:
             parts.append("resample")
-        if self.sae.l1_coeff != DEFAULT_L1 and self.sae.arch == "relu":  # the others have no L1 term
+        if self.sae.l1_coeff != DEFAULT_L1 and "l1_coeff" in architecture(self.sae).params:  # ReLU's, not TopK's
             parts.append(f"l1-{self.sae.l1_coeff:g}")
         if self.sae.tag:
             parts.append(self.sae.tag)  # "onepass": what the user names (experiment=architectures' equal budgets)
@@ -275,7 +277,7 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
     artifact = store.save(
         job.name,
         DICTIONARY_TYPE,
-        lambda folder: write_dictionary(folder, sae, config, counts, extra, source.get("gpt_metadata")),
+        lambda folder: write_with_export(folder, sae, config, counts, extra, source.get("gpt_metadata")),
         asdict(config),
     )
     live = counts[counts > 0]
@@ -297,3 +299,13 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
         artifact.path,
     )
     return artifact
+
+
+def write_with_export(
+    folder: Path, sae, config: DictionaryConfig, counts, extra: dict | None = None, gpt_metadata: dict | None = None
+) -> None:
+    """The dictionary folder of a trained ``sae``, and in its ``saelens/`` the same SAE as SAELens opens it (the GPT's
+    metadata gives the export its context size and corpus)."""
+    tensors = sae.state_tensors()
+    write_dictionary(folder, tensors, config, counts, extra)
+    saelens.write(folder / saelens.SAELENS_DIR, tensors, config, counts, sae.architecture, gpt_metadata)

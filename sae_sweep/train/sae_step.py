@@ -73,7 +73,7 @@ def step_grads(
     Returns ``mse`` (a 0-d tensor), ``codes`` (B, J), ``code_sums`` (J,) (the L1 term per feature, and which
     features fired) and ``path`` (the one taken). Tensors are views of buffers the next call overwrites.
     """
-    if sae.tied or sae.arch != "relu":
+    if sae.tied or not sae.architecture.hand_written:
         raise ConfigError(
             "the hand-written step is the untied ReLU + L1 SAE's; use loss() and autograd for tied weights and for "
             f"sae.arch={sae.arch}"

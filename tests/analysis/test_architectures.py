@@ -1,22 +1,24 @@
-"""Architectures side by side (analysis/architectures.py, report_archs.py): the two-modes verdict, the cross-seed
-ordering, and the report's section on hand-made dictionaries."""
+"""Architectures side by side (measures/architectures.py, report/architectures.py): the two-modes verdict, the
+cross-seed ordering, and the report's section on hand-made dictionaries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sae_sweep.analysis.architectures import MIN_MODE, stability, stability_finding, two_modes
 from sae_sweep.analysis.collect import SourceConfig
 from sae_sweep.analysis.job import AnalyzeJob, run
-from sae_sweep.analysis.mcs import max_cosine_similarity
-from sae_sweep.analysis.nulls import random_dictionary
+from sae_sweep.analysis.measures.architectures import MIN_MODE, stability, two_modes
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.nulls import random_dictionary
+from sae_sweep.analysis.report.architectures import stability_finding
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.sae import SAEConfig
 
 from ..conftest import save_dict
+from .helpers import report_input
 
 
 def _null_mcs(n: int, K: int, M: int, seed: int) -> np.ndarray:
@@ -38,6 +40,10 @@ def test_two_modes_needs_a_null_like_mode_and_a_high_mode():
     assert MIN_MODE == 0.05
 
 
+def finding(**tables) -> str:
+    return stability_finding(report_input(**tables))
+
+
 def _row(arch: str, j: int, shared: float, data: str = "activations") -> dict:
     return {"arch": arch, "data": data, "dict_size": j, "shared_fraction": shared}
 
@@ -48,16 +54,14 @@ def test_the_cross_seed_ordering_is_read_from_the_interval_of_the_difference():
     steps = {t["dict_size"]: t for t in stability(table, 0.95)}
     assert [steps[j]["more_stable"] for j in (1000, 2000, 4000)] == ["relu", "none", "topk"]
     assert steps[1000]["difference"] == pytest.approx(0.3) and steps[1000]["lo"] > 0
-    assert "the ordering differs between sizes" in stability_finding(list(steps.values()), 0.95)
+    assert "the ordering differs between sizes" in finding(stability=list(steps.values()))
     only = [steps[1000]]
-    assert "ReLU + L1 is the more stable at every size compared, as Paulo & Belrose found" in stability_finding(
-        only, 0.95
-    )
-    assert "the opposite of Paulo & Belrose's ordering" in stability_finding([steps[4000]], 0.95)
-    assert "no difference was detected at any size compared" in stability_finding([steps[2000]], 0.95)
+    assert "ReLU + L1 is the more stable at every size compared, as Paulo & Belrose found" in finding(stability=only)
+    assert "the opposite of Paulo & Belrose's ordering" in finding(stability=[steps[4000]])
+    assert "no difference was detected at any size compared" in finding(stability=[steps[2000]])
     assert stability([_row("relu", 1000, 0.6)], 0.95) == []  # nothing to compare without TopK
     unequal = {**steps[1000], "relu_seen": 2_400_000, "topk_seen": 300_000}
-    text = stability_finding([unequal], 0.95)
+    text = finding(stability=[unequal])
     assert "(trained on 2,400,000 and 300,000 activations: unequal budgets)" in text
     assert "does not separate training length from architecture" in text
 
@@ -100,9 +104,9 @@ def test_report_sets_the_architectures_side_by_side(tmp_path):
 
 def test_no_architectures_rows_without_another_architecture(tmp_path):
     """Only ReLU runs: architecture_table has nothing to set side by side, so the report has no such section."""
-    from sae_sweep.analysis.architectures import architecture_table  # noqa: PLC0415
     from sae_sweep.analysis.collect import collect_local  # noqa: PLC0415
-    from sae_sweep.analysis.note import compute  # noqa: PLC0415
+    from sae_sweep.analysis.measures.architectures import architecture_table  # noqa: PLC0415
+    from sae_sweep.analysis.measures.pairwise import compute  # noqa: PLC0415
 
     store = ArtifactStore(tmp_path / "store")
     _plant(store, "relu", "")
@@ -114,9 +118,9 @@ def test_no_architectures_rows_without_another_architecture(tmp_path):
 def test_a_tagged_group_is_set_beside_the_relu_run_of_its_tag(tmp_path):
     """experiment=architectures' one-pass arms (sae.tag=onepass) meet the one-pass ReLU arm, not the main run nor a
     tagged control; untagged ones meet the main run; the stability table keeps the groups apart."""
-    from sae_sweep.analysis.architectures import architecture_table  # noqa: PLC0415
     from sae_sweep.analysis.collect import collect_local_variants  # noqa: PLC0415
-    from sae_sweep.analysis.note import compute  # noqa: PLC0415
+    from sae_sweep.analysis.measures.architectures import architecture_table  # noqa: PLC0415
+    from sae_sweep.analysis.measures.pairwise import compute  # noqa: PLC0415
 
     store = ArtifactStore(tmp_path / "store")
     _plant(store, "relu", "")
@@ -132,4 +136,4 @@ def test_a_tagged_group_is_set_beside_the_relu_run_of_its_tag(tmp_path):
                                           ("onepass", "topk-k20-onepass")] for j in (8, 16, 32)]  # fmt: skip
     steps = stability(table, 0.95)
     assert [(t["tag"], t["dict_size"]) for t in steps] == [(tag, j) for tag in ("", "onepass") for j in (8, 16, 32)]
-    assert "J=8 (activations, sae.tag onepass)" in stability_finding(steps, 0.95)
+    assert "J=8 (activations, sae.tag onepass)" in finding(stability=steps)

@@ -1,4 +1,5 @@
-"""The training-budget axis of the report (budget.py, its Finding and Figure 19) on dictionaries made by hand."""
+"""The training-budget axis (measures/budget.py; report/budget.py: its section, Finding and Figure 19) on
+dictionaries made by hand."""
 
 import csv
 import re
@@ -9,18 +10,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae_sweep.analysis.budget import FINAL, SAME, Budget, _null_low, compute_budget, last_step, write_budget
 from sae_sweep.analysis.collect import SourceConfig
-from sae_sweep.analysis.extras import Extras
-from sae_sweep.analysis.findings import training_budget
 from sae_sweep.analysis.job import AnalyzeJob, run
-from sae_sweep.analysis.note import compute
+from sae_sweep.analysis.measures.budget import FINAL, SAME, Budget, _null_low, compute_budget, last_step
+from sae_sweep.analysis.measures.pairwise import compute
+from sae_sweep.analysis.measures.variant import VariantMeasures
+from sae_sweep.analysis.report.budget import SECTION, training_budget
+from sae_sweep.analysis.report.section import Written, write_section
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary, dictionary_name
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 
 from ..conftest import dictionary_config, save_dict
+from .helpers import report_input
 
 D_IN = 64  # wide enough that the exact null (M = 4) sits well below the cutoff
 E = np.eye(D_IN, dtype=np.float32)
@@ -157,7 +160,7 @@ def test_without_snapshots_there_is_no_section(tmp_path):
     dicts = {k: v for k, v in hand_made(tmp_path).items() if k[1] == 1}
     res = compute(dicts, AnalysisConfig(n_random=1))
     assert compute_budget(res, dicts) is None
-    assert write_budget(res, None, None, tmp_path) == ({}, "")
+    assert write_section(SECTION, report_input(res), tmp_path) == Written()
     assert not (tmp_path / "budget.csv").exists()
 
 
@@ -176,7 +179,10 @@ def test_recovery_per_budget_and_the_figure(tmp_path):
         (4, 400): 2 / 3,
         (4, 800): 1.0,
     }
-    figs, md = write_budget(res, budget, None, tmp_path)
+    ex = VariantMeasures("synthetic", {})
+    ex.budget = budget
+    written = write_section(SECTION, report_input(res, ex), tmp_path)
+    figs, md = written.figures, written.markdown
     assert figs["fig19"] == tmp_path / "fig19_budget.png"
     assert figs["fig19"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "### Training budget" in md and "![fig19](fig19_budget.png)" in md and "(budget_recovery.csv)" in md
@@ -196,10 +202,10 @@ def _last_two(high_a: int, high_b: int, n: int = 100) -> Budget:
 
 def _finding(budget: Budget) -> str:
     res = type("R", (), {"featured": 100, "seeds": [0], "reference": 800, "config": AnalysisConfig(n_boot=500)})()
-    ex = Extras("", {})
+    ex = VariantMeasures("", {})
     ex.budget = budget
     budget.last_step = last_step(budget, res)
-    return training_budget(ex)
+    return training_budget(report_input(res, ex))
 
 
 def test_the_budget_finding_follows_the_paired_interval():
@@ -253,7 +259,7 @@ def test_the_report_has_the_budget_section_when_snapshots_exist(tmp_path):
 def test_a_final_state_training_snapshotted_is_the_last_point_and_counts_on_the_eval_sample(tmp_path):
     """Training snapshots the final state too: it is the last point once (not again from the dictionary), and its
     dead fraction counts the same 4096 evaluation rows as the earlier points, not the dictionary's 5000."""
-    from sae_sweep.analysis.budget import states  # noqa: PLC0415
+    from sae_sweep.analysis.measures.budget import states  # noqa: PLC0415
 
     final = cols(E[0], HALF)
     d = make(

@@ -12,15 +12,16 @@ import torch
 
 from sae_sweep import DataError
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_wandb
-from sae_sweep.analysis.findings import training
 from sae_sweep.analysis.job import AnalyzeJob, _sizes_of, run
-from sae_sweep.analysis.note import compute, counts
+from sae_sweep.analysis.measures.pairwise import compute, counts
+from sae_sweep.analysis.report.reproduction import training
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 
 from ..conftest import save_dict
+from .helpers import report_input
 
 
 @pytest.fixture
@@ -200,7 +201,10 @@ def test_an_unconverged_dictionary_is_warned_about_once_and_marked_everywhere(st
 
 def test_all_converged_says_so():
     res = type("R", (), {"training": [{"converged": True}] * 3})()
-    assert training(res) == "All 3 dictionaries met their stopping rule (held-out loss and decoder drift settled)."
+    assert (
+        training(report_input(res))
+        == "All 3 dictionaries met their stopping rule (held-out loss and decoder drift settled)."
+    )
 
 
 def test_a_dictionary_without_a_training_record_is_refused_by_name(store):

@@ -1,5 +1,5 @@
-"""The analysis beyond the note (features, seeds, baselines, extras, findings, the report's sections) on small
-dictionaries made by hand."""
+"""The analysis beyond the note (measures: features, seeds, controls, ground truth; the report's sections and their
+Findings) on small dictionaries made by hand."""
 
 import csv
 import dataclasses
@@ -11,21 +11,26 @@ import pytest
 import torch
 
 from sae_sweep import ConfigError
-from sae_sweep.analysis.baselines import control_rows, ground_truth_rows
-from sae_sweep.analysis.claims import controls
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_local_variants
-from sae_sweep.analysis.extras import Extras, compute_extras
-from sae_sweep.analysis.features import FeatureTable, feature_table, liveness_row, movement_row
-from sae_sweep.analysis.findings import ground_truth, liveness, low_mode_vs_random, split
 from sae_sweep.analysis.job import AnalyzeJob, run
-from sae_sweep.analysis.note import compute
-from sae_sweep.analysis.seeds import seed_spread
+from sae_sweep.analysis.measures.controls import control_rows
+from sae_sweep.analysis.measures.features import FeatureTable, feature_table, liveness_row, movement_row
+from sae_sweep.analysis.measures.ground_truth import ground_truth_rows
+from sae_sweep.analysis.measures.pairwise import compute
+from sae_sweep.analysis.measures.seeds import seed_spread
+from sae_sweep.analysis.measures.variant import VariantMeasures, measure_variant
+from sae_sweep.analysis.report.controls import controls
+from sae_sweep.analysis.report.error_bars import low_mode_vs_random
+from sae_sweep.analysis.report.ground_truth import ground_truth
+from sae_sweep.analysis.report.liveness import liveness
+from sae_sweep.analysis.report.split import split
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.truth import SyntheticConfig, true_features
 
 from ..conftest import save_dict
+from .helpers import report_input
 
 
 @pytest.fixture
@@ -155,24 +160,26 @@ def test_ground_truth_rows_exact(store):
 
 
 def test_ground_truth_finding_describes_where_the_low_mode_is_and_claims_no_cause():
-    ex = Extras("synthetic", {})
+    ex = VariantMeasures("synthetic", {})
     base = {"seed": 0, "n_true": 8, "cosine": 0.9, "threshold": 0.5, "matched_fraction": 1.0, "mixture_n_real": None}
     ex.ground_truth = [
         {**base, "dict_size": 4, "recovered_fraction": 0.5, "low_vs_truth_fraction": 0.0, "low_fraction": 0.0},
         {**base, "dict_size": 8, "recovered_fraction": 1.0, "low_vs_truth_fraction": 0.05, "low_fraction": 0.05},
         {**base, "dict_size": 16, "recovered_fraction": 1.0, "low_vs_truth_fraction": 0.5, "low_fraction": None},
     ]
-    text = ground_truth(ex)
+    text = ground_truth(report_input(ex=ex))
     assert "the low-MCS mode holds 10.0% or more of the dictionary at J=16 (2x the true count)" in text
     assert "once" not in text and "exceeds" not in text  # no causal clause: nothing in code established one
     assert "against the largest dictionary, as the note does, it holds under 10.0% of every dictionary" in text
     assert "recovered at MCS > 0.9: J=4: 50.0%, J=8: 100.0%, J=16: 100.0%" in text
     ex.ground_truth[1]["low_vs_truth_fraction"] = 0.1
-    assert "at J=8 (1x the true count), J=16 (2x the true count)" in ground_truth(ex)
+    assert "at J=8 (1x the true count), J=16 (2x the true count)" in ground_truth(report_input(ex=ex))
     ex.ground_truth[0]["low_fraction"] = 0.3
-    assert "as the note does, it holds 10.0% or more of the dictionary at J=4 (0.5x the true count)" in ground_truth(ex)
+    assert "as the note does, it holds 10.0% or more of the dictionary at J=4 (0.5x the true count)" in ground_truth(
+        report_input(ex=ex)
+    )
     ex.ground_truth[1]["recovered_fraction"] = 0.8
-    assert "J=8: 80.0%" in ground_truth(ex)
+    assert "J=8: 80.0%" in ground_truth(report_input(ex=ex))
 
 
 def test_control_rows_and_their_finding(store):
@@ -193,7 +200,7 @@ def test_control_rows_and_their_finding(store):
     assert (row["n"], row["high"], row["data"]) == (4, 4, "activations")
     assert row["gpt_val_loss"] == 4.25  # the GPT's quality, read from the dictionary's config.json
     res = results[""]
-    text = controls(res, table)
+    text = controls(report_input(res, controls=table))
     assert "untrained: 75.0% high-MCS at J=16 against J=32, the main run 75.0% at J=16 against J=32: no difference" in (
         text
     )
@@ -201,35 +208,37 @@ def test_control_rows_and_their_finding(store):
         if r["variant"] == "untrained":
             r["high"], r["high_fraction"] = 0, 0.0
     assert "untrained: 0.0% high-MCS at J=16 against J=32, the main run 75.0% at J=16 against J=32: lower by 75.0" in (
-        controls(res, table)
+        controls(report_input(res, controls=table))
     )
     for r in table:  # a control on another GPT says how good that GPT was
         if r["variant"] == "untrained":
             r["gpt_val_loss"] = 7.5
-    assert "untrained (its GPT's validation loss 7.50 against 4.25): 0.0% high-MCS" in controls(res, table)
+    assert "untrained (its GPT's validation loss 7.50 against 4.25): 0.0% high-MCS" in controls(
+        report_input(res, controls=table)
+    )
     for r in table:  # a control on other data (synthetic) is not set beside the main run
         if r["variant"] == "untrained":
             r["data"] = "synthetic"
-    assert controls(res, table) is None
+    assert controls(report_input(res, controls=table)) is None
 
 
 def test_liveness_finding_reports_rarity_from_the_row():
     res = type("R", (), {"featured": 8, "seeds": [0], "config": AnalysisConfig()})()
-    ex = Extras("", {})
+    ex = VariantMeasures("", {})
     row = {"dict_size": 8, "seed": 0, "n_low": 10, "low_dead_fraction": 0.1, "low_live_null_fraction": 0.7}
     row |= {"high_fraction": 0.5, "high_fraction_live_ref": 0.6, "median_log10_freq_low": -4.0}
     row |= {"median_log10_freq_high": -1.0, "enc_dec_cos_low": 0.95, "enc_dec_cos_high": 0.4}
     ex.liveness = [row]
-    text = liveness(res, ex)
+    text = liveness(report_input(res, ex))
     assert "10.0% never fire" in text and "70.0% fire but score below" in text and "most are alive but random" in text
     assert "fire 1000 times less often than high-MCS ones" in text and "median cosine of 0.95" in text
     row["median_log10_freq_low"] = -1.1
-    assert "fire about as often as high-MCS ones" in liveness(res, ex)
+    assert "fire about as often as high-MCS ones" in liveness(report_input(res, ex))
 
 
 def test_low_mode_verdict_follows_the_permutation_tests():
     res = type("R", (), {"featured": 8, "seeds": [0], "reference": 32, "config": AnalysisConfig()})()
-    ex = Extras("", {})
+    ex = VariantMeasures("", {})
     row = {"dict_size": 8, "seed": 0, "n_learned": 5, "n_null": 6}
     ex.low_tests = [
         {**row, "null": "isotropic", "emd": 0.05, "p": 0.001},
@@ -239,15 +248,19 @@ def test_low_mode_verdict_follows_the_permutation_tests():
         {"dict_size": 8, "a": "rand1", "b": "rand2", "emd": 0.02, "lo": 0.005, "hi": 0.03},
         {"dict_size": 8, "a": "rand1", "b": "rand3", "emd": 0.01, "lo": 0.001, "hi": 0.09},
     ]
-    text = low_mode_vs_random(res, ex)
+    text = low_mode_vs_random(report_input(res, ex))
     assert "W1 between the learned low mode and Rand 1 is 0.0500 (permutation p = 0.001)" in text
     assert "between random sets it reaches 0.0200 (rand1 vs rand2)" in text
     assert "differs from the isotropic null at the 0.05 level, but no difference was detected from random" in text
     assert "the reference's geometry alone can produce the difference" in text
     ex.low_tests[1]["p"] = 0.01
-    assert "and from random vectors scored against the learned J=32 reference" in low_mode_vs_random(res, ex)
+    assert "and from random vectors scored against the learned J=32 reference" in low_mode_vs_random(
+        report_input(res, ex)
+    )
     ex.low_tests[0]["p"] = 0.2
-    assert "no difference from the isotropic null was detected at the 0.05 level" in low_mode_vs_random(res, ex)
+    assert "no difference from the isotropic null was detected at the 0.05 level" in low_mode_vs_random(
+        report_input(res, ex)
+    )
 
 
 def test_findings_change_when_the_numbers_change(store, tmp_path):
@@ -316,7 +329,7 @@ def test_compute_extras_fits_and_intervals(store):
     dicts = collect_local(store.root, 2)
     cfg = AnalysisConfig(n_random=2, n_boot=200)
     res = compute(dicts, cfg)
-    ex = compute_extras(res, dicts, cfg)
+    ex = measure_variant(res, dicts, cfg)
     assert sorted(ex.features) == [(4, 0), (8, 0), (16, 0)]
     assert {r["dict_size"] for r in ex.emd_ci} == {4, 8, 16}
     for r in ex.emd_ci:  # the point value is the EMD matrix's entry; the interval is ordered
@@ -332,12 +345,12 @@ def test_compute_extras_fits_and_intervals(store):
 
 def test_split_finding_gives_each_count_and_flags_a_null_fitted_at_its_bound():
     res = type("R", (), {"featured": 8, "seeds": [0], "config": AnalysisConfig()})()
-    ex = Extras("", {})
+    ex = VariantMeasures("", {})
     row = {"dict_size": 8, "seed": 0, "threshold": 0.5, "high_fraction": 0.5, "high_null_fraction": 0.6}
     row |= {"mixture_n_real": 4.0, "mixture_n_real_exact_null": 5.0, "n_above_null_quantile": 6}
     row |= {"mixture_null_shift": 0.01, "mixture_null_scale": 1.1}
     ex.split = [row]
-    text = split(res, ex)
+    text = split(report_input(res, ex))
     assert "J=8: 4 (5, 6)" in text and "moved by +0.010 and scaled by 1.10. The estimate" in text
     row["mixture_null_scale"] = 1.5  # the largest scale allowed
-    assert "scaled by 1.50 (at the edge of its allowed range" in split(res, ex)
+    assert "scaled by 1.50 (at the edge of its allowed range" in split(report_input(res, ex))

@@ -8,14 +8,14 @@ import pytest
 import scipy.stats
 
 from sae_sweep import ConfigError
-from sae_sweep.analysis.inference import (
+from sae_sweep.analysis.measures.inference import (
     correlation_interval,
     emd_permutation_test,
     proportion_interval,
     score_difference,
     wilson_interval,
 )
-from sae_sweep.analysis.stats import emd_ci
+from sae_sweep.analysis.measures.stats import emd_ci
 from sae_sweep.errors import DataError
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from sae_sweep.analysis.features import duplicates
-from sae_sweep.analysis.figures import null_counts
-from sae_sweep.analysis.inference import emd_permutation_test
-from sae_sweep.analysis.lowmode import learned_reference_null, low_mode_tests
-from sae_sweep.analysis.mcs import max_cosine_similarity
-from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.nulls import analytic_null_cdf, random_dictionary, sampled_null, second_moment
+from sae_sweep.analysis.measures.features import duplicates
+from sae_sweep.analysis.measures.inference import emd_permutation_test
+from sae_sweep.analysis.measures.low_mode import learned_reference_null, low_mode_tests
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.nulls import analytic_null_cdf, random_dictionary, sampled_null, second_moment
+from sae_sweep.analysis.measures.pairwise import Results
+from sae_sweep.analysis.report.reproduction_figures import null_counts
 from sae_sweep.analysis.settings import AnalysisConfig
 
 K = 16

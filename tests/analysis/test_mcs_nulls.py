@@ -8,9 +8,9 @@ import scipy.stats
 import torch
 
 from sae_sweep import ConfigError, DataError
-from sae_sweep.analysis import mcs
-from sae_sweep.analysis.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
-from sae_sweep.analysis.nulls import (
+from sae_sweep.analysis.measures import mcs
+from sae_sweep.analysis.measures.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
+from sae_sweep.analysis.measures.nulls import (
     activation_covariance,
     activation_dictionary,
     analytic_null_cdf,
@@ -23,7 +23,7 @@ from sae_sweep.analysis.nulls import (
     sample_analytic_null,
     sampled_null,
 )
-from sae_sweep.analysis.stats import emd, emd_matrix
+from sae_sweep.analysis.measures.stats import emd, emd_matrix
 
 
 def unit(x: np.ndarray) -> np.ndarray:

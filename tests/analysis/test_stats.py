@@ -8,10 +8,10 @@ import pytest
 import scipy.stats
 
 from sae_sweep import ConfigError, DataError
-from sae_sweep.analysis import mixture, stats
-from sae_sweep.analysis.mixture import MixtureFit, fit_null_mixture
-from sae_sweep.analysis.nulls import analytic_null_mean, sample_analytic_null
-from sae_sweep.analysis.stats import bootstrap_ci, emd_ci, shared_fraction
+from sae_sweep.analysis.measures import mixture, stats
+from sae_sweep.analysis.measures.mixture import MixtureFit, fit_null_mixture
+from sae_sweep.analysis.measures.nulls import analytic_null_mean, sample_analytic_null
+from sae_sweep.analysis.measures.stats import bootstrap_ci, emd_ci, shared_fraction
 
 K, M = 128, 8192  # the note's width and reference dictionary size
 

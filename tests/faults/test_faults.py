@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from sae_sweep import DataError
-from sae_sweep.dictionary import load_dictionary, write_dictionary
+from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore
 from sae_sweep.train.gpt import load_gpt
 from sae_sweep.train.runs import verify_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
+from sae_sweep.train.sae_stage import write_with_export
 
 from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_at_once, run_train
 
@@ -287,7 +288,7 @@ def test_full_disk_during_an_artifact_write_keeps_the_previous_version(small_dis
     def writer(dict_size):
         sae = SparseAutoencoder(128, SAEConfig(dict_size=dict_size))
         config = dictionary_config(f"sae-L2-J{dict_size}-s0", d_in=128, dict_size=dict_size)
-        return lambda folder: write_dictionary(folder, sae, config, [0] * dict_size)
+        return lambda folder: write_with_export(folder, sae, config, [0] * dict_size)
 
     store.save("sae-L2-J256-s0", "sae-dictionary", writer(256))  # about 0.4 MB: fits
     with pytest.raises(DataError, match=r"the disk is full: writing a new version of sae-L2-J256-s0 .* intact"):

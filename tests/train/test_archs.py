@@ -1,5 +1,5 @@
-"""SAE architectures (train/archs.py, sae.arch): exact selections, thresholds and pseudo-gradients on hand-set
-numbers, and recovery of planted features by each architecture."""
+"""SAE architectures (train/archs.py, sae.arch; their kernels, train/sparse_ops.py): exact selections, thresholds and
+pseudo-gradients on hand-set numbers, and recovery of planted features by each architecture."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sae_sweep.errors import ConfigError
-from sae_sweep.train import archs
+from sae_sweep.train import sparse_ops
+from sae_sweep.train.archs import ARCHITECTURES
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY
 
@@ -24,14 +25,14 @@ def _hand_set(arch: str, **kw) -> SparseAutoencoder:
 
 def test_top_mask_keeps_exactly_k_and_breaks_ties_to_the_lower_index():
     scores = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0]])
-    keep = archs.top_mask(scores, 2)
+    keep = sparse_ops.top_mask(scores, 2)
     assert keep.tolist() == [
         [False, True, True, False, False],
         [True, True, False, False, False],
         [True, True, False, False, False],
     ]
-    assert archs.top_mask(scores, 3)[0].tolist() == [False, True, True, True, False]
-    assert archs.top_mask(scores, 9).all()  # k beyond the row: everything
+    assert sparse_ops.top_mask(scores, 3)[0].tolist() == [False, True, True, True, False]
+    assert sparse_ops.top_mask(scores, 9).all()  # k beyond the row: everything
 
 
 def test_topk_codes_are_the_relu_of_each_rows_k_largest():
@@ -47,9 +48,9 @@ def test_batchtopk_keeps_k_times_batch_entries_and_its_threshold_reproduces_them
     x = torch.tensor([[0.5, 2.0, 1.0], [-3.0, 0.2, 0.1]])  # pre: [.5, 2, 1, -.5], [-3, .2, .1, 3]
     codes = sae.loss(x, 0.0)["codes"].detach()
     assert codes.tolist() == [[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]]  # the batch's 2 largest, both rows' one
-    sae.update_threshold_(codes)
+    sae.after_step_(codes)
     assert float(sae.threshold) == 2.0  # the first batch sets it: its smallest kept code
-    sae.update_threshold_(torch.tensor([[0.0, 1.0]]))
+    sae.after_step_(torch.tensor([[0.0, 1.0]]))
     assert float(sae.threshold) == pytest.approx(0.99 * 2.0 + 0.01 * 1.0)
     with torch.no_grad():
         sae.threshold.fill_(1.5)  # between the largest dropped code (1.0) and the smallest kept one (2.0)
@@ -61,13 +62,13 @@ def test_jumprelu_forward_and_pseudo_gradients_follow_the_papers_formulas():
     threshold, so only its threshold gets a gradient: -theta/eps through the JumpReLU, -1/eps through the step."""
     pre = torch.tensor([[0.5, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
     theta = torch.tensor([0.6, 0.9995, 1.0], dtype=torch.float64, requires_grad=True)
-    z = archs.jumprelu(pre, theta, 0.01)
+    z = sparse_ops.jumprelu(pre, theta, 0.01)
     assert z.tolist() == [[0.0, 1.0, 2.0]]
     z.sum().backward()
     assert pre.grad.tolist() == [[0.0, 1.0, 1.0]]
     assert theta.grad.tolist() == pytest.approx([0.0, -0.9995 / 0.01, 0.0], abs=1e-12)
     pre.grad, theta.grad = None, None
-    h = archs.heaviside(pre, theta, 0.01)
+    h = sparse_ops.heaviside(pre, theta, 0.01)
     assert h.tolist() == [[0.0, 1.0, 1.0]]
     h.sum().backward()
     assert pre.grad is None  # the step passes no gradient to the pre-activations
@@ -79,7 +80,7 @@ def test_jumprelu_gradient_to_pre_activations_is_autograds_in_float64():
     pre = torch.randn(16, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     theta = torch.rand(8, dtype=torch.float64, generator=gen)
     weights = torch.randn(16, 8, dtype=torch.float64, generator=gen)
-    (archs.jumprelu(pre, theta, 1e-3) * weights).sum().backward()
+    (sparse_ops.jumprelu(pre, theta, 1e-3) * weights).sum().backward()
     ours = pre.grad.clone()
     pre.grad = None
     (pre * (pre > theta) * weights).sum().backward()
@@ -158,8 +159,9 @@ def test_saelens_export_carries_each_architectures_threshold():
         tensors = {"decoder": sae.decoder.detach(), "encoder.weight": sae.encoder.detach()}
         tensors |= {"encoder.bias": sae.encoder_bias.detach()}
         tensors |= {n: getattr(sae, n).detach() for n in ("threshold", "log_threshold") if hasattr(sae, n)}
-        assert saelens.weights(tensors)["threshold"].tolist() == pytest.approx(want)
-    assert saelens.SAELENS_ARCH == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+        assert saelens.weights(tensors, sae.architecture)["threshold"].tolist() == pytest.approx(want)
+    names = {name: cls.saelens for name, cls in ARCHITECTURES.items()}
+    assert names == {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 
 
 def test_decode_over_entries_and_its_gradients_equal_the_dense_products_in_float64():
@@ -171,7 +173,7 @@ def test_decode_over_entries_and_its_gradients_equal_the_dense_products_in_float
     for sparse in (True, False):
         codes, dec = dense.clone().requires_grad_(), decoder.clone().requires_grad_()
         rows, cols = codes.detach().nonzero(as_tuple=True)  # the positive codes as entries
-        out = archs.decode_entries((rows, cols, codes[rows, cols]), dec, 8) if sparse else codes @ dec.t()
+        out = sparse_ops.decode_entries((rows, cols, codes[rows, cols]), dec, 8) if sparse else codes @ dec.t()
         (out * weights).sum().backward()
         grads.append((out.detach(), codes.grad * (dense > 0), dec.grad))  # the code gradient where codes are positive
     for ours, ref in zip(*grads, strict=True):
@@ -183,11 +185,11 @@ def _dense_reference_loss(sae: SparseAutoencoder, x: torch.Tensor, dead: torch.T
     pre = sae.pre_activations(x)  # (B, J), with its graph
     B, J = pre.shape
     if sae.arch == "topk":
-        keep = archs.top_mask(pre.detach(), sae.cfg.k)
+        keep = sparse_ops.top_mask(pre.detach(), sae.cfg.k)
     else:
-        keep = archs.top_mask(torch.relu(pre.detach()).reshape(1, -1), sae.cfg.k * B).view(B, J)
+        keep = sparse_ops.top_mask(torch.relu(pre.detach()).reshape(1, -1), sae.cfg.k * B).view(B, J)
     recon = (torch.relu(pre) * keep) @ sae.decoder.t() + sae.decoder_bias
-    aux_keep = archs.top_mask(pre.detach().masked_fill(~dead, float("-inf")), sae.cfg.aux_k) & dead
+    aux_keep = sparse_ops.top_mask(pre.detach().masked_fill(~dead, float("-inf")), sae.cfg.aux_k) & dead
     aux = (torch.relu(pre) * aux_keep) @ sae.decoder.t()
     return (recon - x).pow(2).mean() + sae.cfg.aux_coeff * (aux - (x - recon).detach()).pow(2).mean()
 
@@ -220,10 +222,10 @@ def test_top_entries_are_top_masks_entries_with_and_without_ties():
     scores = torch.randn(6, 40, generator=gen)
     scores[2, [3, 9, 30]] = scores[2].max() + 1  # three equal values across the k-th place (k = 2)
     for k in (1, 2, 5, 40):
-        idx = archs.top_entries(scores, k)
-        want = archs.top_mask(scores, k).nonzero()[:, 1].view(6, -1)
+        idx = sparse_ops.top_entries(scores, k)
+        want = sparse_ops.top_mask(scores, k).nonzero()[:, 1].view(6, -1)
         assert torch.equal(idx, want), k
-    assert archs.top_entries(scores, 2)[2].tolist() == [3, 9]  # ties to the lower index
+    assert sparse_ops.top_entries(scores, 2)[2].tolist() == [3, 9]  # ties to the lower index
 
 
 @pytest.mark.parametrize("threshold_init, bandwidth, sparse", [(0.8, 0.1, True), (0.05, 0.5, False)])
@@ -241,8 +243,8 @@ def test_jumprelu_loss_gradients_are_the_papers_with_every_code_dense_in_float64
             loss = sae.loss(x, 0.0)["loss"]
         else:
             pre, theta = sae.pre_activations(x), sae.log_threshold.exp()
-            codes = archs.jumprelu(pre, theta, cfg.bandwidth)  # (B, J): every code, zeros included, decoded
-            l0 = archs.heaviside(pre, theta, cfg.bandwidth).sum(1).mean()
+            codes = sparse_ops.jumprelu(pre, theta, cfg.bandwidth)  # (B, J): every code, zeros included, decoded
+            l0 = sparse_ops.heaviside(pre, theta, cfg.bandwidth).sum(1).mean()
             loss = (codes @ sae.decoder.t() - x).pow(2).mean() + cfg.l0_coeff * l0
         loss.backward()
         grads.append([p.grad.clone() for p in sae.parameters()])
@@ -264,8 +266,8 @@ def test_a_dense_jumprelu_decodes_densely_to_the_same_loss_and_gradients():
     out["loss"].backward()
     dense_grad = sae.encoder.grad.clone()
     sae.zero_grad()
-    entries = sae.train_entries(sae.pre_activations(x))
-    recon = archs.decode_entries(entries, sae.decoder, 32)
+    entries = sae.architecture.entries(sae, sae.pre_activations(x))
+    recon = sparse_ops.decode_entries(entries, sae.decoder, 32)
     assert torch.allclose(recon, out["recon"], rtol=0, atol=1e-12)
     ((recon - x).pow(2).mean() + out["loss"].detach() - out["mse"].detach()).backward()
     assert torch.allclose(sae.encoder.grad, dense_grad, rtol=0, atol=1e-12)
@@ -291,7 +293,7 @@ def test_a_multirun_over_the_architectures_leaves_one_loadable_dictionary_each(t
     x = torch.rand(64, 128)
     for arch, suffix in suffixes.items():
         d = load_dictionary(store.get(f"sae-L2-J64-s0-synthetic{suffix}").path)
-        sae = d.to_sae()
+        sae = SparseAutoencoder.from_dictionary(d)
         assert d.config.sae["arch"] == arch and sae.arch == arch
         codes = sae.encode(x)
         cfg = json.loads((d.path / "saelens" / "cfg.json").read_text())

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sae_sweep import ConfigError, DataError, config
 from sae_sweep import truth as S
 from sae_sweep.activations import open_activations
-from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
 from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig

@@ -1,7 +1,7 @@
-"""The report's "Training budget" section: one run's measures as functions of how long its dictionaries trained.
+"""The training budget: one run's measures as functions of how long its dictionaries trained.
 
 One job: turn the budget axis the SAE stage records (``Dictionary.snapshots()``: the decoder at each doubling of
-the activations seen, then the final state) into that section's numbers, tables and text. For each seed and each
+the activations seen, then the final state) into rows (report/budget.py writes them). For each seed and each
 size J below the reference, at every budget point of J: the high-MCS fraction against the reference at the same
 budget (its snapshot or final state with the same activations seen; a budget the reference lacks is skipped) and
 against the reference's final state, the low mode's EMD to the exact null, and the dead and never-moved fractions.
@@ -12,21 +12,19 @@ size's high-MCS fraction between its last two budgets. Nothing at all when no di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.analysis.baselines import recovered_fraction
-from sae_sweep.analysis.features import Key, decoder_rows, fraction
-from sae_sweep.analysis.mcs import max_cosine_similarity, rowwise_cosine
-from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.nulls import sample_analytic_null
+from sae_sweep.analysis.measures.features import Key, decoder_rows, fraction
+from sae_sweep.analysis.measures.ground_truth import recovered_fraction
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity, rowwise_cosine
+from sae_sweep.analysis.measures.nulls import sample_analytic_null
+from sae_sweep.analysis.measures.pairwise import Results
+from sae_sweep.analysis.measures.stats import bootstrap_ci, emd
 from sae_sweep.analysis.settings import AnalysisConfig
-from sae_sweep.analysis.stats import bootstrap_ci, emd
 from sae_sweep.dictionary import Dictionary
 
 SAME, FINAL = "same budget", "final"  # reference_state: the reference at the same activations seen, or its final
-FIGURE = "fig19"
 
 
 @dataclass(frozen=True)
@@ -213,44 +211,3 @@ def compute_budget(
         budget.recovery = recovery_rows(variant, dicts, axis, true, res.config)
     budget.last_step = last_step(budget, res)
     return budget
-
-
-def write_budget(res: Results, budget: Budget | None, synthetic: Budget | None, out: Path) -> tuple[dict, str]:
-    """budget.csv, budget_recovery.csv (synthetic data), Figure 19 and the section's Markdown; ({}, "") when neither
-    run has a budget axis. ``synthetic``: a synthetic-data control's budget, whose recovery joins the main run's."""
-    from sae_sweep.analysis.figures_beyond import fig_budget  # noqa: PLC0415 - figures_beyond imports extras
-    from sae_sweep.analysis.report import markdown_table, write_csv  # noqa: PLC0415 - report imports this module
-
-    runs = [b for b in (budget, synthetic) if b is not None]
-    rows = [r for b in runs for r in b.rows]
-    recovery = next((b.recovery for b in runs if b.recovery), [])
-    if not rows and not recovery:
-        return {}, ""
-    cfg = res.config
-    tables = {"budget.csv": rows, **({"budget_recovery.csv": recovery} if recovery else {})}
-    shown = next((b.rows for b in runs if b.rows), [])  # the main run's, else the synthetic control's
-    fig = fig_budget(shown, recovery, out / f"{FIGURE}_budget.png")
-    md = [
-        "### Training budget\n\n",
-        "The SAE stage saves each dictionary's decoder at every doubling of the activations it has seen "
-        "(`sae.snapshot_first`, then 2x, 4x, ...) before its last step; the last point of each line is the final "
-        "dictionary (`final = True`). At every budget each smaller dictionary is scored against the reference "
-        f"J={res.reference} at the same budget (`reference_state = {SAME}`: the reference's snapshot or final state "
-        "with the same activations seen; budgets it lacks are left out) and against the reference's final state "
-        f"(`{FINAL}`). Solid lines compare two dictionaries that saw the same number of activations; dashed lines "
-        "compare each budget with the finished reference, as the note's numbers do. A line that is flat over its "
-        "last points did not change between those budgets; one still moving there was still changing when training "
-        f"stopped. `low_emd_null`: EMD of the MCS values below {cfg.cutoff} to one seeded draw of J values of "
-        f"the exact null (K = d_in, M = {res.reference}) cut at the same place, the same draw at every budget. "
-        "`dead_fraction`: features that fired on none of `dead_rows` held-out rows (`dead_on`): the evaluation "
-        "sample (`sae.eval_rows`) at every point, the final state included, so the points count over the same rows "
-        "(every held-out row only for a final state training did not snapshot). A feature that fires on 1 in 10,000 "
-        "activations is dead on a 4096-row sample. "
-        f"`never_moved`: decoder cosine >= {cfg.stay_cosine} with `decoder_init`. Figure 19 shows the first seed "
-        "of the main run (of the synthetic control when only it has snapshots).\n\n",
-        f"![{FIGURE}]({fig.name})\n\n" if fig is not None else "",
-    ]
-    for name, table in tables.items():
-        write_csv(out / name, table)
-        md.append(f"#### {name.removesuffix('.csv').replace('_', ' ')} ([{name}]({name}))\n\n{markdown_table(table)}\n")
-    return ({FIGURE: fig} if fig is not None else {}), "".join(md)

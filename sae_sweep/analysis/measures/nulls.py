@@ -20,7 +20,7 @@ import numpy as np
 import scipy.integrate
 import scipy.stats
 
-from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
 from sae_sweep.errors import ConfigError, DataError
 
 

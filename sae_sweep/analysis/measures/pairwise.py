@@ -1,8 +1,8 @@
-"""The note's numbers: MCS of every smaller -> larger pair, random and analytic baselines, EMD tables, counts and
-correlations (everything behind Figures 3-12). No Lightning here.
+"""The note's numbers: MCS of every smaller -> larger pair, random and analytic baselines, EMD tables, counts,
+correlations and the change in counts between sizes (everything behind Figures 3-12 and the note's three claims).
 
-``compute`` fills a ``Results``; report.py draws and writes it. Sample names in the EMD tables are made here only:
-``learned_name`` (one per seed), ``random_name`` (Rand 1..R) and ``ALT`` (the 2M "alt params" null).
+``compute`` fills a ``Results``; report/reproduction.py draws and writes it. Sample names in the EMD tables are made
+here only: ``learned_name`` (one per seed), ``random_name`` (Rand 1..R) and ``ALT`` (the 2M "alt params" null).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sae_sweep.analysis.mcs import max_cosine_similarity
-from sae_sweep.analysis.nulls import analytic_null_mean, analytic_null_quantile, sampled_null
+from sae_sweep.analysis.measures.inference import score_difference
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.nulls import analytic_null_mean, analytic_null_quantile, sampled_null
+from sae_sweep.analysis.measures.stats import emd_matrix
 from sae_sweep.analysis.settings import AnalysisConfig
-from sae_sweep.analysis.stats import emd_matrix
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.errors import ConfigError
 
@@ -244,3 +245,13 @@ def pair_table(res: Results) -> list[dict]:
             }
         )
     return rows
+
+
+def size_steps(rows: list[dict], level: float) -> list[dict]:
+    """For consecutive sizes of ``counts`` rows: the change in the high-MCS count and proportion, with intervals."""
+    steps = []
+    for a, b in zip(rows, rows[1:], strict=False):
+        count = score_difference(b["high"], b["n"], a["high"], a["n"], level, counts=True)
+        prop = score_difference(b["high"], b["n"], a["high"], a["n"], level)
+        steps.append({"from": a["dict_size"], "to": b["dict_size"], "count": count, "proportion": prop})
+    return steps

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from sae_sweep.analysis.mcs import ArrayLike
+from sae_sweep.analysis.measures.mcs import ArrayLike
 from sae_sweep.errors import ConfigError, DataError
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae_sweep.analysis.features import Key, decoder_rows
-from sae_sweep.analysis.inference import emd_permutation_test
-from sae_sweep.analysis.mcs import max_cosine_similarity
-from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.nulls import random_dictionary
+from sae_sweep.analysis.measures.features import Key, decoder_rows
+from sae_sweep.analysis.measures.inference import emd_permutation_test
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.nulls import random_dictionary
+from sae_sweep.analysis.measures.pairwise import Results
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae_sweep.analysis.features import Key, decoder_rows
-from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.features import Key, decoder_rows
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.stats import shared_fraction
 from sae_sweep.analysis.settings import AnalysisConfig
-from sae_sweep.analysis.stats import shared_fraction
 from sae_sweep.dictionary import Dictionary
 
 SPREAD_METRICS = {

@@ -24,7 +24,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from sae_sweep.analysis.mcs import ArrayLike, hungarian_match
+from sae_sweep.analysis.measures.mcs import ArrayLike, hungarian_match
 from sae_sweep.errors import ConfigError, DataError
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae_sweep.analysis.inference import proportion_interval
-from sae_sweep.analysis.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
-from sae_sweep.analysis.mixture import MixtureFit, fit_null_mixture
-from sae_sweep.analysis.note import Results, emd_samples
+from sae_sweep.analysis.measures.inference import proportion_interval
+from sae_sweep.analysis.measures.mcs import hungarian_match, max_cosine_similarity, rowwise_cosine
+from sae_sweep.analysis.measures.mixture import MixtureFit, fit_null_mixture
+from sae_sweep.analysis.measures.pairwise import Results, emd_samples
+from sae_sweep.analysis.measures.stats import emd_ci
 from sae_sweep.analysis.settings import AnalysisConfig
-from sae_sweep.analysis.stats import emd_ci
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.errors import DataError
 
@@ -189,11 +189,3 @@ def emd_ci_rows(res: Results, j: int, cfg: AnalysisConfig) -> list[dict]:
             value, lo, hi = emd_ci(low[a], low[b], cfg.n_boot, cfg.level, seed=cfg.seed + len(rows))
             rows.append({"dict_size": j, "a": a, "b": b, "emd": value, "lo": lo, "hi": hi})
     return rows
-
-
-def first_seed_rows(rows: list[dict]) -> list[dict]:
-    """The rows of the smallest seed, by dictionary size (what a single-seed figure or sentence shows)."""
-    if not rows:
-        return []
-    seed = min(r["seed"] for r in rows)
-    return sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["dict_size"])

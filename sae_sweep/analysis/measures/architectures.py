@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae_sweep.analysis.baselines import data_kind, recovered_fraction
-from sae_sweep.analysis.features import decoder_rows, try_fit
-from sae_sweep.analysis.inference import score_difference, wilson_interval
-from sae_sweep.analysis.lowmode import permutation_row
-from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.seeds import shared_rows
+from sae_sweep.analysis.measures.controls import data_kind
+from sae_sweep.analysis.measures.features import decoder_rows, try_fit
+from sae_sweep.analysis.measures.ground_truth import recovered_fraction
+from sae_sweep.analysis.measures.inference import score_difference, wilson_interval
+from sae_sweep.analysis.measures.low_mode import permutation_row
+from sae_sweep.analysis.measures.pairwise import Results
+from sae_sweep.analysis.measures.seeds import shared_rows
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 
@@ -180,70 +181,3 @@ def stability(table: list[dict], level: float) -> list[dict]:
             out.append({"data": data, "tag": tag, "dict_size": j, "difference": diff, "lo": lo, "hi": hi,
                         "more_stable": verdict, **seen})  # fmt: skip
     return out
-
-
-def _tagged(tag: str) -> str:
-    return f", sae.tag {tag}" if tag else ""
-
-
-def _sizes(js: list[int]) -> str:
-    return ", ".join(f"J={j}" for j in js) if js else "no size"
-
-
-def modes_finding(table: list[dict]) -> str | None:
-    """Which architectures show the note's two modes, and at which sizes (first seed, per kind of data)."""
-    parts = []
-    for data, tag in sorted({(r["data"], r.get("tag", "")) for r in table}):
-        group = [r for r in table if (r["data"], r.get("tag", "")) == (data, tag) and r["two_modes"] is not None]
-        for arch in sorted({r["arch"] for r in group}):
-            rows = sorted((r for r in group if r["arch"] == arch), key=lambda r: r["dict_size"])
-            yes = [r["dict_size"] for r in rows if r["two_modes"]]
-            no = [r["dict_size"] for r in rows if not r["two_modes"]]
-            l0 = ", ".join(f"{r['l0']:.1f}" for r in rows if r["l0"] is not None)
-            parts.append(
-                f"{arch} on {data}{_tagged(tag)} (L0 {l0 or 'n/a'}): two modes at {_sizes(yes)}"
-                + (f", not at {_sizes(no)}" if no else "")
-            )
-    if len(parts) < 2:
-        return None
-    return (
-        f"Architectures side by side (first seed, each against its own largest size; two modes when the two-component "
-        f"fit keeps a learned component by BIC whose mean MCS is at least the threshold, and each component holds at "
-        f"least {MIN_MODE:.0%} of the features): " + "; ".join(parts) + "."
-    )
-
-
-def _budgets(t: dict) -> str:
-    """The two sides' training budgets, when they differ (a difference that training length may explain)."""
-    a, b = t.get("relu_seen"), t.get("topk_seen")
-    if not a or not b or a == b:
-        return ""
-    return f" (trained on {a:,} and {b:,} activations: unequal budgets)"
-
-
-def stability_finding(steps: list[dict], level: float) -> str | None:
-    """Paulo & Belrose's ordering (ReLU + L1 more stable across seeds than TopK), size by size, and overall."""
-    if not steps:
-        return None
-    parts = [
-        f"J={t['dict_size']} ({t['data']}{_tagged(t.get('tag', ''))}): {100 * t['difference']:+.1f} points "
-        f"[{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]"
-        + {"relu": ", ReLU more stable", "topk": ", TopK more stable", "none": ""}[t["more_stable"]]
-        + _budgets(t)
-        for t in steps
-    ]
-    verdicts = {t["more_stable"] for t in steps}
-    if verdicts == {"relu"}:
-        overall = "ReLU + L1 is the more stable at every size compared, as Paulo & Belrose found"
-    elif verdicts == {"topk"}:
-        overall = "TopK is the more stable at every size compared: the opposite of Paulo & Belrose's ordering"
-    elif verdicts == {"none"}:
-        overall = "no difference was detected at any size compared"
-    else:
-        overall = "the ordering differs between sizes"
-    if any(_budgets(t) for t in steps):
-        overall += "; the budgets differ, and this comparison does not separate training length from architecture"
-    return (
-        f"Cross-seed stability, ReLU minus TopK shared fraction between the first two seeds ({level:.0%} Newcombe "
-        f"score interval of the difference): " + "; ".join(parts) + f". So {overall}."
-    )

@@ -1,8 +1,6 @@
-"""The note's figures (3-12) from analysis Results: pure functions from arrays to PNG files.
+"""The note's figures (3-12) from its pairwise numbers (``Results``): pure functions from arrays to PNG files.
 
 File names follow the note's numbering (fig03 ... fig12), so report.md can map each figure of the note to ours.
-matplotlib's object API only (a ``Figure`` per plot, saved through its Agg canvas): no pyplot state, no backend
-switch at import, so a notebook that imports the package keeps its own matplotlib set-up.
 """
 
 from __future__ import annotations
@@ -12,16 +10,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from sae_sweep.analysis.note import ALT, Results
-from sae_sweep.analysis.nulls import analytic_null_cdf, analytic_null_pdf
-
-LEARNED, RANDOM, NULL = "tab:blue", "tab:orange", "black"
-
-
-def save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+from sae_sweep.analysis.measures.nulls import analytic_null_cdf, analytic_null_pdf
+from sae_sweep.analysis.measures.pairwise import ALT, Results
+from sae_sweep.analysis.report.plots import LEARNED, NULL, RANDOM, save
 
 
 def null_counts(x: np.ndarray, K: int, M: int, n_low: int, cut: float, bin_width: float) -> np.ndarray:

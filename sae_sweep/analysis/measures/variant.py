@@ -1,10 +1,12 @@
-"""Everything beyond the note for one run, gathered: per-feature facts, seeds, nulls and truth, into ``Extras``.
+"""One variant's measures gathered: the note's pairwise numbers (``Results``) and everything beyond them
+(``VariantMeasures``), as one ``AnalysedRun`` the report is written from.
 
 The note leaves open whether low-MCS features are dead, fits to noise, or real features a larger dictionary missed,
-and rests on one threshold, one matching rule, isotropic nulls and no error bars. ``compute_extras`` adds, for one
-run's ``Results``: liveness, movement, matching beyond max, a principled split (features.py); the seed-to-seed spread
-and features shared across seeds (seeds.py); anisotropic nulls and, on synthetic data, the ground truth
-(baselines.py); and, where dictionaries kept snapshots, the same measures along the training budget (budget.py).
+and rests on one threshold, one matching rule, isotropic nulls and no error bars. ``measure_variant`` adds, for one
+run's ``Results``: liveness, movement, matching beyond max, a principled split (features.py); the low mode against
+two nulls (low_mode.py); the seed-to-seed spread and features shared across seeds (seeds.py); anisotropic nulls
+(anisotropic.py) and, on synthetic data, the ground truth (ground_truth.py); and, where dictionaries kept snapshots,
+the same measures along the training budget (budget.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.analysis.baselines import anisotropic, ground_truth_rows
-from sae_sweep.analysis.budget import Budget, compute_budget
-from sae_sweep.analysis.features import (
+from sae_sweep.analysis.measures.anisotropic import anisotropic
+from sae_sweep.analysis.measures.budget import Budget, compute_budget
+from sae_sweep.analysis.measures.features import (
     FeatureTable,
     Key,
     decoder_rows,
@@ -28,17 +30,20 @@ from sae_sweep.analysis.features import (
     split_row,
     try_fit,
 )
-from sae_sweep.analysis.lowmode import low_mode_tests
-from sae_sweep.analysis.mixture import MixtureFit
-from sae_sweep.analysis.note import Results
-from sae_sweep.analysis.nulls import analytic_null_quantile
-from sae_sweep.analysis.seeds import seed_spread, shared_rows
+from sae_sweep.analysis.measures.ground_truth import ground_truth_rows
+from sae_sweep.analysis.measures.low_mode import low_mode_tests
+from sae_sweep.analysis.measures.mixture import MixtureFit
+from sae_sweep.analysis.measures.nulls import analytic_null_quantile
+from sae_sweep.analysis.measures.pairwise import Results
+from sae_sweep.analysis.measures.seeds import seed_spread, shared_rows
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 
 
 @dataclass
-class Extras:
+class VariantMeasures:
+    """Every measure beyond the note of one variant's dictionaries, as rows (one list per table) and arrays."""
+
     variant: str
     null_q: dict[int, float]  # M -> the analytic null's analysis.null_quantile for (K, M)
     features: dict[Key, FeatureTable] = field(default_factory=dict)
@@ -49,7 +54,7 @@ class Extras:
     shared: list[dict] = field(default_factory=list)
     split: list[dict] = field(default_factory=list)
     emd_ci: list[dict] = field(default_factory=list)
-    low_tests: list[dict] = field(default_factory=list)  # the low mode against two nulls (lowmode.py)
+    low_tests: list[dict] = field(default_factory=list)  # the low mode against two nulls (low_mode.py)
     spread: list[dict] = field(default_factory=list)
     anisotropic: list[dict] = field(default_factory=list)
     anisotropic_samples: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # size -> null -> MCS
@@ -57,8 +62,12 @@ class Extras:
     budget: Budget | None = None  # the training-budget axis (budget.py); None when no dictionary has snapshots
     notes: list[str] = field(default_factory=list)
 
+    def featured(self, res: Results) -> FeatureTable | None:
+        """The feature table of the featured size's first seed (of the first dictionary when it has none)."""
+        return self.features.get((res.featured, res.seeds[0])) or next(iter(self.features.values()), None)
 
-def _skipped(ex: Extras, keys: list[Key]) -> list[str]:
+
+def _skipped(ex: VariantMeasures, keys: list[Key]) -> list[str]:
     """One line for each per-feature measure some dictionaries could not have (SAEs trained elsewhere)."""
     lines = []
     no_firing = [k for k in keys if ex.features[k].firing is None]
@@ -82,10 +91,10 @@ class AnalysedRun:
 
     variant: str
     results: Results
-    extras: Extras
+    measures: VariantMeasures
 
 
-def compute_extras(
+def measure_variant(
     res: Results,
     dicts: dict[Key, Dictionary],
     cfg: AnalysisConfig,
@@ -93,11 +102,12 @@ def compute_extras(
     cache_dir: Path | None = None,
     true_features: np.ndarray | None = None,
     progress=None,
-) -> Extras:
+) -> VariantMeasures:
     """Everything beyond the note for one run. ``cache_dir``: where the activation caches are (anisotropic nulls)."""
     track = progress or (lambda it, total, description: it)
     ref = res.reference
-    ex = Extras(variant, {M: analytic_null_quantile(cfg.null_quantile, res.d_in, M) for M in sorted({ref, *res.sizes})})
+    null_q = {M: analytic_null_quantile(cfg.null_quantile, res.d_in, M) for M in sorted({ref, *res.sizes})}
+    ex = VariantMeasures(variant, null_q)
     q = ex.null_q[ref]
     keys = [(j, s) for s in res.seeds for j in res.sizes if j < ref and res.vs_reference(j, s) is not None]
     for j, s in track(keys, len(keys), "features beyond max"):

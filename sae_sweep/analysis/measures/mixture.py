@@ -23,8 +23,8 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-from sae_sweep.analysis.mcs import ArrayLike
-from sae_sweep.analysis.nulls import analytic_null_logpdf, analytic_null_mean, analytic_null_quantile
+from sae_sweep.analysis.measures.mcs import ArrayLike
+from sae_sweep.analysis.measures.nulls import analytic_null_logpdf, analytic_null_mean, analytic_null_quantile
 from sae_sweep.errors import ConfigError, DataError
 
 _CLIP = 1e-6

@@ -1,0 +1,19 @@
+"""Measures: pure functions from dictionaries (and activations, true features, snapshots) to numbers and rows.
+
+    mcs.py                  max cosine similarity, Hungarian matching, row-wise cosines
+    nulls.py                the exact analytic null of footnote 2; sampled and anisotropic random dictionaries
+    stats.py, inference.py  EMD, bootstrap intervals, shared fraction; score intervals, permutation test, Fisher r
+    mixture.py              the two-component fit (a null + a learned Beta) that counts real features
+    pairwise.py             the note's numbers: MCS of every pair, random baselines, EMD tables, counts, correlations
+    features.py             per-feature facts against the reference: liveness, movement, split, matching
+    seeds.py                across seeds: shared fraction, PW-MCC, seed-to-seed spread
+    low_mode.py             the low mode against two nulls (permutation tests)
+    anisotropic.py          nulls with the activations' geometry
+    ground_truth.py         synthetic data against its true features
+    controls.py             a variant's rows to set beside the main run's
+    budget.py               the same measures along the training budget (snapshots)
+    architectures.py        architectures side by side: two modes, cross-seed stability
+    variant.py              one variant's measures gathered (``measure_variant``, ``AnalysedRun``)
+
+Nothing here draws, writes a file or imports matplotlib; report/ does.
+"""
