@@ -156,3 +156,14 @@ def test_saelens_loads_every_export_and_encodes_to_our_codes(tmp_path):
         x = torch.relu(torch.randn(256, 16, generator=torch.Generator().manual_seed(1)))
         with torch.no_grad():
             torch.testing.assert_close(loaded.encode(x), ours(x)[1])
+
+
+def test_an_older_dictionary_is_converted_as_relu_and_another_architecture_without_its_copy_is_refused(tmp_path):
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from sae_sweep.interop.export import _older  # noqa: PLC0415
+
+    _older(SimpleNamespace(config=SimpleNamespace(sae={"dict_size": 8}), path=tmp_path))  # before sae.arch: ReLU
+    _older(SimpleNamespace(config=SimpleNamespace(sae={"arch": "relu"}), path=tmp_path))
+    with pytest.raises(DataError, match=r"\(sae.arch=topk\) has no saelens/ folder"):
+        _older(SimpleNamespace(config=SimpleNamespace(sae={"arch": "topk"}), path=tmp_path))

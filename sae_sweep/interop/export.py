@@ -2,8 +2,9 @@
 
 Every dictionary of every layer found under STORE (a store, or any folder of dictionary folders; the latest version
 of each name) becomes ``OUT/<name>/``, a folder ``sae_lens.SAE.load_from_disk`` opens. Dictionaries written by this
-version already hold that folder as ``saelens/`` and it is copied; older ones are converted from their weights, with
-the GPT's context size and corpus read from the store when it holds the GPT. Each export is written to a temporary
+version already hold that folder as ``saelens/`` and it is copied; older ones (all ReLU + L1, written before the
+other architectures existed) are converted from their weights, with the GPT's context size and corpus read from the
+store when it holds the GPT. Each export is written to a temporary
 folder and renamed into place, so OUT never holds half an export; an existing ``OUT/<name>`` is replaced whole.
 """
 
@@ -21,8 +22,6 @@ from sae_sweep.errors import DataError, SaeSweepError
 from sae_sweep.files import atomic_folder
 from sae_sweep.interop import saelens
 from sae_sweep.store import MANIFEST, ArtifactStore
-from sae_sweep.train.archs import architecture
-from sae_sweep.train.sae_config import SAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,17 @@ def _gpt_metadata(root: Path, ref: str | None) -> dict | None:
         return None
 
 
+def _older(d) -> None:
+    """A dictionary without its SAELens copy was written before the SAE stage wrote one, when every SAE was ReLU + L1
+    (SAELens' ``standard``); one of another architecture lost its copy, and is refused rather than mis-exported."""
+    arch = d.config.sae.get("arch", "relu")
+    if arch != "relu":
+        raise DataError(
+            f"{d.path} (sae.arch={arch}) has no {saelens.SAELENS_DIR}/ folder, which the SAE stage writes with every "
+            "dictionary: the folder was edited. Train it again (`python train.py ... force=true`)."
+        )
+
+
 def export_sweep(root: str | Path, out: str | Path) -> list[Path]:
     """Write ``out/<name>/`` as a SAELens folder for every dictionary under ``root``; return the folders written."""
     root, out = Path(root), Path(out)
@@ -65,9 +75,9 @@ def export_sweep(root: str | Path, out: str | Path) -> list[Path]:
             if saelens.is_saelens_folder(folder / saelens.SAELENS_DIR):
                 shutil.copytree(folder / saelens.SAELENS_DIR, tmp, dirs_exist_ok=True)
             else:
+                _older(d)
                 gpt = _gpt_metadata(root, d.config.gpt_artifact)
-                arch = architecture(SAEConfig(**d.config.sae))
-                saelens.write(tmp, d.tensors, d.config, d.firing_counts, arch, gpt)
+                saelens.write(tmp, d.tensors, d.config, d.firing_counts, saelens.Standard(), gpt)
         written.append(out / name)
         log.info("exported %s to %s", name, out / name)
     return written

@@ -41,6 +41,17 @@ class Architecture(Protocol):
     def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]: ...
 
 
+class Standard:
+    """SAELens' ``standard`` architecture: a ReLU SAE, which reads nothing beyond the four tensors (what the export of
+    a dictionary written before its SAELens copy existed, and so before sae.arch, uses)."""
+
+    def saelens_config(self) -> dict:
+        return {"architecture": "standard"}
+
+    def saelens_tensors(self, tensors: dict[str, torch.Tensor], dict_size: int) -> dict[str, torch.Tensor]:
+        return {}
+
+
 def weights(tensors: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
     """SAELens' tensors from a dictionary's ``sae.safetensors`` tensors (``decoder`` is (d_in, J)): the four every
     architecture has, then what ``arch``'s SAELens architecture reads (a threshold)."""
