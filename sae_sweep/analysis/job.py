@@ -69,7 +69,7 @@ def _analyse(job: AnalyzeJob, variant: str, dicts: dict, stores: list[ArtifactSt
     cfg = _sizes_of(job.analysis, dicts, variant)
     res = compute(dicts, cfg, progress=_progress)
     ex = measure_variant(res, dicts, cfg, variant, job.paths.cache, truth, progress=_progress)
-    return AnalysedRun(variant, res, ex)
+    return AnalysedRun(variant, res, ex, dicts)
 
 
 def run(job: AnalyzeJob, api=None) -> Path:

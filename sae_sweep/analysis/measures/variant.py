@@ -11,8 +11,10 @@ the same measures along the training budget (budget.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,6 +40,8 @@ from sae_sweep.analysis.measures.pairwise import Results
 from sae_sweep.analysis.measures.seeds import seed_spread, shared_rows
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,11 +91,20 @@ def _skipped(ex: VariantMeasures, keys: list[Key]) -> list[str]:
 
 @dataclass
 class AnalysedRun:
-    """One variant's name, the note's numbers on its dictionaries, and everything beyond them."""
+    """One variant's name, the note's numbers on its dictionaries, everything beyond them, and the dictionaries."""
 
     variant: str
     results: Results
     measures: VariantMeasures
+    dicts: dict[Key, Dictionary] = field(default_factory=dict)
+    _measured: dict = field(default_factory=dict, repr=False)
+
+    def measured(self, measure: Callable[[AnalysedRun], T]) -> T:
+        """``measure(self)``, computed on first use and kept: a report section's own measure, which its table, figure
+        and Findings share without a field here."""
+        if measure not in self._measured:
+            self._measured[measure] = measure(self)
+        return self._measured[measure]
 
 
 def measure_variant(

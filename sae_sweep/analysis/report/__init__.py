@@ -9,5 +9,7 @@
     liveness.py, movement.py, matching.py, split.py, error_bars.py, anisotropic.py, controls.py, ground_truth.py,
     architectures.py, budget.py    one section each, beyond the note (Figures 13-20)
 
-A new metric is a measure (measures/) and a section here, listed in document.py's SECTIONS and READING_ORDER.
+A new metric is a measure (measures/: a function of the variant's ``AnalysedRun``, which its section reads through
+``rep.run.measured(measure)``, computed once) and a section here, listed in document.py's SECTIONS and
+READING_ORDER.
 """
