@@ -116,11 +116,19 @@ class SAEModule(pl.LightningModule):
     def one_step(self, x: torch.Tensor) -> None:
         step = self.global_step  # optimizer steps done so far: Lightning counts each opt.step() of a stack
         opt = self.optimizers()
-        fused = self.sae.architecture.hand_written and not self.cfg.tied and self.trainer.world_size == 1
+        # The hand-written step is exact fp32 (float64) arithmetic on its own buffers: under sae.precision=bf16-mixed
+        # Lightning's autocast would turn some of its products to bf16 (and MKL's sparse CSR products have no bf16
+        # kernel at all), so a mixed-precision run takes the autograd path, which autocast is made for.
+        fused = (
+            self.sae.architecture.hand_written
+            and not self.cfg.tied
+            and self.trainer.world_size == 1
+            and self.cfg.precision == "32-true"
+        )
         if fused:
             # grads written in place, nothing to zero
             out = self.sae.fused_grads(x, self.cfg.l1_coeff, self.cfg.step, self.cfg.sparse_max_density)
-        else:  # autograd: tied weights, DDP, and the architectures other than ReLU + L1 (archs.py)
+        else:  # autograd: tied weights, DDP, mixed precision, and the architectures other than ReLU + L1 (archs.py)
             opt.zero_grad()
             dead = (step - self.last_fired) >= self.cfg.dead_window if self.cfg.aux_k else None  # AuxK's features
             out = self.sae.loss(x, self.cfg.l1_coeff, dead)

@@ -199,3 +199,28 @@ def test_the_allocator_keeps_large_freed_blocks_on_linux():
 
     assert allocator.keep_freed_blocks() is True
     assert allocator.MMAP_THRESHOLD >= 8 * 2**20  # a (256, 8192) float32 intermediate comes from the heap
+
+
+# ----------------------------------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("step", ["dense", "sparse", "auto"])
+def test_bf16_mixed_sae_trains_through_autograd_on_every_step_path(tmp_path, step):
+    """sae.precision=bf16-mixed: Lightning's autocast and the hand-written step do not mix (its sparse products have
+    no bf16 kernel on the CPU, and its dense decode would silently run in bf16), so such a run takes autograd."""
+    rows = np.abs(np.random.default_rng(0).normal(size=(64 * 16, 16))).astype(np.float16)
+    np.save(tmp_path / "acts.npy", rows)
+    cfg = SAEConfig(dict_size=64, batch_size=16, precision="bf16-mixed", step=step, log_every=4, ckpt_every=100)
+    module = SAEModule(16, cfg)
+    paths = []
+    module.sae.fused_grads = lambda *a, **k: paths.append("fused")  # would be taken by a 32-true run
+    trainer = build_trainer(
+        TrainerConfig(progress_bar=False, precision="bf16-mixed"),
+        run_dir=tmp_path / "run",
+        max_steps=32,
+        loggers=[],
+        ckpt_every=100,
+    )
+    trainer.fit(module, datamodule=ActivationDataModule(tmp_path / "acts.npy", cfg))
+    assert paths == [] and int(module.progress[0]) == 32
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.sae.parameters())
