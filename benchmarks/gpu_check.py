@@ -11,8 +11,9 @@ Steps, in order (``--steps`` picks some; each runs in fresh processes under a ti
   kernels   benchmarks/gpu_kernels.py: the hand-written SAE step against autograd on the GPU, its ms per step at
             batch 256 per dictionary size (dense and sparse), the MCS kernel against the CPU's, bf16 GPT steps, the
             harvest, a one-process NCCL group
-  smoke     two lanes side by side: `stage=pretrain experiment=smoke trainer=gpu`, then an SAE on it; and the same two
-            with `trainer=ddp trainer.devices=1` (ddp_spawn on NCCL)
+  smoke     two lanes side by side: `stage=pretrain experiment=smoke trainer=gpu`, then an SAE on it; and the same
+            pretraining with `trainer=ddp trainer.devices=1` (ddp_spawn on NCCL: DDP's gradient all-reduce runs even
+            in one process; an SAE there takes the hand-written step, no collective, so only with --ddp-sae)
   pretrain  the default pretraining with trainer=gpu (bf16-mixed), --pretrain-steps steps (800: the whole default),
             on this machine's embedded corpus: tokens/s and the validation loss beside the CPU run's
   sweep     `train.py -m experiment=demo trainer=gpu` (6 sizes x 2 seeds, each until the stopping rule), --sweep-jobs
@@ -79,12 +80,22 @@ import torch
 info = {"python": sys.version.split()[0], "executable": sys.executable, "torch": torch.__version__,
         "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
 if info["cuda_available"]:
-    p = torch.cuda.get_device_properties(0)
-    info.update(device_count=torch.cuda.device_count(), gpu=p.name, capability=f"{p.major}.{p.minor}",
-                gpu_memory_gib=round(p.total_memory / 2**30, 1), multiprocessors=p.multi_processor_count,
-                bf16=torch.cuda.is_bf16_supported(), cudnn=torch.backends.cudnn.version(),
-                nccl=".".join(map(str, torch.cuda.nccl.version())))
-print("GPU_CHECK_JSON " + json.dumps(info))
+    optional = {
+        "device_count": lambda: torch.cuda.device_count(),
+        "gpu": lambda: torch.cuda.get_device_properties(0).name,
+        "capability": lambda: "%d.%d" % torch.cuda.get_device_capability(0),
+        "gpu_memory_gib": lambda: round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        "multiprocessors": lambda: torch.cuda.get_device_properties(0).multi_processor_count,
+        "bf16": lambda: torch.cuda.is_bf16_supported(),
+        "cudnn": lambda: torch.backends.cudnn.version(),
+        "nccl": lambda: str(torch.cuda.nccl.version()),
+    }
+    for key, get in optional.items():  # a missing detail is recorded, never a refusal
+        try:
+            info[key] = get()
+        except Exception as exc:
+            info[key] = f"unknown ({type(exc).__name__}: {exc})"
+print("GPU_CHECK_JSON " + json.dumps(info, default=str))
 """
 
 PROBE_ENV = r"""
@@ -143,17 +154,35 @@ class CommandResult:
 
 
 def kill_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to the command's process group (its jobs checkpoint and stop), then SIGKILL after ``grace``."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    """SIGTERM to the command's process group (its jobs checkpoint and stop); SIGKILL to whatever of the group is
+    left after ``grace`` (a sweep's workers outlive their launcher), so nothing of it runs into the next step."""
+    pgid = proc.pid
+
+    def group_alive() -> bool:
+        proc.poll()  # reap the leader, or its zombie keeps the group alive
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, 0)
+            return True
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            return False
+        except PermissionError:
+            return True
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    until = time.monotonic() + grace
+    while time.monotonic() < until and group_alive():
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def run_lanes(
@@ -819,7 +848,7 @@ def _kernels_md(s: dict | None) -> list[str]:
     if not m:
         return []
     out = ["", "## Kernels (benchmarks/gpu_kernels.py)", ""]
-    for name in ("sae_step", "mcs", "gpt", "harvest", "collective"):
+    for name in ("sae_step", "sae_bf16", "mcs", "gpt", "harvest", "collective"):
         c = m.get(name) or {}
         if not c.get("ok"):
             out.append(f"- {name}: **FAILED** {c.get('error', 'not run')}")
@@ -931,7 +960,7 @@ def _analysis_md(s: dict | None) -> list[str]:
     m = (s or {}).get("metrics") or {}
     if not m:
         return []
-    out = ["", "## Analysis (analysis.device=cuda)", "", f"Whole command {fmt(m.get('command_s'))} s."]
+    out = ["", "## Analysis (analyze.py)", "", f"Whole command {fmt(m.get('command_s'))} s."]
     for name in ("counts.csv", "correlations.csv"):
         if m.get(name):
             out += ["", f"`{name}`:", "", *markdown_table(m[name])]
@@ -1019,6 +1048,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "wandb_offline", "none"),
         help="auto: wandb_offline when wandb imports, else none (a warning)",
     )
+    ap.add_argument("--ddp-sae", action="store_true", help="also an SAE smoke job under trainer=ddp (about 20 s more)")
     ap.add_argument("--cap", action="append", default=[], metavar="STEP=S", help="override one step's cap")
     ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA (tests)")
     ap.add_argument("--tiny", action="store_true", help="smoke-sized pretraining, sweep and analysis (tests)")
@@ -1240,8 +1270,8 @@ def plan(check: Check, probe_only: bool = False) -> dict[str, dict[str, list[Com
             ],
             "ddp": [
                 Command("pretrain", train_cmd("stage=pretrain", *smoke, *trainer(dev, True), *common), w / "ddp"),
-                Command("sae", train_cmd(*smoke, *trainer(dev, True), *common), w / "ddp"),
-            ],
+            ]
+            + ([Command("sae", train_cmd(*smoke, *trainer(dev, True), *common), w / "ddp")] if args.ddp_sae else []),
         },
         "pretrain": {
             "gpu": [Command("pretrain", train_cmd("stage=pretrain", *pre, *trainer(dev), *common), w / "pretrain")]

@@ -7,6 +7,7 @@ Each check runs on its own and records ``ok`` or the error, so one failure does 
 * ``sae_timing``: one training step as ``SAEModule.one_step`` takes it (our gradients, the finite-loss check, fused
   Adam, decoder renormalisation, firing record), batch 256, d_in 128, from a trained-like state (L0 20), dense and
   sparse, per dictionary size: ms per step, activations/s, and the peak memory torch allocated.
+* ``sae_bf16``: what ``sae.precision=bf16-mixed`` runs (autograd under bf16 autocast): finite, near fp32's loss.
 * ``mcs``: the MCS kernel on the device against the CPU's (values and indices), and its time at 32768 x 65536.
 * ``gpt``: the default GPT (vocab 4096, batch 32 x 256) trained for a few steps with AdamW under bf16 autocast (on the
   CPU: float32): a finite, falling loss, ms per step and tokens/s without Lightning, peak memory.
@@ -151,6 +152,23 @@ def check_sae_timing(device: torch.device, quick: bool, sizes: list[int]) -> dic
     return {"batch": BATCH, "d_in": D_IN, "steps": n - warmup, "sizes": rows}
 
 
+def check_sae_bf16(device: torch.device, quick: bool) -> dict:
+    """sae.precision=bf16-mixed's path: the autograd loss under bf16 autocast, finite and close to fp32's."""
+    J = 256 if quick else 4096
+    x = torch.randn(BATCH, D_IN, generator=torch.Generator().manual_seed(2)).relu().to(device)
+    sae = trained_like(J, x)
+    with torch.no_grad():
+        ref = float(sae.loss(x, L1)["loss"])
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        loss = sae.loss(x, L1)["loss"]
+    loss.backward()
+    finite = all(torch.isfinite(p.grad).all() for p in sae.parameters())
+    loss = float(loss.detach())
+    if not finite or abs(loss - ref) > 0.05 * abs(ref):
+        raise AssertionError(f"bf16 autocast loss {loss} against fp32 {ref}; finite gradients: {finite}")
+    return {"dict_size": J, "loss_bf16": loss, "loss_fp32": ref}
+
+
 def check_mcs(device: torch.device, quick: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(512 if quick else 4096, D_IN, generator=gen)
@@ -265,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = {
         "sae_step": lambda: check_sae_step(device, args.quick),
         "sae_timing": lambda: check_sae_timing(device, args.quick, sizes),
+        "sae_bf16": lambda: check_sae_bf16(device, args.quick),
         "mcs": lambda: check_mcs(device, args.quick),
         "gpt": lambda: check_gpt(device, args.quick),
         "harvest": lambda: check_harvest(device, args.quick),

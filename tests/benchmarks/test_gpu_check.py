@@ -96,13 +96,15 @@ def test_the_plan_runs_the_gpu_paths_and_their_cpu_twins_for_tests(tmp_path, cap
     out = capsys.readouterr().out
     assert "smoke/gpu:" in out and "stage=pretrain experiment=smoke trainer=gpu" in out
     assert "smoke/ddp:" in out and "trainer=ddp trainer.devices=1" in out
+    assert out.count("smoke/ddp:") == 1  # the pretraining; an SAE only with --ddp-sae
     assert "pretrain.max_steps=800 trainer=gpu" in out
     assert "-m experiment=demo trainer=gpu hydra.launcher.n_jobs=6" in out
     assert "analyze.py analysis.device=cuda" in out
     assert "gpu_kernels.py --device cuda" in out
-    check = make_check(tmp_path, "--tiny")
+    check = make_check(tmp_path, "--tiny", "--ddp-sae")
     check.device = "cpu"
     lanes = gc.plan(check)
+    assert [c.label for c in lanes["smoke"]["ddp"]] == ["pretrain", "sae"]
     ddp = " ".join(lanes["smoke"]["ddp"][0].argv)
     assert "trainer=ddp trainer.devices=1 trainer.accelerator=cpu trainer.precision=32-true" in ddp
     assert "trainer=cpu" in " ".join(lanes["sweep"]["gpu"][0].argv) and "sae.dict_size=256,512" in " ".join(
@@ -400,6 +402,7 @@ def test_the_kernel_checks_run_on_the_cpu(tmp_path):
     cases = data["sae_step"]["cases"]
     assert {c.split("/")[1] for c in cases} == {"dense", "sparse"} and all(0 < c["density"] for c in cases.values())
     assert data["collective"]["backend"] == "gloo" and data["gpt"]["precision"] == "float32"
+    assert data["sae_bf16"]["ok"]
     assert set(data["sae_timing"]["sizes"]["256"]) == {"dense", "sparse"}
 
 
