@@ -119,7 +119,14 @@ for m in ["torch", "lightning.pytorch", "hydra", "omegaconf", "hydra_plugins.hyd
         imports[m] = {"ok": True, "file": getattr(mod, "__file__", None), "s": round(time.perf_counter() - t0, 2)}
     except Exception as exc:
         imports[m] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-print("GPU_CHECK_JSON " + json.dumps({"versions": versions, "imports": imports}))
+corpus = {}
+try:  # the embedded corpus the smoke and pretrain steps tokenize: this Python's standard library sources
+    from sae_sweep.train.corpus import embedded_files
+    files = embedded_files()
+    corpus = {"files": len(files), "mb": round(sum(f.stat().st_size for f in files) / 1e6, 2)}
+except Exception as exc:
+    corpus = {"error": f"{type(exc).__name__}: {exc}"}
+print("GPU_CHECK_JSON " + json.dumps({"versions": versions, "imports": imports, "embedded_corpus": corpus}))
 """
 
 
@@ -817,6 +824,10 @@ def render_markdown(data: dict) -> str:
         )
     if versions:
         lines.append("Packages: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".")
+    if env.get("install"):
+        lines.append(f"Install: {json.dumps(env['install'])}.")
+    if env.get("embedded_corpus"):
+        lines.append(f"Embedded corpus here (the smoke and pretrain steps'): {json.dumps(env['embedded_corpus'])}.")
     lines += [
         "",
         "| step | status | wall s | timeout s | GPU peak used MiB | peak per process MiB | util mean/max % | note |",
@@ -1116,6 +1127,9 @@ def env_step(check: Check) -> int | None:
     res.tails["probe"] = out.strip().splitlines()[-TAIL_LINES:] if versions is None else []
     res.metrics |= versions or {}
     failed_imports = [m for m, v in ((versions or {}).get("imports") or {}).items() if not v["ok"]]
+    corpus = (versions or {}).get("embedded_corpus") or {}
+    if versions is not None and corpus.get("files", 0) < 100:
+        problems.append(f"the embedded corpus is missing or thin here: {corpus}")
     if versions is None:
         problems.append("the package probe did not answer")
     if check.logger == "auto":
