@@ -1059,6 +1059,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "wandb_offline", "none"),
         help="auto: wandb_offline when wandb imports, else none (a warning)",
     )
+    ap.add_argument(
+        "--sweep-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more override for the sweep's jobs (e.g. sae.step=dense); repeatable",
+    )
     ap.add_argument("--ddp-sae", action="store_true", help="also an SAE smoke job under trainer=ddp (about 20 s more)")
     ap.add_argument("--cap", action="append", default=[], metavar="STEP=S", help="override one step's cap")
     ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA (tests)")
@@ -1249,7 +1256,7 @@ def plan(check: Check, probe_only: bool = False) -> dict[str, dict[str, list[Com
     common = [f"logger={check.logger if check.logger != 'auto' else 'wandb_offline'}", "trainer.progress_bar=false"]
     smoke = ["experiment=smoke"]
     pre = ["experiment=smoke"] if args.tiny else [f"pretrain.max_steps={args.pretrain_steps}"]
-    sweep = ["-m", "experiment=demo", *trainer(dev), f"hydra.launcher.n_jobs={args.sweep_jobs}"]
+    sweep = ["-m", "experiment=demo", *trainer(dev), f"hydra.launcher.n_jobs={args.sweep_jobs}", *args.sweep_override]
     if args.tiny:
         sweep += [
             "harvest.n_tokens=20480",

@@ -83,9 +83,11 @@ def test_bad_arguments_stop_with_status_2_and_say_which(argv, message, capsys):
 
 
 def test_arguments_defaults_and_parsing():
-    args = gc.parse_args(["--steps", "sweep,analyze", "--cap", "sweep=90", "--budget-s", "300"])
+    args = gc.parse_args(
+        ["--steps", "sweep,analyze", "--cap", "sweep=90", "--budget-s", "300", "--sweep-override", "sae.step=dense"]
+    )
     assert args.steps == ["env", "sweep", "analyze"]  # env always runs first
-    assert args.cap == {"sweep": 90.0} and args.budget_s == 300
+    assert args.cap == {"sweep": 90.0} and args.budget_s == 300 and args.sweep_override == ["sae.step=dense"]
     default = gc.parse_args([])
     assert default.steps == list(gc.STEPS) and default.budget_s == 230 and default.sweep_jobs == 6
     assert default.pretrain_steps == 800 and default.logger == "auto"
