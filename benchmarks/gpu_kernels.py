@@ -35,10 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-try:  # the analysis package's layout moved MCS into measures/; take whichever this checkout has
-    from sae_sweep.analysis.measures.mcs import max_cosine_similarity
-except ImportError:
-    from sae_sweep.analysis.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.mcs import max_cosine_similarity  # noqa: E402
 from sae_sweep.train.gpt import GPT, GPTConfig  # noqa: E402
 from sae_sweep.train.harvest import mlp_activations  # noqa: E402
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder  # noqa: E402
