@@ -3,6 +3,10 @@
     bash benchmarks/gpu_check.sh                      # on the GPU machine: wheels from .gpu/whl, GPT from .gpu/root
     python benchmarks/gpu_check.py --allow-cpu --tiny --no-install --gpt-root DIR   # the same plan, tiny, on a CPU
 
+The `.gpu/` folder it carries (gitignored: the wheels, the CPU-pretrained GPT, the CPU reference figures) is made first,
+on a CPU machine with PyPI, by `bash benchmarks/gpu_prepare.sh` (about 20 min on 2 cores, most of it the pretraining;
+a part already there is kept); it prints the device command to run next.
+
 Steps, in order (``--steps`` picks some; each runs in fresh processes under a timeout):
 
   env       refuses at once, exit status 2, without CUDA (unless --allow-cpu); installs the carried wheels into a
