@@ -5,6 +5,7 @@
     measures/      pure functions from dictionaries to numbers and rows (MCS, nulls, per-feature facts, ...)
     report/        sections that draw and write those rows, and the document that orders them
     job.py         stage ``analyze``: collect -> measures -> report -> files and W&B
+    question.py    one dictionary's or one feature's verdicts, without the report (``analysis.only``, ``feature_table``)
 
 Nothing here imports Lightning; dictionaries arrive through ``sae_sweep.dictionary``.
 """

@@ -19,6 +19,7 @@ from sae_sweep.analysis.measures.architectures import arch_of, architecture_tabl
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
+from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts_of
 from sae_sweep.analysis.report.document import write_all
 from sae_sweep.analysis.report.section import ReportInput
 from sae_sweep.analysis.settings import AnalysisConfig
@@ -69,13 +70,20 @@ def _analyse(job: AnalyzeJob, variant: str, dicts: dict, stores: list[ArtifactSt
     cfg = _sizes_of(job.analysis, dicts, variant)
     res = compute(dicts, cfg, progress=_progress)
     ex = measure_variant(res, dicts, cfg, variant, job.paths.cache, truth, progress=_progress)
-    return AnalysedRun(variant, res, ex, dicts)
+    return AnalysedRun(variant, res, ex, dicts, job.paths.cache, truth)
 
 
-def run(job: AnalyzeJob, api=None) -> Path:
-    """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path."""
+def run(job: AnalyzeJob, api=None) -> Path | None:
+    """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path; with
+    ``analysis.only``, print what it asks instead (question.py) and return None."""
     cfg = job.analysis
+    if cfg.only is not None:
+        parse_only(cfg.only)  # a malformed question: refused before any work
     found, stores, where = _collect(job, api)
+    if cfg.only is not None:
+        variant = variant_of(found, parse_only(cfg.only)[0])
+        answer(verdicts_of(found, variant, _sizes_of(cfg, found[variant], variant), job.paths.cache), cfg.only)
+        return None
     main_name = main_variant(found, cfg.variant, where)
     _warn_unconverged([found[v] for v in sorted(found) if v == main_name or cfg.controls])
     dicts = found[main_name]
@@ -234,8 +242,9 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
         for table in sorted(out.glob("*.csv")):
             with open(table) as f:
                 rows = list(csv.reader(f))
-            if rows:
-                run.log({f"table/{table.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+            if rows:  # numbers as numbers, so that the UI can sort, filter and plot them (features.csv above all)
+                data = [[_typed(cell) for cell in row] for row in rows[1:]]
+                run.log({f"table/{table.stem}": wandb.Table(columns=rows[0], data=data)})
         run.summary.update({f"null_mean_M{M}": v for M, v in res.null_mean.items()})
         if (out / "findings.md").exists():  # the generated Findings, as text on the run's overview
             run.summary["findings"] = (out / "findings.md").read_text()
@@ -248,3 +257,17 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
         log.warning(
             "W&B logging of the analysis failed (%s: %s); the report is complete at %s", type(exc).__name__, exc, out
         )
+
+
+def _typed(cell: str):
+    """A CSV cell as the int, float, bool or None it was written from; any other text as it is."""
+    if cell in ("", "None"):
+        return None
+    if cell in ("True", "False"):
+        return cell == "True"
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell

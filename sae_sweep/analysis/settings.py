@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from sae_sweep.errors import ConfigError
 
+VERDICT_NULLS = ("auto", "isotropic", "reference", "moment", "rows")
+
 
 @dataclass(frozen=True)
 class AnalysisConfig:
@@ -30,17 +32,32 @@ class AnalysisConfig:
     shared_cosine: float = 0.7  # cross-seed Hungarian matches at or above this count as shared (Paulo & Belrose)
     recovered_cosine: float = 0.9  # synthetic data: a true feature is recovered at MCS above this
     hungarian_max: int = 8192  # Hungarian matching only for dictionaries up to this size (it builds J x M matrices)
+    # Which features are real, one by one (issue 29: measures/verdicts.py)
+    fdr: float = 0.05  # Benjamini-Hochberg level over each dictionary's features
+    min_replications: int = 1  # real: found again in at least this many other seeds
+    verdict_null: str = "auto"  # auto: the largest p of the isotropic, reference and (with the activation cache) the
+    #                             data-moment nulls; or one alone: isotropic | reference | moment | rows
+    null_rows: int = 4096  # null queries per reference, to which the null's (K, M) is fitted
+    match_cosine: float = 0.95  # found again: beyond the null, and at least this close (the same direction)
+    only: str | None = None  # a dictionary (name) or one feature (name:index): print its rows, write no report
 
     def __post_init__(self) -> None:
         if self.cutoff is None:  # one number splits high from low unless the user asks for two
             object.__setattr__(self, "cutoff", self.threshold)
-        for name in ("n_random", "chunk_size", "bins", "n_boot", "n_perm", "hungarian_max"):
+        if self.verdict_null not in VERDICT_NULLS:
+            raise ConfigError(f"analysis.verdict_null must be one of {VERDICT_NULLS}, got {self.verdict_null!r}")
+        ints = ("n_random", "chunk_size", "bins", "n_boot", "n_perm", "hungarian_max", "min_replications", "null_rows")
+        for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")
-        for name in ("cutoff", "threshold", "stay_cosine", "shared_cosine", "recovered_cosine"):
+        if self.null_rows < 20:
+            raise ConfigError(
+                f"analysis.null_rows must be at least 20 (the null's tail is fitted to them), got {self.null_rows}"
+            )
+        for name in ("cutoff", "threshold", "stay_cosine", "shared_cosine", "recovered_cosine", "match_cosine"):
             if not -1.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"analysis.{name} must be in (-1, 1], got {getattr(self, name)!r}")
-        for name in ("level", "null_quantile"):
+        for name in ("level", "null_quantile", "fdr"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"analysis.{name} must be in (0, 1), got {getattr(self, name)!r}")

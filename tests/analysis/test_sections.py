@@ -61,3 +61,10 @@ def test_a_new_metric_is_one_measure_and_one_section(tmp_path):
     assert "### Live features" in written.markdown and "([live.csv](live.csv))" in written.markdown
     assert smallest_live(rep) == "J=16 has the fewest live features: 0.25."
     assert calls == [""]  # measured once, shared by the table and the Finding
+
+
+def test_the_wandb_tables_cells_are_typed_back_from_the_csv():
+    from sae_sweep.analysis.job import _typed  # noqa: PLC0415
+
+    cells = ["3", "0.5", "", "None", "True", "False", "real", "1e-05", "sae-L2-J8-s0"]
+    assert [_typed(c) for c in cells] == [3, 0.5, None, None, True, False, "real", 1e-05, "sae-L2-J8-s0"]

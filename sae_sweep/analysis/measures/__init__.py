@@ -13,6 +13,9 @@
     controls.py             a variant's rows to set beside the main run's
     budget.py               the same measures along the training budget (snapshots)
     architectures.py        architectures side by side: two modes, cross-seed stability
+    null_tail.py            the exact null's tail with an effective (K, M) fitted to sampled null MCS values
+    verdicts.py             which features are real, one by one: matches, p, q, replications, verdicts
+    verdict_checks.py       the verdicts against the truth (synthetic data) and beside the note's split
     variant.py              one variant's measures gathered (``measure_variant``, ``AnalysedRun``)
 
 Nothing here draws, writes a file or imports matplotlib; report/ does.

@@ -14,6 +14,11 @@ statistic about the *difference* (an interval that excludes 0, or a p-value), ne
 * ``emd_permutation_test``: is W1 between two samples larger than relabelling the pooled values gives? Exact under
   the hypothesis that both come from one distribution, whatever that distribution is.
 * ``correlation_interval``: Fisher's z interval of a Pearson correlation.
+* ``bh_qvalues``: Benjamini-Hochberg adjusted p-values (q-values) of many tests at once: rejecting q <= alpha keeps
+  the false discovery rate at alpha for independent or positively dependent tests (and, under the global null, the
+  chance of any rejection at alpha).
+* ``partial_conjunction``: Benjamini & Heller's (2008) p-value of "at least r of these n hypotheses are false" from
+  the n p-values, in its Bonferroni form (n - r + 1) p_(r), valid whatever their dependence.
 """
 
 from __future__ import annotations
@@ -132,3 +137,27 @@ def correlation_interval(r: float, n: int, level: float = 0.95) -> tuple[float, 
         return float(r), float(r)
     z, half = np.arctanh(r), _z(level) / np.sqrt(n - 3)
     return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
+def bh_qvalues(p: ArrayLike) -> np.ndarray:
+    """Benjamini-Hochberg q-values (n,) of p-values (n,): q_(i) = min over j >= i of n p_(j) / j, capped at 1."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1 or not ((p >= 0) & (p <= 1)).all():
+        raise DataError("p-values must be a 1-D array of numbers in [0, 1]")
+    n = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * n / np.arange(1, n + 1)  # (n,) n p_(i) / i
+    q = np.minimum.accumulate(scaled[::-1])[::-1]  # the smallest over j >= i
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def partial_conjunction(p: ArrayLike, r: int) -> np.ndarray:
+    """For each row of ``p`` (n_tests, n): the p-value that at least ``r`` of its n hypotheses are false,
+    (n - r + 1) times its r-th smallest p, capped at 1; with r = n = 1 it is the p-value itself."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or not 1 <= r <= p.shape[1]:
+        raise ConfigError(f"partial_conjunction needs (n_tests, n) p-values and 1 <= r <= n, got {p.shape}, r={r}")
+    n = p.shape[1]
+    return np.minimum((n - r + 1) * np.sort(p, axis=1)[:, r - 1], 1.0)

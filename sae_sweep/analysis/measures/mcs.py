@@ -156,6 +156,45 @@ def _argmax_in_blocks(
     return values, indices
 
 
+def mutual_max_cosine(
+    a: ArrayLike, b: ArrayLike, chunk_size: int = 4096, device: str | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``max_cosine_similarity`` both ways from one set of products: ((values, indices) of a's rows in b, (values,
+    indices) of b's rows in a). Each product block (chunk_size rows of a x _COL_BLOCK rows of b on CPU, x all of b on
+    a GPU) gives its row maxima and its column maxima; a later block replaces a running best only when strictly
+    greater, so ties go to the lower index, as in ``max_cosine_similarity``."""
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
+    a_t, b_t = _as_tensor(a, "a"), _as_tensor(b, "b")
+    _check_widths(a_t, b_t)
+    if a_t.shape[0] == 0 or b_t.shape[0] == 0:
+        raise DataError("a and b need rows")
+    dev = _default_device(device)
+    a_n, b_n = _unit_rows(a_t, "a", torch.float32, dev), _unit_rows(b_t, "b", torch.float32, dev)
+    n_a, n_b = a_n.shape[0], b_n.shape[0]
+    block = n_b if torch.device(dev).type == "cuda" else min(_COL_BLOCK, n_b)
+    best_a = torch.full((n_a,), -2.0, device=dev)  # (n_a,) running row maxima, and their columns
+    idx_a = torch.zeros(n_a, dtype=torch.int64, device=dev)
+    best_b = torch.full((n_b,), -2.0, device=dev)  # (n_b,) running column maxima, and their rows
+    idx_b = torch.zeros(n_b, dtype=torch.int64, device=dev)
+    for start in range(0, n_a, chunk_size):
+        a_c = a_n[start : start + chunk_size]  # (m, K)
+        for s in range(0, n_b, block):
+            out = a_c @ b_n[s : s + block].t()  # (m, w)
+            v, i = torch.max(out, dim=1)  # (m,) this block's best column for each row
+            rows = slice(start, start + a_c.shape[0])
+            better = v > best_a[rows]
+            best_a[rows] = torch.where(better, v, best_a[rows])
+            idx_a[rows] = torch.where(better, i + s, idx_a[rows])
+            v, i = torch.max(out, dim=0)  # (w,) this chunk's best row for each column
+            cols = slice(s, s + out.shape[1])
+            better = v > best_b[cols]
+            best_b[cols] = torch.where(better, v, best_b[cols])
+            idx_b[cols] = torch.where(better, i + start, idx_b[cols])
+    out_a = (best_a.clamp_(-1.0, 1.0).cpu().numpy(), idx_a.cpu().numpy())
+    return out_a, (best_b.clamp_(-1.0, 1.0).cpu().numpy(), idx_b.cpu().numpy())
+
+
 def hungarian_match(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one matching of rows of ``a`` to rows of ``b`` maximising the total cosine similarity.
 

@@ -97,6 +97,8 @@ class AnalysedRun:
     results: Results
     measures: VariantMeasures
     dicts: dict[Key, Dictionary] = field(default_factory=dict)
+    cache_dir: Path | None = None  # where the activation caches are (the verdicts' null reads them)
+    true_features: np.ndarray | None = None  # (n_true, d_in) on synthetic data
     _measured: dict = field(default_factory=dict, repr=False)
 
     def measured(self, measure: Callable[[AnalysedRun], T]) -> T:

@@ -24,10 +24,12 @@ from sae_sweep.analysis.report import (
     movement,
     reproduction,
     split,
+    verdicts,
 )
 from sae_sweep.analysis.report.section import ReportInput, write_section
 
 SECTIONS = (
+    verdicts.SECTION,
     liveness.SECTION,
     movement.SECTION,
     matching.SECTION,
@@ -46,6 +48,7 @@ READING_ORDER = (
     reproduction.claim_correlated,
     reproduction.claim_counts,
     split.bimodality,
+    verdicts.per_size,
     budget.training_budget,
     error_bars.low_mode_vs_random,
     liveness.liveness,
@@ -55,6 +58,7 @@ READING_ORDER = (
     anisotropic.anisotropy,
     controls.controls,
     ground_truth.ground_truth,
+    verdicts.truth,
     architectures.modes_finding,
     architectures.stability_finding,
 )

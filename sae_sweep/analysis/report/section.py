@@ -67,6 +67,7 @@ class Table:
     file: str  # the CSV beside report.md
     rows: Callable[[ReportInput], list[dict]]
     optional: bool = False  # True: neither file nor Markdown when there are no rows ("_(none)_" otherwise)
+    markdown: bool = True  # False: the file and a line saying how many rows it has (a table too long to read)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def write_section(section: Section, rep: ReportInput, out: Path) -> Written:
         if table.optional and not rows:
             continue
         write_csv(out / table.file, rows)
-        md.append(f"#### {table.title} ([{table.file}]({table.file}))\n\n{markdown_table(rows)}\n")
+        body = markdown_table(rows) if table.markdown else f"{len(rows)} rows, in the file.\n"
+        md.append(f"#### {table.title} ([{table.file}]({table.file}))\n\n{body}\n")
     return Written(figures, "".join(md))
 
 
