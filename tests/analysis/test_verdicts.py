@@ -198,3 +198,20 @@ def test_the_python_question_returns_every_feature_of_the_variant(tmp_path):
     assert len(t) == 2 * (12 + 24) and set(t["name"]) == {f"sae-L2-J{j}-s{s}" for j in (12, 24) for s in (0, 1)}
     mine = t[t["name"] == "sae-L2-J12-s0"]
     assert (mine["verdict"] == "real").sum() == 6 and (mine["match_in"] == "sae-L2-J12-s1").all()
+
+
+def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path):
+    from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415
+    from sae_sweep.analysis.job import AnalyzeJob, run  # noqa: PLC0415
+    from sae_sweep.store import ArtifactStore, Paths  # noqa: PLC0415
+    from sae_sweep.tracking import LoggerConfig  # noqa: PLC0415
+
+    from ..conftest import save_dict  # noqa: PLC0415
+
+    save_dict(ArtifactStore(tmp_path / "store"), 16, 0)
+    job = AnalyzeJob(AnalysisConfig(n_boot=20, n_perm=20), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path))
+    with pytest.warns(UserWarning, match="only one dictionary size"):
+        report = run(job)
+    counts = (report.parent / "verdicts.csv").read_text().splitlines()
+    assert counts[1].startswith("sae-L2-J16-s0,16,0,16,0,0,0,16,")  # 16 features, every one no_reference
+    assert "No feature is called real: each dictionary has fewer other seeds" in report.read_text()
