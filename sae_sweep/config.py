@@ -131,6 +131,7 @@ def pretrain_job(cfg: DictConfig):
         data=build(DataConfig, _section(cfg, "data"), "data"),
         model=build(GPTConfig, _section(cfg, "model"), "model"),
         pretrain=build(PretrainConfig, _section(cfg, "pretrain"), "pretrain"),
+        ready_made=_coerce(cfg.get("ready_made", True), bool, "ready_made"),
         **_training(cfg),
     )
 

@@ -23,6 +23,7 @@ def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     (wheel,) = tmp_path.glob("sae_sweep-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {str(p.relative_to(REPO)) for p in (REPO / "sae_sweep").rglob("*.py")}
+    expected |= {str(p.relative_to(REPO)) for p in (REPO / "sae_sweep" / "ready_made").rglob("*") if p.is_file()}
     assert expected <= names, f"the wheel lacks {sorted(expected - names)}"
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)

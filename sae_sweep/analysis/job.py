@@ -25,6 +25,7 @@ from sae_sweep.analysis.report.section import ReportInput
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.errors import SaeSweepError
 from sae_sweep.files import atomic_folder
+from sae_sweep.stages import Stages
 from sae_sweep.store import ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig, quiet_settings, wandb_mode
 from sae_sweep.truth import load_true_features
@@ -79,7 +80,10 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     cfg = job.analysis
     if cfg.only is not None:
         parse_only(cfg.only)  # a malformed question: refused before any work
-    found, stores, where = _collect(job, api)
+    stages = Stages()
+    with stages("collect") as made:
+        found, stores, where = _collect(job, api)
+        made(f"{sum(len(d) for d in found.values())} dictionaries in {len(found)} variants")
     if cfg.only is not None:
         variant = variant_of(found, parse_only(cfg.only)[0])
         answer(verdicts_of(found, variant, _sizes_of(cfg, found[variant], variant), job.paths.cache), cfg.only)
@@ -89,6 +93,28 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     dicts = found[main_name]
     check_sizes(cfg, sorted({j for j, _ in dicts}))  # a reference or featured size that is not there: before any work
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
+    with stages("measure") as made:
+        rep = _measure(job, found, main_name, stores)
+        made("the main run" + (f" and {len(found) - 1} controls" if cfg.controls and len(found) > 1 else ""))
+    with stages("report") as made:  # the per-feature verdicts are measured here, by their section
+        with atomic_folder(job.out, replace=True) as tmp:
+            figs = write_all(rep, tmp, label=_label(main_name, dicts))
+        made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables")
+    if job.logger.kind == "wandb":
+        with stages("wandb") as made:
+            _to_wandb(job, rep.res, job.out, {k: job.out / p.name for k, p in figs.items()})
+            made("the analysis run")
+    print_summary(rep.res, job.out / "findings.md")
+    report = job.out / "report.md"
+    log.info("%s", stages.table(f"analysis of {where}"))
+    log.info("report: %s", report)
+    return report
+
+
+def _measure(job: AnalyzeJob, found: Collection, main_name: str, stores: list[ArtifactStore]) -> ReportInput:
+    """The main run's measures, then each control's (the first synthetic-data one whole, for its ground truth), the
+    controls' rows and the architectures' comparison: what the report is written from."""
+    cfg, dicts = job.analysis, found[main_name]
     main = _analyse(job, main_name, dicts, stores, _true_features(stores, dicts))
     control_table = control_rows(main_name, main.results, dicts, main.measures.fits)
     runs = {main_name: (main.results, dicts, None, main.measures.shared)}  # for the architectures' comparison
@@ -110,15 +136,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         runs[variant] = (res_v, found[variant], true, synthetic.measures.shared if analysed else None)
     baselines = [main_name] + ([synthetic.variant] if synthetic else [])
     arch_table = architecture_table(runs, baselines, cfg)
-    rep = ReportInput(main, synthetic, control_table, arch_table, stability(arch_table, cfg.level))
-    with atomic_folder(job.out, replace=True) as tmp:
-        figs = write_all(rep, tmp, label=_label(main_name, dicts))
-    print_summary(main.results, job.out / "findings.md")
-    if job.logger.kind == "wandb":
-        _to_wandb(job, main.results, job.out, {k: job.out / p.name for k, p in figs.items()})
-    report = job.out / "report.md"
-    log.info("report: %s", report)
-    return report
+    return ReportInput(main, synthetic, control_table, arch_table, stability(arch_table, cfg.level))
 
 
 def _sizes_of(cfg: AnalysisConfig, dicts: dict, variant: str) -> AnalysisConfig:

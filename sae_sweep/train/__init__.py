@@ -2,6 +2,7 @@
 
     corpus.py, tokenizer.py, tokens.py     the text and its token cache
     gpt.py, gpt_module.py, pretrain.py     the tiny nanoGPT, its Lightning step, stage ``pretrain``
+    ready_made.py                          the default pretraining's GPT, shipped in ../ready_made/ and installed
     harvest.py, synthetic.py               activation caches: a GPT's MLP, or generated with known features
     sae.py, sae_module.py, sae_stage.py    the SAE, its Lightning step, stage ``sae`` (one job of a sweep)
     sae_config.py, archs.py                the ``sae`` settings; the architectures, one object each (ReLU, TopK, ...)

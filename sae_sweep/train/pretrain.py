@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from sae_sweep.files import json_digest
+from sae_sweep.stages import Stages
 from sae_sweep.store import Artifact, ArtifactStore, Paths
 from sae_sweep.tracking import LoggerConfig
+from sae_sweep.train import ready_made
 from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt
 from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
@@ -41,6 +43,7 @@ class PretrainJob:
     paths: Paths
     ckpt_path: str | None = "last"  # "last": resume this run's last.ckpt if any; a path: that file; None: start over
     force: bool = False  # train a new version even if this exact run has finished
+    ready_made: bool = True  # install the GPT shipped with sae-sweep when it is this run's product (ready_made.py)
 
     @property
     def base_name(self) -> str:
@@ -82,13 +85,25 @@ def evaluate(model: GPT, tokens: TokenData, cfg: PretrainConfig) -> float:
 def run(job: PretrainJob) -> Artifact:
     """Pretrain the GPT (resuming an interrupted run) and save it as a ``model`` artifact; a finished run returns its
     artifact."""
-    tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+    stages = Stages()
+    with stages("tokens") as made:
+        tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+        made(f"{tokens.train.size:,} train tokens ({tokens.key})")
     model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
     rid = run_id(replace(job, model=model_cfg), tokens.key)
     run_dir = job.paths.runs / rid
     store = ArtifactStore(job.paths.store)
-    if (finished := finished_artifact(run_dir, store, job.force)) is not None:
-        return finished
+    finished = finished_artifact(run_dir, store, job.force)
+    if finished is not None and (job.ready_made or not finished.metadata.get("ready_made")):
+        return finished  # (ready_made=false on a store holding the shipped GPT: train this run's own)
+    shipped = ready_made.find(rid) if job.ready_made and not job.force else None
+    if shipped is not None:
+        with stages("install") as made:
+            art = _install(job, shipped, tokens, rid, store)
+            made(f"the ready-made {art.ref}" if art else "nothing: it does not match this machine's tokens")
+        if art is not None:
+            log.info("%s", stages.table(job.name))
+            return art
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     torch.manual_seed(job.pretrain.seed)
     module = GPTModule(model_cfg, job.pretrain, compile=job.trainer.compile)
@@ -114,10 +129,16 @@ def run(job: PretrainJob) -> Artifact:
         grad_clip=job.pretrain.grad_clip,
     )
     datamodule = TokenDataModule(tokens.path / "train.bin", tokens.path / "val.bin", model_cfg.block_size, job.pretrain)
-    fit_to_end(trainer, module, datamodule, ckpt, what=f"pretraining of {rid}")
+    with stages("pretrain") as made:
+        fit_to_end(trainer, module, datamodule, ckpt, what=f"pretraining of {rid}")
+        made(f"{job.pretrain.max_steps} steps")
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 exports
-    return _export(job, module.model.cpu().float(), tokens, rid, val_init, trainer.world_size, loggers, store)
+    with stages("save") as made:
+        art = _export(job, module.model.cpu().float(), tokens, rid, val_init, trainer.world_size, loggers, store)
+        made(art.ref)
+    log.info("%s", stages.table(job.name))
+    return art
 
 
 def _export(job, model: GPT, tokens: TokenData, rid: str, val_init, world: int, loggers, store) -> Artifact:
@@ -155,6 +176,33 @@ def _export(job, model: GPT, tokens: TokenData, rid: str, val_init, world: int, 
     return artifact
 
 
+def _install(job: PretrainJob, shipped, tokens: TokenData, rid: str, store: ArtifactStore) -> Artifact | None:
+    """The shipped GPT of run ``rid`` saved as this run's artifact, once its validation loss here matches the
+    recorded one; None if it does not (the caller trains)."""
+    model, config, made = ready_made.load(shipped)
+    val = evaluate(model, tokens, job.pretrain)
+    if not ready_made.usable(shipped, val, config["train"]["val_loss"]):
+        return None
+    train_info = {**config["train"], "ready_made": made}
+    metadata = {"model": model.config.to_dict(), "data_key": tokens.key, **train_info}
+    run_dir = job.paths.runs / rid
+    loggers = build_loggers(job.logger, run_dir, name=rid, group="pretrain")
+    artifact = store.save(
+        job.name,
+        MODEL_TYPE,
+        lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
+        metadata,
+    )
+    finish_wandb(loggers, artifact, summary={"val/loss": val, "ready_made": True})
+    mark_finished(run_dir, artifact)
+    log.info(
+        "%s: took the GPT shipped with sae-sweep, made by `%s` on %s (commit %s); val loss %.3f nats/token here, as "
+        "recorded; saved %s at %s. `python train.py stage=pretrain ready_made=false` trains it here instead",
+        job.name, made["command"], made["made"], made["commit"][:10], val, artifact.ref, artifact.path,
+    )  # fmt: skip
+    return artifact
+
+
 def export_untrained(job: PretrainJob) -> Artifact:
     """The ``model`` artifact ``gpt-<corpus>-s<seed>-untrained``: the GPT pretraining would start from, never trained.
 
@@ -163,7 +211,10 @@ def export_untrained(job: PretrainJob) -> Artifact:
     the same sha256; the artifact is built once, under a file lock so concurrent sweep jobs save one version, and
     reused while its recorded ``init_id`` matches (another model config or corpus saves a new version).
     """
-    tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+    stages = Stages()
+    with stages("tokens") as made:
+        tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
+        made(f"{tokens.train.size:,} train tokens ({tokens.key})")
     model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
     init_id = json_digest({"data": tokens.key, "model": asdict(model_cfg), "seed": job.pretrain.seed})[:10]
     val = float("nan")

@@ -23,6 +23,7 @@ from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_n
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.files import json_digest
 from sae_sweep.interop import saelens
+from sae_sweep.stages import Stages
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train import snapshots
@@ -180,22 +181,31 @@ def run(job: SAEJob) -> Artifact:
     """Train one SAE on the job's activations and save its dictionary; a finished run returns its artifact."""
     check(job)
     store = ArtifactStore(job.paths.store)
-    if job.synthetic is not None:
-        acts, features = synthetic_activations(
-            job.synthetic, job.harvest.n_tokens, job.harvest.n_val_tokens, job.paths.cache, store
-        )
-        source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
-    else:
-        acts, source, uses, tag = gpt_activations(job, store)
-        job = replace(job, gpt_tag=tag)  # before anything is named: a tagged GPT's SAEs are a variant
+    stages = Stages()
+    with stages("activations") as made:
+        if job.synthetic is not None:
+            acts, features = synthetic_activations(
+                job.synthetic, job.harvest.n_tokens, job.harvest.n_val_tokens, job.paths.cache, store
+            )
+            source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
+        else:
+            acts, source, uses, tag = gpt_activations(job, store)
+            job = replace(job, gpt_tag=tag)  # before anything is named: a tagged GPT's SAEs are a variant
+        made(f"{acts.train.shape[0]:,} rows ({acts.key})")
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
     if (finished := finished_artifact(run_dir, store, job.force)) is not None:
         return finished
-    module, trainer, loggers = _train(job, acts, rid, run_dir)
+    with stages("train") as made:
+        module, trainer, loggers = _train(job, acts, rid, run_dir)
+        made(f"{trainer.global_step:,} steps")
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 saves
-    return _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
+    with stages("evaluate, save") as made:
+        art = _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
+        made(art.ref)
+    log.info("%s", stages.table(job.name))
+    return art
 
 
 def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):

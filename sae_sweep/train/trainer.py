@@ -1,13 +1,16 @@
 """One Lightning Trainer for both training stages: step-based, checkpointing atomically, quiet on the console.
 
 ``build_trainer`` wires in the pre-emption callbacks (``preemption.py``), the atomic checkpoint IO (``runs.py``), a
-rich progress bar over steps, and SLURM's environment when there is one (one requeue path: submitit's).
+rich progress bar over steps on a terminal (elsewhere a progress line every 30 s: ``LogProgress``), and SLURM's
+environment when there is one (one requeue path: submitit's).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,33 @@ class _StepProgressBar(RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - self._first_step - 1)
 
 
+class LogProgress(pl.Callback):
+    """Progress where no bar can be seen (the output is not a terminal, or bars are off): a log line every
+    ``every_s`` seconds, and so in a log file or a SLURM output too: step, the bar's metrics (loss; FVU and L0),
+    steps per second, time left."""
+
+    def __init__(self, name: str, every_s: float = 30.0, clock=time.monotonic) -> None:
+        self.name, self.every_s, self.clock = name, every_s, clock
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = self.last = self.clock()
+        self.first = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s or not trainer.is_global_zero:
+            return
+        self.last = now
+        shown = trainer.progress_bar_metrics  # what the bar would show: the GPT's loss, an SAE's FVU and L0
+        log.info("%s", self.line(trainer.global_step, trainer.max_steps, shown, now - self.start))
+
+    def line(self, step: int, max_steps: int, metrics: dict, elapsed: float) -> str:
+        rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        left = f"{(max_steps - step) / rate / 60:.1f} min to step {max_steps:,} at most" if rate > 0 else "?"
+        shown = "".join(f", {k} {float(v):.4g}" for k, v in metrics.items())
+        return f"{self.name}: step {step:,}/{max_steps:,}{shown}, {rate:.1f} steps/s, {left}"
+
+
 def build_trainer(
     tcfg: TrainerConfig,
     *,
@@ -103,8 +133,11 @@ def build_trainer(
         CheckpointBeforeRequeue(run_dir / CKPT_DIR / "last.ckpt"),
         ReportResume(),
     ]
-    if tcfg.progress_bar:
+    bar = tcfg.progress_bar and sys.stderr.isatty()  # a bar in a log file is one frame, written at the end
+    if bar:
         callbacks.append(_StepProgressBar(refresh_rate=10, leave=True))  # redraws cost ~0.1 ms each
+    else:
+        callbacks.append(LogProgress(run_dir.name))
     strategy, plugins = tcfg.strategy, [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # Requeueing is submitit's job (it catches USR2 and resubmits, once CheckpointBeforeRequeue has written
@@ -128,7 +161,7 @@ def build_trainer(
         gradient_clip_val=grad_clip or None,
         logger=loggers or False,
         log_every_n_steps=log_every or tcfg.log_every_n_steps,
-        enable_progress_bar=tcfg.progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         default_root_dir=run_dir,
         plugins=plugins,
