@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -54,22 +55,32 @@ def evaluate_with_counts(
         cos = (sae.decoder[:, fired] * before).sum(dim=0)  # unit columns: the dot is the cosine
         drift = float((1 - cos).mean())
     total_var = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+    l0 = count_true(active, dim=1).float().mean()
     ev = Evaluation(
         step=step,
-        loss=float(held_out_loss(sae, mse, l1, active, l1_coeff)),
+        loss=float(held_out_loss(sae, mse, l1, l0, l1_coeff)),
         mse=float(mse),
         fvu=float(mse * x.numel() / total_var),
-        l0=float(active.sum(dim=1).float().mean()),
+        l0=float(l0),
         dead_fraction=float((~fired).float().mean()),
         drift=drift,
     )
-    return ev, active.sum(dim=0)
+    return ev, count_true(active, dim=0)
 
 
-def held_out_loss(sae, mse: torch.Tensor, l1: torch.Tensor, active: torch.Tensor, l1_coeff: float) -> torch.Tensor:
+def count_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mask.sum(dim)`` (int64) of a bool matrix, through numpy on the CPU: torch sums bools slowly along either
+    axis (149 and 124 ms for a (4096, 8192) mask on one thread, numpy 14 ms), and an evaluation takes three such."""
+    if mask.device.type != "cpu":
+        return mask.sum(dim=dim)
+    return torch.from_numpy(mask.numpy().sum(axis=dim, dtype=np.int64))
+
+
+def held_out_loss(sae, mse: torch.Tensor, l1: torch.Tensor, l0: torch.Tensor, l1_coeff: float) -> torch.Tensor:
     """The objective the stopping rule watches: the training loss without AuxK (it only revives dead features); the
-    architecture says its sparsity term (0 for TopK and BatchTopK, whose sparsity k fixes)."""
-    return mse + sae.architecture.penalty(l1, active.sum(dim=1).float().mean(), 1, l1_coeff)
+    architecture says its sparsity term (0 for TopK and BatchTopK, whose sparsity k fixes) from the mean l1 and
+    mean l0 per row."""
+    return mse + sae.architecture.penalty(l1, l0, 1, l1_coeff)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from sae_sweep.errors import ConfigError, TrainingError
 from sae_sweep.train import snapshots
 from sae_sweep.train.allocator import keep_freed_blocks
-from sae_sweep.train.convergence import StoppingRule, evaluate, progress_row, progress_summary
+from sae_sweep.train.convergence import StoppingRule, count_true, evaluate, progress_row, progress_summary
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 
 
@@ -232,10 +232,10 @@ def evaluate_sae(
         x = torch.from_numpy(np.asarray(acts[lo : lo + chunk], dtype=np.float32))
         recon, codes = sae(x)
         active = codes > 0
-        counts += active.sum(dim=0)
+        counts += count_true(active, dim=0)
         sq_err += (recon - x).pow(2).sum().item()
         l1 += codes.sum().item()
-        l0 += active.sum().item()
+        l0 += count_true(active, dim=1).sum().item()
         total += (x - mean).pow(2).sum()
     mse = sq_err / (n * sae.d_in)
     sparsity = sae.architecture.penalty(l1, l0, n, l1_coeff)  # as convergence.held_out_loss
