@@ -153,3 +153,70 @@ def test_export_then_import_gives_the_same_analysis(tmp_path):
     report = (tmp_path / "b" / "report.md").read_text()
     assert "movement from initialisation (Figure 14) skipped for" in report
     assert not (tmp_path / "b" / "movement.csv").exists() or not _rows(tmp_path / "b" / "movement.csv")
+
+
+def saelens_folder(path, architecture="standard", hook="blocks.2.mlp.hook_post", runner_seed=None, cfg_seed=None):
+    """A folder as SAELens 6 saves one: cfg.json, sae_weights.safetensors (its trainer adds runner_cfg.json)."""
+    path.mkdir(parents=True)
+    cfg = {"architecture": architecture, "d_in": D_IN, "d_sae": J, "metadata": {"hook_name": hook}}
+    if cfg_seed is not None:
+        cfg["seed"] = cfg_seed
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    weights = {"W_enc": ATOMS.t().contiguous(), "b_enc": torch.zeros(J), "W_dec": ATOMS, "b_dec": torch.zeros(D_IN)}
+    save_file(weights, str(path / "sae_weights.safetensors"))
+    if runner_seed is not None:
+        (path / "runner_cfg.json").write_text(json.dumps({"seed": runner_seed, "d_in": D_IN}))
+    return path
+
+
+def test_the_export_is_a_saelens_6_config_so_its_metadata_is_read_as_written(tmp_path):
+    tensors = {"decoder": ATOMS.t().contiguous(), "encoder.bias": torch.zeros(J), "encoder.weight": ATOMS}
+    cfg = dictionary_config("sae-L2-J6-s3", d_in=D_IN, dict_size=J)
+    saelens.write(tmp_path / "exp", tensors, cfg, np.zeros(J), architecture(SAEConfig()))
+    meta = json.loads((tmp_path / "exp" / "cfg.json").read_text())["metadata"]
+    # SAELens 6 takes a config whose metadata names no version >= 6 for a pre-6 one and rebuilds its metadata
+    assert int(meta["sae_lens_version"].split(".")[0]) >= 6
+    assert meta["hook_name"] == "blocks.2.mlp.hook_post" and meta["prepend_bos"] is False
+    assert meta["sae_sweep_name"] == "sae-L2-J6-s3"
+
+
+def test_saelens_seeds_come_from_the_runner_config_beside_cfg_json(tmp_path):
+    assert read(saelens_folder(tmp_path / "a", runner_seed=7)).seed == 7  # SAELens 6's trainer
+    assert read(saelens_folder(tmp_path / "b", cfg_seed=5)).seed == 5  # SAELens before 6
+    assert read(saelens_folder(tmp_path / "c")).seed is None
+
+
+def test_the_architecture_is_the_variant_so_architectures_never_merge(tmp_path):
+    root = tmp_path / "saes"
+    saelens_folder(root / "relu")
+    saelens_folder(root / "topk", architecture="topk")
+    jump = {"dict_class": "JumpReLUAutoEncoder", "activation_dim": D_IN, "layer": 2}
+    dictionary_learning_folder(root / "dl-jump", {"W_dec": ATOMS}, trainer=jump)
+    with pytest.raises(DataError, match=r"read 2 different activations .*source.hook"):
+        foreign.collect_foreign(root, layer=2)
+    found = foreign.collect_foreign(root, layer=2, hook="blocks.2.mlp.hook_post")
+    assert sorted(found) == ["", "topk"] and sorted(found[""]) == [(J, 0)] and sorted(found["topk"]) == [(J, 0)]
+    assert read(root / "dl-jump").variant == "JumpReLUAutoEncoder" and read(root / "dl-jump").hook == "layer 2"
+    plain = dictionary_learning_folder(tmp_path / "dl", {"W_dec": ATOMS})  # dict_class AutoEncoder: the main variant
+    assert read(plain).variant == ""
+
+
+def test_the_libraries_own_layouts_are_found_and_a_hook_is_picked(tmp_path, caplog):
+    root = tmp_path / "runs"
+    saelens_folder(root / "saelens-run" / "final_4096", runner_seed=1)  # SAELens' trainer: <name>/final_<N>/
+    sparsify_folder(root / "sparsify-run" / "layers.2.mlp")  # sparsify: <run>/<hookpoint>/
+    sparsify_folder(root / "sparsify-run" / "layers.3.mlp")
+    (root / "notes").mkdir()
+    (root / "notes" / "README.md").write_text("not an SAE")
+    with caplog.at_level("WARNING", logger="sae_sweep.interop.foreign"):
+        saes = foreign.read_folder(root)
+    assert sorted(f.path.relative_to(root).as_posix() for f in saes) == [
+        "saelens-run/final_4096", "sparsify-run/layers.2.mlp", "sparsify-run/layers.3.mlp"]  # fmt: skip
+    assert "notes/README.md: a file, not an SAE folder" in caplog.text
+    assert "notes: no SAE in it" in caplog.text
+    with pytest.raises(DataError, match=r"read 3 different activations \(blocks.2.mlp.hook_post, layers.2.mlp, "):
+        foreign.collect_foreign(root, layer=2)
+    found = foreign.collect_foreign(root, layer=2, hook="layers.3.mlp")
+    assert [d.path.name for d in found[""].values()] == ["layers.3.mlp"]
+    with pytest.raises(DataError, match=r"no SAE .* source.hook='layers.9'; its SAEs read \["):
+        foreign.collect_foreign(root, layer=2, hook="layers.9")

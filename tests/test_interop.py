@@ -156,6 +156,9 @@ def test_saelens_loads_every_export_and_encodes_to_our_codes(tmp_path):
         x = torch.relu(torch.randn(256, 16, generator=torch.Generator().manual_seed(1)))
         with torch.no_grad():
             torch.testing.assert_close(loaded.encode(x), ours(x)[1])
+        meta = loaded.cfg.metadata  # what SAELens reads back, not the raw JSON: a pre-6 reading would lose these
+        assert meta.hook_name == "blocks.2.mlp.hook_post" and meta.prepend_bos is False
+        assert meta.sae_sweep_name == folder.name
 
 
 def test_an_older_dictionary_is_converted_as_relu_and_another_architecture_without_its_copy_is_refused(tmp_path):

@@ -31,10 +31,13 @@ class SourceConfig:
     entity: str | None = None  # wandb: team or user; None: your default entity
     project: str = "sae-sweep"
     artifact_type: str = DICTIONARY_TYPE
+    hook: str | None = None  # foreign: the activations to analyse when the SAEs read several (their library's name)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
             raise ConfigError(f"source.kind must be one of {SOURCES}, got {self.kind!r}")
+        if self.hook is not None and self.kind != "foreign":
+            raise ConfigError(f"source.hook picks among other libraries' SAEs (source=foreign), not source={self.kind}")
         if self.kind == "foreign" and not self.path:
             raise ConfigError("source=foreign reads the SAEs in source.path: give it (source.path=/path/to/saes)")
 

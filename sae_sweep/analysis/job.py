@@ -58,7 +58,7 @@ def _collect(job: AnalyzeJob, api=None) -> tuple[Collection, list[ArtifactStore]
         from sae_sweep.interop.foreign import collect_foreign  # noqa: PLC0415
 
         where = Path(job.source.path).expanduser()
-        return collect_foreign(where, job.analysis.layer), [ArtifactStore(job.paths.store)], str(where)
+        return collect_foreign(where, job.analysis.layer, job.source.hook), [ArtifactStore(job.paths.store)], str(where)
     if job.source.kind == "local":
         where = Path(job.source.path).expanduser() if job.source.path else job.paths.store
         found = collect_local_variants(where, job.analysis.layer)

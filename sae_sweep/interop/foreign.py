@@ -10,10 +10,21 @@ A folder given to ``analyze.py source=foreign source.path=<folder>`` holds one e
     matrix               a .npy, .npz, .safetensors or .pt file holding one matrix; which tensor and whether the atoms
                          are its rows or columns come from the manifest
 
-Sizes come from the weights; seeds from the library's config where it records one (SAELens' ``seed``,
-dictionary_learning's ``trainer.seed``; a SAELens folder exported here names its seed and variant in
-``metadata.sae_sweep_name``). A manifest, ``sae_sweep_import.json`` in the folder, names entries and fills
-what the files do not say::
+Without a manifest every folder under the given one is searched, to a depth of four, where the libraries put their
+SAEs: SAELens' trainer writes ``<name>/final_<N>/``, sparsify ``<run>/<hookpoint>/``, dictionary_learning
+``<save_dir>/trainer_<i>/``. A folder that is not an SAE is skipped with one line saying why.
+
+Sizes come from the weights; seeds from the library's record where it keeps one (SAELens 6's trainer writes it to
+``runner_cfg.json`` beside ``cfg.json``; older SAELens to ``cfg.json``'s ``seed``; dictionary_learning's
+``trainer.seed``; a SAELens folder exported here names its seed and variant in ``metadata.sae_sweep_name``). The
+architecture is the variant: SAELens' ``architecture`` and dictionary_learning's ``dict_class`` (their plain ReLU
+SAEs, ``standard`` and ``AutoEncoder``, are the main variant), so different architectures never merge into one size
+sweep. Each SAE says which activations it read (``hook``: SAELens' ``metadata.hook_name``, sparsify's hookpoint
+folder, dictionary_learning's ``trainer.submodule_name`` or ``layer``); SAEs of several hooks need
+``source.hook=<one of them>``: one activation space at a time.
+
+A manifest, ``sae_sweep_import.json`` in the folder, names entries and fills what the files do not say (``seed``,
+``variant``, ``hook``, a matrix's ``atoms`` and ``key``)::
 
     {"dictionaries": [{"path": "run-a/layer2", "seed": 1},
                       {"path": "atoms.npy", "format": "matrix", "atoms": "rows", "seed": 0, "variant": "topk"}]}
@@ -25,6 +36,7 @@ size and seed) is a DataError naming the file and the field.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +49,8 @@ from sae_sweep.errors import DataError
 from sae_sweep.interop import saelens
 
 FORMATS = ("saelens", "sparsify", "dictionary_learning", "matrix")
+log = logging.getLogger(__name__)
+
 MANIFEST_FILE = "sae_sweep_import.json"
 MATRIX_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth")
 _NAME = re.compile(r"^sae-L\d+-J\d+-s(?P<seed>\d+)(?:-(?P<variant>[A-Za-z0-9._-]+))?$")  # our dictionaries' names
@@ -55,6 +69,12 @@ class Foreign:
     path: Path
     synthetic: bool = False  # trained on synthetic data (a SAELens export of ours says so in metadata.model_name)
     encoder: torch.Tensor | None = None  # (J, d_in) when the files hold one, for the encoder-decoder cosines
+    hook: str | None = None  # the activations it was trained on, as its library names them, when the files say
+
+
+MAIN_ARCHITECTURES = ("", "standard", "AutoEncoder", "relu")  # the libraries' plain ReLU SAEs: the main variant
+SEARCH_DEPTH = 4  # folders below source.path searched for SAEs when there is no manifest
+RUNNER_CFG_FILE = "runner_cfg.json"  # SAELens 6's training runner: the run's settings, its seed among them
 
 
 def detect(path: Path) -> str | None:
@@ -97,17 +117,25 @@ def _need(cfg: dict, key: str, where: Path):
     return cfg[key]
 
 
-def _read_sparsify(folder: Path) -> tuple[torch.Tensor, int | None, None]:
+def _variant(architecture) -> str:
+    """The variant an imported SAE's architecture makes: "" for the libraries' plain ReLU SAE."""
+    return "" if architecture in MAIN_ARCHITECTURES or architecture is None else str(architecture)
+
+
+def _read_sparsify(folder: Path, in_run: bool) -> tuple[torch.Tensor, int | None, str, str | None]:
+    """sparsify's SAEs are TopK ones; a run folder holds one per hookpoint, named after it (``in_run``: the folder is
+    inside another, as sparsify writes them; a folder of its own has a name its user chose)."""
     from safetensors.torch import load_file  # noqa: PLC0415
 
     cfg = _json(folder / "cfg.json")
     d_in = _need(cfg, "d_in", folder / "cfg.json")
     tensors = load_file(str(folder / "sae.safetensors"))
     w_dec = _need(tensors, "W_dec", folder / "sae.safetensors")
-    return _atoms(w_dec, rows=True, where=str(folder / "sae.safetensors"), d_in=d_in), cfg.get("seed"), None
+    atoms = _atoms(w_dec, rows=True, where=str(folder / "sae.safetensors"), d_in=d_in)
+    return atoms, cfg.get("seed"), "", folder.name if in_run else None
 
 
-def _read_dictionary_learning(folder: Path) -> tuple[torch.Tensor, int | None, None]:
+def _read_dictionary_learning(folder: Path) -> tuple[torch.Tensor, int | None, str, str | None]:
     cfg = _json(folder / "config.json")
     trainer = _need(cfg, "trainer", folder / "config.json")
     d_in = _need(trainer, "activation_dim", folder / "config.json (trainer)")
@@ -121,7 +149,8 @@ def _read_dictionary_learning(folder: Path) -> tuple[torch.Tensor, int | None, N
         dec = _atoms(state["W_dec"], rows=True, where=str(folder / "ae.pt"), d_in=d_in)
     else:
         raise DataError(f"{folder / 'ae.pt'}: neither 'decoder.weight' nor 'W_dec' (found {sorted(state)})")
-    return dec, trainer.get("seed"), None
+    hook = trainer.get("submodule_name") or (f"layer {trainer['layer']}" if "layer" in trainer else None)
+    return dec, trainer.get("seed"), _variant(trainer.get("dict_class")), hook
 
 
 def _read_matrix(path: Path, entry: dict) -> tuple[torch.Tensor, None, None]:
@@ -169,25 +198,36 @@ def read_entry(root: Path, entry: dict) -> Foreign:
             else f"{root / MANIFEST_FILE}: format {fmt!r} of {entry['path']!r} is not one of {FORMATS}"
         )
     rates = None
-    variant, synthetic, encoder = "", False, None
+    variant, synthetic, encoder, hook = "", False, None, None
     if fmt == "saelens":
         decoder, cfg, rates = saelens.read(path)
-        seed, meta, encoder = cfg.get("seed"), cfg.get("metadata") or {}, cfg.get("_encoder")
+        meta, encoder = cfg.get("metadata") or {}, cfg.get("_encoder")
+        seed, variant = _saelens_seed(path, cfg), _variant(cfg.get("architecture"))
+        hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
         synthetic = str(meta.get("model_name", "")).startswith("synthetic")
         ours = _NAME.match(str(meta.get("sae_sweep_name", "")))
         if ours:  # exported from this project: its name says the seed and the variant
             seed, variant = int(ours["seed"]), ours["variant"] or ""
     elif fmt == "sparsify":
-        decoder, seed, _ = _read_sparsify(path)
+        decoder, seed, variant, hook = _read_sparsify(path, in_run=len(Path(entry["path"]).parts) > 1)
     elif fmt == "dictionary_learning":
-        decoder, seed, _ = _read_dictionary_learning(path)
+        decoder, seed, variant, hook = _read_dictionary_learning(path)
     else:
         decoder, seed, _ = _read_matrix(path, entry)
     seed = entry.get("seed", seed)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise DataError(f"{path}: seed must be an integer, got {seed!r}")
     name = entry.get("name") or str(entry["path"]).replace("/", "_")
-    return Foreign(name, fmt, decoder, seed, str(entry.get("variant", variant)), rates, path, synthetic, encoder)
+    variant = str(entry.get("variant", variant))
+    return Foreign(name, fmt, decoder, seed, variant, rates, path, synthetic, encoder, entry.get("hook", hook))
+
+
+def _saelens_seed(folder: Path, cfg: dict) -> int | None:
+    """SAELens 6 keeps the seed in the training runner's runner_cfg.json beside cfg.json; older versions in cfg.json."""
+    runner = folder / RUNNER_CFG_FILE
+    if runner.is_file() and _json(runner).get("seed") is not None:
+        return _json(runner)["seed"]
+    return cfg.get("seed")
 
 
 def read_folder(root: str | Path) -> list[Foreign]:
@@ -201,13 +241,58 @@ def read_folder(root: str | Path) -> list[Foreign]:
         if not isinstance(entries, list) or not entries:
             raise DataError(f'{manifest}: expected {{"dictionaries": [{{"path": ...}}, ...]}}')
     else:
-        entries = [{"path": p.name} for p in sorted(root.iterdir()) if detect(p) is not None]
+        entries = [{"path": p.relative_to(root).as_posix()} for p in _search(root, SEARCH_DEPTH)]
         if not entries:
             raise DataError(
                 f"no SAEs found in {root}: expected folders in SAELens, sparsify or dictionary_learning layout, or "
                 f"a {MANIFEST_FILE} listing them (plain matrices need one)"
             )
     return [read_entry(root, e if isinstance(e, dict) else {"path": e}) for e in entries]
+
+
+def _search(folder: Path, depth: int) -> list[Path]:
+    """The SAEs under ``folder`` (not itself), depth-first in name order; an SAE's own folder is not searched
+    further. What is neither an SAE nor a folder holding one is skipped with a line saying why."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.name == MANIFEST_FILE:
+            continue
+        if detect(p) is not None and (p.is_dir() or depth == SEARCH_DEPTH):  # plain matrices need a manifest below
+            found.append(p)
+        elif p.is_dir() and depth > 1 and (inside := _search(p, depth - 1)):
+            found += inside
+        else:
+            log.warning("skipped %s: %s", p, _why_not(p, depth))
+    return found
+
+
+def _why_not(p: Path, depth: int) -> str:
+    if p.is_file():
+        if p.suffix in MATRIX_SUFFIXES:
+            return f"a plain matrix outside the top folder needs an entry in {MANIFEST_FILE}"
+        return "a file, not an SAE folder"
+    if depth <= 1:
+        return f"deeper than {SEARCH_DEPTH} folders below source.path; list it in {MANIFEST_FILE}"
+    return (
+        "no SAE in it (SAELens: cfg.json + sae_weights.safetensors; sparsify: cfg.json + sae.safetensors; "
+        "dictionary_learning: ae.pt + config.json)"
+    )
+
+
+def _one_hook(saes: list[Foreign], hook: str | None, root: Path) -> list[Foreign]:
+    """The SAEs of ``hook`` (all of them when None and they share one): one activation space at a time."""
+    hooks = sorted({f.hook for f in saes if f.hook is not None})
+    if hook is not None:
+        chosen = [f for f in saes if f.hook == hook]
+        if not chosen:
+            raise DataError(f"no SAE in {root} was trained on source.hook={hook!r}; its SAEs read {hooks}")
+        return chosen
+    if len(hooks) > 1:
+        raise DataError(
+            f"the SAEs in {root} read {len(hooks)} different activations ({', '.join(hooks)}): analyse one at a "
+            f"time with source.hook=<one of them>"
+        )
+    return saes
 
 
 def as_dictionary(f: Foreign, seed: int, layer: int) -> Dictionary:
@@ -239,12 +324,15 @@ def as_dictionary(f: Foreign, seed: int, layer: int) -> Dictionary:
     return Dictionary(f.name, f.decoder, tensors, config, None, f.path, firing_rates=rates)
 
 
-def collect_foreign(root: str | Path, layer: int) -> dict[str, dict[tuple[int, int], Dictionary]]:
-    """Every SAE under ``root`` by variant, then (size, seed). An entry without a seed takes 0 when it is the only
-    one of its size and variant; two such entries, or two with one size and seed, are refused by name."""
+def collect_foreign(
+    root: str | Path, layer: int, hook: str | None = None
+) -> dict[str, dict[tuple[int, int], Dictionary]]:
+    """Every SAE under ``root`` (of ``hook``, when given) by variant, then (size, seed). An entry without a seed takes
+    0 when it is the only one of its size and variant; two such entries, or two with one size and seed, are refused
+    by name."""
     found: dict[str, dict[tuple[int, int], Dictionary]] = {}
     groups: dict[tuple[str, int], list[Foreign]] = {}
-    for f in read_folder(root):
+    for f in _one_hook(read_folder(root), hook, Path(root)):
         groups.setdefault((f.variant, f.decoder.shape[1]), []).append(f)
     for (variant, J), members in sorted(groups.items()):
         unseeded = [f for f in members if f.seed is None]

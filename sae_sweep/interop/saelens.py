@@ -29,6 +29,10 @@ SAELENS_DIR = "saelens"  # the subfolder of a dictionary folder that holds its S
 CFG_FILE, WEIGHTS_FILE, SPARSITY_FILE = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 HOOK = "blocks.{layer}.mlp.hook_post"  # TransformerLens' name for the MLP's hidden activations: what we harvest
 SPARSITY_FLOOR = 1e-10  # log10 of a never-firing feature's rate is -10, not -inf
+# The SAELens version whose cfg.json layout the export writes (checked against it). SAELens 6 reads a cfg.json whose
+# metadata names no version of 6 or later as a pre-6 one: it rebuilds the metadata from top-level keys, losing
+# hook_name, model_name and context_size and turning prepend_bos to True.
+SAELENS_VERSION = "6.54.12"
 # SAELens' names for the architectures whose decoder rows are atoms and whose weights have these four tensors.
 ATOM_ROWS = ("standard", "topk", "batchtopk", "jumprelu", "gated")
 
@@ -89,7 +93,8 @@ def config(dictionary_config, arch: Architecture, gpt_metadata: dict | None = No
             "context_size": gpt.get("model", {}).get("block_size"),
             "dataset_path": gpt.get("data_key"),
             "prepend_bos": False,
-            "sae_lens_training_version": None,
+            "sae_lens_version": SAELENS_VERSION,  # the layout is SAELens 6's: read as written, metadata included
+            "sae_lens_training_version": None,  # not trained by SAELens
             "sae_sweep_name": c.name,  # the dictionary this was exported from, with its variant, size and seed
         },
     }
