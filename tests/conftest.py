@@ -1,6 +1,7 @@
 """Shared test set-up: offline W&B and HF, a tiny corpus on disk, and the real composed config."""
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,15 @@ def run_train(args: list[str], root: Path, timeout: float = 600, **kw):
         text=True,
         timeout=timeout,
         **kw,
+    )
+
+
+def run_train_on_a_terminal(args: list[str], root: Path, timeout: float = 600):
+    """``run_train`` with a pseudo-terminal for its output (util-linux ``script``), as a user at a shell sees it."""
+    cmd = shlex.join([sys.executable, str(REPO / "train.py"), *args])
+    env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
+    return subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -11,7 +11,7 @@ import torch
 from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore
 
-from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train
+from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -135,9 +135,12 @@ def test_parallel_launcher_runs_the_jobs_side_by_side_without_progress_bars(gpt_
     assert re.search(r"Done +2 out of +2", out(proc)) and "\u2501" not in out(
         proc
     )  # the launcher's lines, no job's bar
-    # the same sweep one job at a time draws each job's bar
-    seq = run_train(["-m", *SMOKE, "logger=none", "sae.dict_size=64", "force=true"], root)
+    # the same sweep one job at a time draws each job's bar on a terminal, and none into a file or pipe (where a bar
+    # is one frame written at the end; trainer.LogProgress logs lines instead)
+    seq = run_train_on_a_terminal(["-m", *SMOKE, "logger=none", "sae.dict_size=64", "force=true"], root)
     assert seq.returncode == 0 and "\u2501" in out(seq), out(seq)[-4000:]
+    piped = run_train(["-m", *SMOKE, "logger=none", "sae.dict_size=64", "force=true"], root)
+    assert piped.returncode == 0 and "\u2501" not in out(piped), out(piped)[-4000:]
 
 
 def test_saes_on_a_tagged_gpt_are_a_variant_that_records_the_gpts_loss(gpt_root, tmp_path):
