@@ -161,6 +161,53 @@ def test_saelens_loads_every_export_and_encodes_to_our_codes(tmp_path):
         assert meta.sae_sweep_name == folder.name
 
 
+def test_exports_resaved_by_saelens_itself_import_back_with_their_seeds(tmp_path):
+    """Needs sae-lens. Load each export, save it with SAELens' own save_model, analyse the re-saved folders: the
+    metadata SAELens kept still names each dictionary, so two seeds of one size stay two seeds."""
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (an optional extra, see README)")
+    from sae_sweep.interop.foreign import collect_foreign  # noqa: PLC0415
+
+    store = ArtifactStore(tmp_path / "store")
+    for j, s in [(16, 0), (16, 1), (32, 0)]:
+        save_dict(store, j, s)
+    resaved = tmp_path / "resaved"
+    for folder in export_sweep(store.root, tmp_path / "out"):
+        sae_lens.SAE.load_from_disk(str(folder), device="cpu").save_model(resaved / folder.name)
+    found = collect_foreign(resaved, layer=2)
+    assert sorted(found[""]) == [(16, 0), (16, 1), (32, 0)]
+    for (j, s), d in found[""].items():
+        ours = load_dictionary(store.get(f"sae-L2-J{j}-s{s}").path)
+        torch.testing.assert_close(d.decoder, ours.decoder)
+
+
+def test_saes_saved_by_saelens_itself_import_as_one_variant_per_architecture(tmp_path):
+    """Needs sae-lens. A standard and a TopK SAE of one size, made and saved by SAELens' own classes with the hook in
+    their metadata and the seeds its trainer writes to runner_cfg.json: two variants, atoms as SAELens decodes them."""
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (an optional extra, see README)")
+    from sae_sweep.interop.foreign import collect_foreign  # noqa: PLC0415
+
+    root = tmp_path / "saes"
+    saes = {
+        "standard": sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=4, d_sae=6)),
+        "topk": sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=4, d_sae=6, k=2)),
+    }
+    for i, (name, sae) in enumerate(saes.items()):
+        torch.manual_seed(i)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.randn(6, 4))
+        sae.cfg.metadata.hook_name = "blocks.2.hook_mlp_out"
+        folder = root / name / "final_4096"  # where SAELens' trainer saves
+        sae.save_model(folder)
+        (folder / "runner_cfg.json").write_text(json.dumps({"seed": 3 + i}))
+    found = collect_foreign(root, layer=2)
+    assert sorted(found) == ["", "topk"] and list(found[""]) == [(6, 3)] and list(found["topk"]) == [(6, 4)]
+    for variant, name in (("", "standard"), ("topk", "topk")):
+        codes = torch.eye(6)  # one feature at a time: SAELens' decode minus its bias is that feature's atom
+        with torch.no_grad():
+            atoms = saes[name].decode(codes) - saes[name].b_dec
+        torch.testing.assert_close(found[variant][(6, 3 if name == "standard" else 4)].decoder, atoms.t())
+
+
 def test_an_older_dictionary_is_converted_as_relu_and_another_architecture_without_its_copy_is_refused(tmp_path):
     from types import SimpleNamespace  # noqa: PLC0415
 
