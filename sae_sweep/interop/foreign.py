@@ -225,9 +225,8 @@ def read_entry(root: Path, entry: dict) -> Foreign:
 def _saelens_seed(folder: Path, cfg: dict) -> int | None:
     """SAELens 6 keeps the seed in the training runner's runner_cfg.json beside cfg.json; older versions in cfg.json."""
     runner = folder / RUNNER_CFG_FILE
-    if runner.is_file() and _json(runner).get("seed") is not None:
-        return _json(runner)["seed"]
-    return cfg.get("seed")
+    seed = _json(runner).get("seed") if runner.is_file() else None
+    return cfg.get("seed") if seed is None else seed
 
 
 def read_folder(root: str | Path) -> list[Foreign]:
@@ -252,10 +251,11 @@ def read_folder(root: str | Path) -> list[Foreign]:
 
 def _search(folder: Path, depth: int) -> list[Path]:
     """The SAEs under ``folder`` (not itself), depth-first in name order; an SAE's own folder is not searched
-    further. What is neither an SAE nor a folder holding one is skipped with a line saying why."""
+    further. What is neither an SAE nor a folder holding one is skipped with a line saying why; hidden entries (a
+    leading dot: lock files, .DS_Store) are passed over."""
     found = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.name == MANIFEST_FILE:
+        if p.name.startswith("."):
             continue
         if detect(p) is not None and (p.is_dir() or depth == SEARCH_DEPTH):  # plain matrices need a manifest below
             found.append(p)
@@ -268,6 +268,8 @@ def _search(folder: Path, depth: int) -> list[Path]:
 
 def _why_not(p: Path, depth: int) -> str:
     if p.is_file():
+        if p.name == MANIFEST_FILE:
+            return f"a {MANIFEST_FILE} is read only at the top of source.path"
         if p.suffix in MATRIX_SUFFIXES:
             return f"a plain matrix outside the top folder needs an entry in {MANIFEST_FILE}"
         return "a file, not an SAE folder"

@@ -211,10 +211,7 @@ def export_untrained(job: PretrainJob) -> Artifact:
     the same sha256; the artifact is built once, under a file lock so concurrent sweep jobs save one version, and
     reused while its recorded ``init_id`` matches (another model config or corpus saves a new version).
     """
-    stages = Stages()
-    with stages("tokens") as made:
-        tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
-        made(f"{tokens.train.size:,} train tokens ({tokens.key})")
+    tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)
     model_cfg = replace(job.model, vocab_size=tokens.tokenizer.vocab_size)
     init_id = json_digest({"data": tokens.key, "model": asdict(model_cfg), "seed": job.pretrain.seed})[:10]
     val = float("nan")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from sae_sweep.errors import DataError
-from sae_sweep.store import sha256_file
+from sae_sweep.files import sha256_file
 from sae_sweep.train.gpt import GPT, MODEL_CONFIG_FILE, WEIGHTS_FILE, GPTConfig
 
 log = logging.getLogger(__name__)
