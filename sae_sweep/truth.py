@@ -41,6 +41,12 @@ class SyntheticConfig:
     #                                 exponential (many small, a few large) | uniform (on [0, 2]) | constant (1)
     noise: float = 0.05  # std of the isotropic Gaussian noise added to each coordinate; 0: exact combinations
     seed: int = 0  # the features and the samples
+    # A known hierarchy (0 groups: none): the first groups x children true features are made as the parts of
+    # ``groups`` parent directions, child = unit(parent + spread * unit noise), so a small dictionary can merge a
+    # group into one atom that a larger one splits (measures/families.py scores the splits against it).
+    groups: int = 0
+    children: int = 2  # parts per group
+    spread: float = 0.75  # how far a part leaves its parent: cosine 1 / sqrt(1 + spread^2) on average
 
     def __post_init__(self) -> None:
         if self.corpus != CORPUS:
@@ -60,6 +66,34 @@ class SyntheticConfig:
             raise ConfigError(f"data.magnitude must be one of {MAGNITUDES}, got {self.magnitude!r}")
         if isinstance(self.noise, bool) or not (0 <= self.noise and math.isfinite(self.noise)):
             raise ConfigError(f"data.noise (a standard deviation) must be a finite number >= 0, got {self.noise!r}")
+        self._check_hierarchy()
+
+    def _check_hierarchy(self) -> None:
+        for name, least in (("groups", 0), ("children", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"data.{name} must be an integer >= {least}, got {value!r}")
+        if self.groups * self.children > self.n_features:
+            raise ConfigError(
+                f"data.groups x data.children = {self.groups * self.children} parts, more than data.n_features="
+                f"{self.n_features} true features: lower data.groups or raise data.n_features"
+            )
+        if isinstance(self.spread, bool) or not (0 < self.spread and math.isfinite(self.spread)):
+            raise ConfigError(f"data.spread must be a finite number > 0, got {self.spread!r}")
+
+    def recorded(self) -> dict:
+        """The config as names, digests and config.json record it: the hierarchy's fields only when there is one,
+        so data without a hierarchy keeps the names and caches it had before the option existed."""
+        out = asdict(self)
+        if not self.groups:
+            for name in ("groups", "children", "spread"):
+                out.pop(name)
+        return out
+
+    @property
+    def variant(self) -> str:
+        """Its part of a dictionary's variant: "synthetic", or "synthetic-hier32x4" with a hierarchy."""
+        return "synthetic" + (f"-hier{self.groups}x{self.children}" if self.groups else "")
 
     @property
     def p_active(self) -> float:
@@ -75,13 +109,29 @@ class SyntheticConfig:
 def true_features(cfg: SyntheticConfig) -> np.ndarray:
     """(n_features, d_in) float32: the true features, seeded Gaussian directions scaled to unit length."""
     rng = np.random.default_rng([cfg.seed, FEATURES_STREAM, 0])
-    f = rng.standard_normal((cfg.n_features, cfg.d_in))
-    return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+    f = _unit(rng.standard_normal((cfg.n_features, cfg.d_in)))
+    if cfg.groups:  # the parts: each group's parent direction plus its own noise (from a stream of their own)
+        parts = cfg.groups * cfg.children
+        more = np.random.default_rng([cfg.seed, FEATURES_STREAM, 1])
+        parent = _unit(more.standard_normal((cfg.groups, cfg.d_in)))
+        noise = _unit(more.standard_normal((parts, cfg.d_in)))
+        f[:parts] = _unit(np.repeat(parent, cfg.children, axis=0) + cfg.spread * noise)
+    return f.astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def true_groups(cfg: SyntheticConfig) -> np.ndarray:
+    """(n_features,) each true feature's group under ``data.groups`` (its parent direction), -1 for none."""
+    parts = cfg.groups * cfg.children
+    return np.concatenate([np.arange(parts) // cfg.children, np.full(cfg.n_features - parts, -1)])
 
 
 def features_name(cfg: SyntheticConfig) -> str:
     """``synthetic-features-<digest>``: one artifact per generating process (whatever the number of samples)."""
-    return f"synthetic-features-{json_digest({'format': FORMAT_VERSION, **asdict(cfg)})[:10]}"
+    return f"synthetic-features-{json_digest({'format': FORMAT_VERSION, **cfg.recorded()})[:10]}"
 
 
 def save_true_features(store: ArtifactStore, cfg: SyntheticConfig) -> Artifact:
@@ -92,9 +142,9 @@ def save_true_features(store: ArtifactStore, cfg: SyntheticConfig) -> Artifact:
 
         def write(folder: Path) -> None:
             np.save(folder / FEATURES_FILE, features)
-            (folder / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            (folder / CONFIG_FILE).write_text(json.dumps(cfg.recorded(), indent=2) + "\n")
 
-        return write, {"synthetic": asdict(cfg), "shape": list(features.shape), "orientation": "rows are features"}
+        return write, {"synthetic": cfg.recorded(), "shape": list(features.shape), "orientation": "rows are features"}
 
     return store.save_once(features_name(cfg), FEATURES_TYPE, same=lambda meta: True, make=make)[0]
 

@@ -6,6 +6,8 @@
     report/        sections that draw and write those rows, and the document that orders them
     job.py         stage ``analyze``: collect -> measures -> report -> files and W&B
     question.py    one dictionary's or one feature's verdicts, without the report (``analysis.only``, ``feature_table``)
+    products.py    what the analysis hands on beyond its report: stable cores (core/) and latent_scores.csv
+    stable_core.py a stable-core folder (type ``sae-core``): its schema, writing it with its SAELens copy, reading it
 
 Nothing here imports Lightning; dictionaries arrive through ``sae_sweep.dictionary``.
 """

@@ -19,6 +19,7 @@ from sae_sweep.analysis.measures.architectures import arch_of, architecture_tabl
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
+from sae_sweep.analysis.products import write_products
 from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts_of
 from sae_sweep.analysis.report.document import write_all
 from sae_sweep.analysis.report.section import ReportInput
@@ -99,7 +100,8 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     with stages("report") as made:  # the per-feature verdicts are measured here, by their section
         with atomic_folder(job.out, replace=True) as tmp:
             figs = write_all(rep, tmp, label=_label(main_name, dicts))
-        made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables")
+            cores = write_products(rep.run, tmp)
+        made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables, {len(cores)} stable cores")
     if job.logger.kind == "wandb":
         with stages("wandb") as made:
             _to_wandb(job, rep.res, job.out, {k: job.out / p.name for k, p in figs.items()})

@@ -6,11 +6,18 @@ version already hold that folder as ``saelens/`` and it is copied; older ones (a
 other architectures existed) are converted from their weights, with the GPT's context size and corpus read from the
 store when it holds the GPT. Each export is written to a temporary
 folder and renamed into place, so OUT never holds half an export; an existing ``OUT/<name>`` is replaced whole.
+
+Per-latent scores. Where an analysis of these dictionaries is found (``--scores``, by default STORE's sibling
+``analysis/``), each export gets ``latent_scores.csv``, its dictionary's rows of the analysis's latent_scores.csv
+(verdict, p, q, replications, stability, firing frequency, family, parent, core latent; one row per latent, in
+order), and ``latent_scores.json``, which analysis they come from and what it compared: the scores depend on which
+dictionaries were analysed together. SAELens loads a folder by its cfg.json and safetensors files and ignores both.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shutil
@@ -60,15 +67,63 @@ def _older(d) -> None:
         )
 
 
-def export_sweep(root: str | Path, out: str | Path) -> list[Path]:
-    """Write ``out/<name>/`` as a SAELens folder for every dictionary under ``root``; return the folders written."""
+SCORES, SCORES_META = "latent_scores.csv", "latent_scores.json"  # analysis/products.py writes both
+
+
+def read_scores(folder: Path | None) -> tuple[dict[str, list[dict]], dict]:
+    """(dictionary name -> its rows, the analysis's latent_scores.json) from an analysis folder; nothing for None."""
+    if folder is None:
+        return {}, {}
+    if not (folder / SCORES).is_file() or not (folder / SCORES_META).is_file():
+        raise DataError(
+            f"{folder} holds no {SCORES} with its {SCORES_META}: give the folder analyze.py wrote "
+            "(paths.root/analysis, after `python analyze.py`), or leave out --scores"
+        )
+    by_name: dict[str, list[dict]] = {}
+    with open(folder / SCORES, newline="") as f:
+        for row in csv.DictReader(f):
+            by_name.setdefault(row.pop("name"), []).append(row)
+    return by_name, {"analysis": str(folder.resolve()), **json.loads((folder / SCORES_META).read_text())}
+
+
+def _write_scores(folder: Path, rows: list[dict], meta: dict) -> None:
+    with open(folder / SCORES, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / SCORES_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _check_rows(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: dict) -> None:
+    """DataError when the scores of a dictionary do not have a row per latent: they were made from another version."""
+    for name, folder in chosen.items():
+        rows = by_name.get(name)
+        size = json.loads((folder / "config.json").read_text()).get("dict_size") if rows is not None else None
+        if rows is not None and len(rows) != size:
+            raise DataError(
+                f"{meta['analysis']}/{SCORES} has {len(rows)} rows for {name}, which has {size} latents: that "
+                "analysis read another version of it. Run analyze.py again, or leave out --scores (--no-scores)"
+            )
+
+
+def default_scores(root: Path) -> Path | None:
+    """STORE's sibling ``analysis/`` when it holds latent scores (the layout train.py and analyze.py share)."""
+    folder = root.parent / "analysis"
+    return folder if (folder / SCORES).is_file() and (folder / SCORES_META).is_file() else None
+
+
+def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = None) -> list[Path]:
+    """Write ``out/<name>/`` as a SAELens folder for every dictionary under ``root``, with its latent scores from the
+    analysis folder ``scores`` where that analysed it; return the folders written."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give the store (paths.root/store) or a folder of dictionaries")
     chosen = _latest_dictionaries(root)
     if not chosen:
         raise DataError(f"no dictionaries under {root}: train some first (`python train.py -m experiment=demo`)")
-    written = []
+    by_name, meta = read_scores(Path(scores) if scores is not None else None)
+    _check_rows(chosen, by_name, meta)  # before any export is written
+    written, unscored = [], []
     for name, folder in chosen.items():
         d = load_dictionary(folder)  # checks every file's digest
         with atomic_folder(out / name, replace=True) as tmp:
@@ -78,8 +133,16 @@ def export_sweep(root: str | Path, out: str | Path) -> list[Path]:
                 _older(d)
                 gpt = _gpt_metadata(root, d.config.gpt_artifact)
                 saelens.write(tmp, d.tensors, d.config, d.firing_counts, saelens.Standard(), gpt)
+            rows = by_name.get(name)
+            if rows is not None:
+                _write_scores(tmp, rows, meta)
+            elif meta:
+                unscored.append(name)
         written.append(out / name)
-        log.info("exported %s to %s", name, out / name)
+        log.info("exported %s to %s%s", name, out / name, " with its latent scores" if name in by_name else "")
+    if unscored:
+        log.warning("%d exports have no latent scores: the analysis at %s did not compare them (%s)", len(unscored),
+                    meta["analysis"], ", ".join(unscored[:4]) + (" ..." if len(unscored) > 4 else ""))  # fmt: skip
     return written
 
 
@@ -91,10 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("store", help="a store (e.g. sae_sweep_out/store) or any folder of dictionary folders")
     ap.add_argument("out", help="the folder to write one SAELens folder per dictionary into")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--scores", metavar="ANALYSIS", help="the analysis folder whose latent_scores.csv to add to "
+                       "each export (default: STORE/../analysis when it holds one)")  # fmt: skip
+    group.add_argument("--no-scores", action="store_true", help="export the SAEs alone, without latent scores")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    scores = None if args.no_scores else args.scores or default_scores(Path(args.store))
+    if scores is not None:
+        log.info("latent scores from %s", scores)
     try:
-        written = export_sweep(args.store, args.out)
+        written = export_sweep(args.store, args.out, scores)
     except SaeSweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

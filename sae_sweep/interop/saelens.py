@@ -75,27 +75,40 @@ def config(dictionary_config, arch: Architecture, gpt_metadata: dict | None = No
     """cfg.json for one of our dictionaries; ``gpt_metadata`` (the GPT artifact's metadata) gives the context size
     and the corpus when known."""
     c = dictionary_config
-    gpt = gpt_metadata or {}
-    source = c.gpt["artifact"] if c.gpt else f"synthetic ({(c.synthetic or {}).get('features', 'true features')})"
+    return cfg_json(arch, c.d_in, c.dict_size, c.layer, model_name(c), bool(c.sae.get("decoder_bias", False)), c.name,
+                    gpt_metadata)  # fmt: skip
+
+
+def model_name(dictionary_config) -> str:
+    """What SAELens' metadata calls the model: the GPT artifact, or the synthetic data's true-features artifact."""
+    c = dictionary_config
+    return c.gpt["artifact"] if c.gpt else f"synthetic ({(c.synthetic or {}).get('features', 'true features')})"
+
+
+def cfg_json(
+    arch: Architecture, d_in: int, d_sae: int, layer: int, model: str, apply_b_dec: bool, name: str, gpt: dict | None
+) -> dict:
+    """cfg.json's fields for an SAE of ``arch`` reading the MLP of ``layer``; ``name``: ours, kept in the metadata."""
+    gpt = gpt or {}
     return {
         **arch.saelens_config(),
-        "d_in": c.d_in,
-        "d_sae": c.dict_size,
+        "d_in": d_in,
+        "d_sae": d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": bool(c.sae.get("decoder_bias", False)),
+        "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
-            "model_name": source,
-            "hook_name": HOOK.format(layer=c.layer),
+            "model_name": model,
+            "hook_name": HOOK.format(layer=layer),
             "hook_head_index": None,
             "context_size": gpt.get("model", {}).get("block_size"),
             "dataset_path": gpt.get("data_key"),
             "prepend_bos": False,
             "sae_lens_version": SAELENS_VERSION,  # the layout is SAELens 6's: read as written, metadata included
             "sae_lens_training_version": None,  # not trained by SAELens
-            "sae_sweep_name": c.name,  # the dictionary this was exported from, with its variant, size and seed
+            "sae_sweep_name": name,  # the dictionary (or core) this was exported from
         },
     }
 
@@ -110,12 +123,18 @@ def write(
     folder: Path, tensors: dict, dictionary_config, firing_counts, arch: Architecture, gpt_metadata: dict | None = None
 ) -> None:
     """Write the SAELens folder ``folder`` (created) for one dictionary of the architecture ``arch``."""
+    log_rates = sparsity(firing_counts, dictionary_config.n_val_tokens)
+    write_folder(folder, weights(tensors, arch), log_rates, config(dictionary_config, arch, gpt_metadata))
+
+
+def write_folder(folder: Path, tensors: dict[str, torch.Tensor], log_rates: torch.Tensor, cfg: dict) -> None:
+    """The three files of a SAELens folder (``folder`` created): SAELens' tensors, log10 firing rates, cfg.json."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(weights(tensors, arch), str(folder / WEIGHTS_FILE))
-    save_file({"sparsity": sparsity(firing_counts, dictionary_config.n_val_tokens)}, str(folder / SPARSITY_FILE))
-    (folder / CFG_FILE).write_text(json.dumps(config(dictionary_config, arch, gpt_metadata), indent=2) + "\n")
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+    save_file({"sparsity": log_rates}, str(folder / SPARSITY_FILE))
+    (folder / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:

@@ -66,7 +66,7 @@ class SAEJob:
         """What sets this job apart from the note's sweep, as a name suffix: "", "untrained", "resample-l1-0.003"..."""
         parts = [f"gpt-{self.gpt_tag}"] if self.gpt_tag else []
         if self.synthetic is not None:
-            parts.append("synthetic")
+            parts.append(self.synthetic.variant)
         if self.gpt == UNTRAINED:
             parts.append(UNTRAINED)
         if self.sae.arch_suffix:
@@ -187,7 +187,7 @@ def run(job: SAEJob) -> Artifact:
             acts, features = synthetic_activations(
                 job.synthetic, job.harvest.n_tokens, job.harvest.n_val_tokens, job.paths.cache, store
             )
-            source, uses = {"gpt": None, "synthetic": {**asdict(job.synthetic), "features": features.ref}}, None
+            source, uses = {"gpt": None, "synthetic": {**job.synthetic.recorded(), "features": features.ref}}, None
         else:
             acts, source, uses, tag = gpt_activations(job, store)
             job = replace(job, gpt_tag=tag)  # before anything is named: a tagged GPT's SAEs are a variant

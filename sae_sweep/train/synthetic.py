@@ -16,7 +16,7 @@ the config: the same whatever chunks it is written in, and the same on every mac
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ def cache_key(cfg: SyntheticConfig, n_train: int, n_val: int) -> str:
     ident = {
         "format": FORMAT_VERSION,
         "block": BLOCK_ROWS,
-        "synthetic": asdict(cfg),
+        "synthetic": cfg.recorded(),
         "n_train": n_train,
         "n_val": n_val,
     }
@@ -146,7 +146,7 @@ def synthetic_activations(
         _write_split(cfg, features, "train", n_train, folder / "train.npy", chunk)
         _write_split(cfg, features, "val", n_val, folder / "val.npy", chunk)
         return {
-            "synthetic": asdict(cfg),
+            "synthetic": cfg.recorded(),
             "features": {"artifact": art.ref, "digest": file_digest(art, FEATURES_FILE)},
             "n_tokens": n_train,
             "n_val_tokens": n_val,

@@ -40,6 +40,20 @@ def test_features_are_seeded_unit_rows():
     assert not np.allclose(f, true_features(SyntheticConfig(n_features=40, d_in=6, seed=1)))
 
 
+def test_a_hierarchy_makes_parts_of_parent_directions_and_leaves_the_rest_as_without_one():
+    plain, cfg = SyntheticConfig(n_features=40, d_in=64), SyntheticConfig(n_features=40, d_in=64, groups=5, children=4)
+    f, g = true_features(cfg), S.true_groups(cfg)
+    assert g.tolist() == [i // 4 for i in range(20)] + [-1] * 20
+    np.testing.assert_array_equal(f[20:], true_features(plain)[20:])  # the features in no group are unchanged
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), np.ones(40), atol=1e-6)
+    cos = f[:20] @ f[:20].T
+    same = g[:20, None] == g[None, :20]
+    off = ~np.eye(20, dtype=bool)
+    # parts of one parent: cosine about 1 / (1 + spread^2) = 0.64; of two parents about 0 (d = 64: sd 0.125)
+    assert cos[same & off].min() > 0.3 and np.abs(cos[~same]).max() < 0.5
+    assert "groups" not in plain.recorded() and cfg.recorded()["groups"] == 5  # names without a hierarchy: unchanged
+
+
 def test_every_feature_active_with_constant_magnitude_gives_their_sum():
     cfg = SyntheticConfig(n_features=3, d_in=4, active=3.0, magnitude="constant", noise=0.0)
     f = true_features(cfg)
@@ -102,13 +116,13 @@ def test_cache_is_harvest_format_and_reused(tmp_path, monkeypatch):
     acts, features = synthetic_activations(TINY, 5000, 700, tmp_path / "cache", store)
     assert acts.path.parent == tmp_path / "cache" / "activations" and acts.path.name == acts.key
     assert acts.train.shape == (5000, 8) and acts.val.shape == (700, 8) and acts.train.dtype == np.float16
-    assert acts.d_in == 8 and acts.meta["synthetic"] == asdict(TINY)
+    assert acts.d_in == 8 and acts.meta["synthetic"] == TINY.recorded()
     assert acts.meta["features"]["artifact"] == f"{S.features_name(TINY)}:v0"
     assert set(acts.meta["files"]) == {"train.npy", "val.npy"}
     open_activations(acts.path, verify=True)  # the sha256 recorded in meta.json match
     assert features.type == S.FEATURES_TYPE and features.version == 0
     np.testing.assert_array_equal(np.load(features.path / S.FEATURES_FILE), true_features(TINY))
-    assert json.loads((features.path / S.CONFIG_FILE).read_text()) == asdict(TINY)
+    assert json.loads((features.path / S.CONFIG_FILE).read_text()) == TINY.recorded()
 
     monkeypatch.setattr(SYN, "_write_split", lambda *a: (_ for _ in ()).throw(AssertionError("generated twice")))
     monkeypatch.setattr(S, "true_features", lambda *a: (_ for _ in ()).throw(AssertionError("features rebuilt")))
@@ -119,7 +133,17 @@ def test_cache_is_harvest_format_and_reused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "change",
-    [{"n_features": 17}, {"d_in": 9}, {"active": 2.5}, {"magnitude": "uniform"}, {"noise": 0.01}, {"seed": 2}],
+    [
+        {"n_features": 17},
+        {"d_in": 9},
+        {"active": 2.5},
+        {"magnitude": "uniform"},
+        {"noise": 0.01},
+        {"seed": 2},
+        {"groups": 2},
+        {"groups": 2, "children": 3},
+        {"groups": 2, "spread": 0.5},
+    ],
     ids=lambda c: next(iter(c)),
 )
 def test_every_value_changes_the_cache_key_and_the_features_name(change):
@@ -141,6 +165,10 @@ def test_every_value_changes_the_cache_key_and_the_features_name(change):
         ("data.noise=-0.1", "data.noise (a standard deviation) must be a finite number >= 0, got -0.1"),
         ("data.noise=inf", "data.noise (a standard deviation) must be a finite number >= 0, got inf"),
         ("data.seed=-1", "data.seed must be a non-negative integer, got -1"),
+        ("data.groups=-1", "data.groups must be an integer >= 0, got -1"),
+        ("data.children=1", "data.children must be an integer >= 2, got 1"),
+        ("data.groups=300", "data.groups x data.children = 600 parts, more than data.n_features=512"),
+        ("data.spread=0", "data.spread must be a finite number > 0, got 0"),
         ("data.noise=loud", "data.noise must be a number, got 'loud'"),
         ("+data.tokenizer=bpe", "data: unknown key(s) ['tokenizer']; allowed keys: ['corpus', 'n_features'"),
         ("gpt=gpt-embedded-s0", "gpt=gpt-embedded-s0: data=synthetic generates the activations"),
@@ -185,6 +213,7 @@ def _job(**kw) -> SAEJob:
         ({"tag": "onepass"}, "sae-L2-J1024-s0-onepass"),
         ({"arch": "topk", "tag": "onepass", "l1_coeff": 3e-3}, "sae-L2-J1024-s0-topk-k20-onepass"),
         ({"synthetic": SyntheticConfig(), "l1_coeff": 5e-3, "tag": "a.1"}, "sae-L2-J1024-s0-synthetic-l1-0.005-a.1"),
+        ({"synthetic": SyntheticConfig(groups=8, children=4)}, "sae-L2-J1024-s0-synthetic-hier8x4"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

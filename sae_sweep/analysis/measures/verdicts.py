@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.activations import cache_folder, open_activations
+from sae_sweep.activations import Activations, cache_folder, open_activations
 from sae_sweep.analysis.measures.features import Key, decoder_rows
 from sae_sweep.analysis.measures.inference import bh_qvalues, partial_conjunction
 from sae_sweep.analysis.measures.mcs import max_cosine_similarity, mutual_max_cosine
@@ -91,13 +91,19 @@ def null_kinds(cfg: AnalysisConfig, acts) -> tuple[list[str], str]:
     return ["isotropic", "reference", "moment"], "the largest p of the isotropic, reference and data-moment nulls"
 
 
-def activations_of(dicts: dict[Key, Dictionary], cache_dir: Path | None):
-    """The training rows (N, d_in) of the first activation cache these dictionaries name that is on disk, or None."""
+def activation_cache(dicts: dict[Key, Dictionary], cache_dir: Path | None) -> Activations | None:
+    """The first activation cache these dictionaries name that is on disk, or None."""
     for key in sorted({k for d in dicts.values() if (k := d.config.activations.get("key"))}):
         path = cache_folder(cache_dir, key) if cache_dir is not None else None
         if path is not None and (path / "meta.json").exists():
-            return open_activations(path).train
+            return open_activations(path)
     return None
+
+
+def activations_of(dicts: dict[Key, Dictionary], cache_dir: Path | None):
+    """The training rows (N, d_in) of ``activation_cache``, or None."""
+    cache = activation_cache(dicts, cache_dir)
+    return None if cache is None else cache.train
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from sae_sweep.analysis.report import (
     architectures,
     budget,
     controls,
+    core,
     error_bars,
+    families,
     ground_truth,
     liveness,
     matching,
@@ -30,6 +32,8 @@ from sae_sweep.analysis.report.section import ReportInput, write_section
 
 SECTIONS = (
     verdicts.SECTION,
+    families.SECTION,
+    core.SECTION,
     liveness.SECTION,
     movement.SECTION,
     matching.SECTION,
@@ -49,6 +53,8 @@ READING_ORDER = (
     reproduction.claim_counts,
     split.bimodality,
     verdicts.per_size,
+    families.splitting,
+    core.carried,
     budget.training_budget,
     error_bars.low_mode_vs_random,
     liveness.liveness,
@@ -59,6 +65,7 @@ READING_ORDER = (
     controls.controls,
     ground_truth.ground_truth,
     verdicts.truth,
+    families.truth,
     architectures.modes_finding,
     architectures.stability_finding,
 )
