@@ -121,8 +121,7 @@ def _measure(job: AnalyzeJob, found: Collection, main_name: str, stores: list[Ar
     control_table = control_rows(main_name, main.results, dicts, main.measures.fits)
     runs = {main_name: (main.results, dicts, None, main.measures.shared)}  # for the architectures' comparison
     synthetic = None  # the first synthetic-data control, whose ground truth joins the report
-    # ReLU variants first: the synthetic section takes the first synthetic ReLU run, not another architecture's
-    for variant in sorted(found, key=lambda v: (arch_of(found[v]) != "relu", v)) if cfg.controls else []:
+    for variant in control_order(found) if cfg.controls else []:
         if variant == main_name:
             continue
         log.info("control %r: %d dictionaries", variant, len(found[variant]))
@@ -139,6 +138,14 @@ def _measure(job: AnalyzeJob, found: Collection, main_name: str, stores: list[Ar
     baselines = [main_name] + ([synthetic.variant] if synthetic else [])
     arch_table = architecture_table(runs, baselines, cfg)
     return ReportInput(main, synthetic, control_table, arch_table, stability(arch_table, cfg.level))
+
+
+def control_order(found: Collection) -> list[str]:
+    """The variants in the order the controls are analysed: ReLU first, then data without a hierarchy before data
+    with one, so that the synthetic section takes the first synthetic ReLU run on plain data (experiment=synthetic),
+    not another architecture's or experiment=hierarchy's."""
+    hierarchical = lambda v: bool((next(iter(found[v].values())).config.synthetic or {}).get("groups"))  # noqa: E731
+    return sorted(found, key=lambda v: (arch_of(found[v]) != "relu", hierarchical(v), v))
 
 
 def _sizes_of(cfg: AnalysisConfig, dicts: dict, variant: str) -> AnalysisConfig:

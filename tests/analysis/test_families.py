@@ -206,3 +206,17 @@ def test_the_analysis_writes_cores_and_latent_scores_and_the_export_carries_each
     (out / "latent_scores.csv").write_text("\n".join(lines[:-1]) + "\n")  # one latent short: another analysis
     assert export_main([str(store.root), str(tmp_path / "again")]) == 2
     assert not (tmp_path / "again").exists()  # refused before any export is written
+
+
+def test_the_synthetic_control_is_plain_synthetic_data_before_data_with_a_hierarchy():
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from sae_sweep.analysis.job import control_order  # noqa: PLC0415
+
+    def variant(synthetic, arch="relu"):
+        config = SimpleNamespace(synthetic=synthetic, imported=False, sae={"arch": arch})
+        return {(16, 0): SimpleNamespace(config=config)}
+
+    found = {"": variant(None), "synthetic-hier8x4-l1-0.005": variant({"groups": 8}),
+             "synthetic-l1-0.005": variant({"n_features": 512}), "synthetic-topk-k20": variant({}, "topk")}  # fmt: skip
+    assert control_order(found) == ["", "synthetic-l1-0.005", "synthetic-hier8x4-l1-0.005", "synthetic-topk-k20"]
