@@ -68,8 +68,8 @@ def test_a_split_is_true_when_its_children_are_distinct_parts_of_one_group():
     parent = np.array([0, 0, 1, 1, 2, 2, 3, 3, -1])
     named = np.array([0, 1, 1, 2, 0, 0, 4, 3, 2])  # parent 0: parts 0, 1 (true); 1: 1 and 2 (two groups);
     #                                                 2: part 0 twice (a duplicate); 3: 4 is in no group
-    assert score_splits(parent, named, groups) == (4, 1)
-    assert score_splits(parent, np.where(np.arange(9) == 0, -1, named), groups) == (3, 0)  # one part: not scored
+    assert score_splits(parent, named, groups) == (4, 1, 1)  # parent 2 is a duplicate, not a split
+    assert score_splits(parent, np.where(np.arange(9) == 0, -1, named), groups) == (3, 0, 1)  # one part: not scored
 
 
 def _dictionary(name: str, decoder: torch.Tensor, encoder: torch.Tensor, bias: torch.Tensor, b_dec: torch.Tensor):

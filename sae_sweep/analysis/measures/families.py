@@ -132,32 +132,36 @@ def truth_rows(fam: Families, atoms: dict[Key, Atoms], true: np.ndarray, groups:
     for (small, large), (parent, _) in sorted(fam.links.items(), key=lambda kv: (kv[0][0][1], kv[0][0][0])):
         mcs, idx = max_cosine_similarity(atoms[large].rows, true, chunk_size=cfg.chunk_size, device=cfg.device)
         named = np.where(mcs > cfg.recovered_cosine, idx, -1)  # (J_large,) each child's true feature, or -1
-        scored, hits = score_splits(parent, named, groups)
+        scored, hits, duplicates = score_splits(parent, named, groups)
         linked = np.flatnonzero(parent >= 0)
         shuffled = parent.copy()  # chance: the same children and split sizes, parents dealt at random
         shuffled[linked] = np.random.default_rng([cfg.seed, 31, small[1], small[0]]).permutation(parent[linked])
-        chance_scored, chance_hits = score_splits(shuffled, named, groups)
+        chance_scored, chance_hits, _ = score_splits(shuffled, named, groups)
         lo, hi = wilson_interval(hits, scored, cfg.level) if scored else (None, None)
         out.append({"seed": small[1], "smaller": small[0], "larger": large[0], "splits_scored": scored,
-                    "true_splits": hits, "precision": hits / scored if scored else None,
+                    "true_splits": hits, "duplicates": duplicates, "precision": hits / scored if scored else None,
                     "precision_lo": lo, "precision_hi": hi,
                     "chance_scored": chance_scored, "chance_hits": chance_hits,
                     "chance_precision": chance_hits / chance_scored if chance_scored else None})  # fmt: skip
     return out
 
 
-def score_splits(parent: np.ndarray, named: np.ndarray, groups: np.ndarray) -> tuple[int, int]:
+def score_splits(parent: np.ndarray, named: np.ndarray, groups: np.ndarray) -> tuple[int, int, int]:
     """(splits with two or more children naming a true feature, those whose named parts are distinct members of one
-    group): ``parent`` (J,) each child's parent or -1, ``named`` (J,) its true feature or -1, ``groups`` (n_true,)."""
-    scored = hits = 0
+    group, those naming one true feature twice or more and nothing outside its group: a duplicate, not a split):
+    ``parent`` (J,) each child's parent or -1, ``named`` (J,) its true feature or -1, ``groups`` (n_true,)."""
+    scored = hits = duplicates = 0
     for p in np.unique(parent[parent >= 0]):
         parts = named[(parent == p) & (named >= 0)]
         if parts.size < 2:
             continue
         scored += 1
         g = groups[parts]
-        hits += int(g[0] >= 0 and (g == g[0]).all() and np.unique(parts).size == parts.size)
-    return scored, hits
+        one_group = bool((g == g[0]).all()) and (g[0] >= 0 or np.unique(parts).size == 1)
+        distinct = np.unique(parts).size == parts.size
+        hits += int(one_group and distinct and g[0] >= 0)
+        duplicates += int(one_group and not distinct)
+    return scored, hits, duplicates
 
 
 def families_of(run) -> Families:

@@ -112,10 +112,11 @@ def pooled_truth(rows: list[dict]) -> list[dict]:
     """``families_truth.csv``'s rows summed over seeds, one per size pair."""
     out: dict[tuple[int, int], dict] = {}
     for r in rows:
-        zero = {"scored": 0, "hits": 0, "chance_scored": 0, "chance_hits": 0}
+        zero = {"scored": 0, "hits": 0, "duplicates": 0, "chance_scored": 0, "chance_hits": 0}
         acc = out.setdefault((r["smaller"], r["larger"]), {"smaller": r["smaller"], "larger": r["larger"], **zero})
         acc["scored"] += r["splits_scored"]
         acc["hits"] += r["true_splits"]
+        acc["duplicates"] += r["duplicates"]
         acc["chance_scored"] += r["chance_scored"]
         acc["chance_hits"] += r["chance_hits"]
     return [out[k] for k in sorted(out)]
@@ -131,16 +132,17 @@ def truth(rep: ReportInput) -> str | None:
     for r in rows:
         lo, hi = wilson_interval(r["hits"], r["scored"], rep.cfg.level)
         share = f"{pct(r['hits'] / r['scored'])} [{pct(lo)}, {pct(hi)}]"
-        text = f"{r['smaller']}->{r['larger']}: {r['hits']} of {r['scored']}, {share}"
+        text = f"{r['smaller']}->{r['larger']}: {r['hits']} of {r['scored']}, {share} ({r['duplicates']} duplicates)"
         if r["chance_scored"]:
             d, d_lo, _ = score_difference(r["hits"], r["scored"], r["chance_hits"], r["chance_scored"], rep.cfg.level)
             word = "above" if d_lo > 0 else "not distinguishable from"
             text += f", {word} {pct(r['chance_hits'] / r['chance_scored'])} with parents shuffled"
         parts.append(text)
     return (
-        "Against the known hierarchy, the splits whose children match two or more true features that name distinct "
-        f"parts of one true group (seeds pooled, {rep.cfg.level:.0%} Wilson intervals; shuffled: the same children "
-        f"dealt to random parents, compared by the interval of the difference): {'; '.join(parts)}."
+        "Against the known hierarchy: of the splits with two or more children matching true features, those whose "
+        f"children are distinct parts of one true group (seeds pooled, {rep.cfg.level:.0%} Wilson intervals; "
+        "duplicates: children matching one true feature twice; shuffled: the same children dealt to random parents, "
+        f"compared by the interval of the difference): {'; '.join(parts)}."
     )
 
 
