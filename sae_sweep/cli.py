@@ -6,7 +6,9 @@ every other bad input, instead of Hydra's multi-line report and status 1.
   (``trainer=cpu,gpu`` in a multirun too); Hydra's own groups (``hydra/launcher=...``) and sweep functions
   (``choice(...)``) are Hydra's to judge.
 * Whatever else Hydra refuses while composing (an unknown key, an override it cannot parse) is caught and said in
-  one line. ``HYDRA_FULL_ERROR=1`` set by the user keeps Hydra's full report instead.
+  one line, as is a ``SaeSweepError`` raised outside a job (the SLURM check refusing a request) and a SLURM job
+  that ended without its result (submitit's ``UncompletedJobError``). ``HYDRA_FULL_ERROR=1`` set by the user keeps
+  Hydra's full report instead.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def refuse_unknown_choices(conf: Path, argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def job_ended(message: str) -> str:
+    """One line for submitit's UncompletedJobError (a sweep's job that ended without its result): which job, in what
+    state, where its log is, and how to resume."""
+    job = re.search(r"Job (\S+)", message)
+    state = re.search(r"state: ([A-Z_]+)", message)
+    log = re.search(r"with path (\S+)", message)
+    where = str(Path(log.group(1)).parent) if log else "its .submitit/ folder"  # the folder of its logs
+    return (
+        f"SLURM job {job.group(1) if job else '?'} ended {state.group(1) if state else 'without a result'} before it "
+        f"finished (scancel, a node failure, or its requeues spent; logs in {where}). What it trained is kept: run the "
+        "same command again to resume it from its last checkpoint; the jobs that finished are not trained again"
+    )
+
+
 def run(main: Callable[[], None], conf: Path) -> None:
     """Run a ``hydra.main`` entry point so that a command line Hydra refuses ends in one line and status 2."""
     refuse_unknown_choices(conf)
@@ -56,9 +72,19 @@ def run(main: Callable[[], None], conf: Path) -> None:
     from hydra.errors import HydraException  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
 
+    from sae_sweep.errors import SaeSweepError  # noqa: PLC0415
+
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises what it would report, and it reaches the handler below
     try:
         main()
+    except SaeSweepError as exc:  # raised outside a job (the SLURM check refusing a request): one line
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if type(exc).__name__ != "UncompletedJobError":
+            raise
+        print(f"error: {job_ended(str(exc))}", file=sys.stderr)  # submitit's: a SLURM job ended without its result
+        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__
         lines = str(exc).splitlines() + (str(cause).splitlines()[:1] if cause is not None else [])

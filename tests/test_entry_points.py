@@ -40,3 +40,15 @@ def test_analyze_refuses_a_reference_size_that_is_not_there_and_writes_no_report
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "analysis.reference=999 is not among the dictionary sizes [8, 16]" in out
     assert "Traceback" not in out and not (tmp_path / "analysis").exists()
+
+
+def test_a_slurm_job_that_ended_without_its_result_is_one_line_naming_it():
+    from sae_sweep.cli import job_ended  # noqa: PLC0415
+
+    message = (  # submitit's UncompletedJobError, as it words it
+        "Job 12_1 (task: 0) with path /r/multirun/d/t/.submitit/12_1/12_1_0_result.pkl\n"
+        "has not produced any output (state: CANCELLED by 0)\nError stream produced:\n----------------------\n..."
+    )
+    line = job_ended(message)
+    assert "\n" not in line and line.startswith("SLURM job 12_1 ended CANCELLED before it finished")
+    assert "logs in /r/multirun/d/t/.submitit/12_1)" in line and "run the same command again" in line

@@ -11,6 +11,7 @@
     sae_step.py                            the hand-written step: exact gradients, dense or over the active codes
     convergence.py, snapshots.py           held-out evaluations, decoder drift and the stopping rule; the budget axis
     trainer.py, preemption.py, runs.py     the shared Trainer, clean stops on SIGTERM/requeue, a run's folder
+    slurm.py                               hydra/launcher=slurm: resources from the trainer, checked against the nodes
     loggers.py, density.py                 CSV + guarded W&B logging; the one figure a job draws
     allocator.py                           glibc keeps large freed blocks (no page faults per CPU step)
 

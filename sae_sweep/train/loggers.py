@@ -129,6 +129,12 @@ class GuardedWandbLogger(WandbLogger):
 
     def finalize(self, status: str) -> None:
         self._guarded("finalizing", super().finalize, status)
+        if status != "success" and self.failure is None and self._experiment is not None:
+            # A job stopped early (SIGTERM, a requeue, an error): close its run now. Left open, W&B's exit hook
+            # closes it, and under SLURM, which signals every process of the job, W&B's service is gone by then and
+            # the hook prints a ConnectionResetError traceback.
+            abandon_run(self._experiment)
+            self.failure = f"the run was closed early ({status})"
 
     def _guarded(self, what: str, fn, *args, **kwargs):
         if self.failure is not None:
