@@ -80,13 +80,13 @@ def run(main: Callable[[], None], conf: Path) -> None:
     except SaeSweepError as exc:  # raised outside a job (the SLURM check refusing a request): one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Exception as exc:
-        if type(exc).__name__ != "UncompletedJobError":
-            raise
-        print(f"error: {job_ended(str(exc))}", file=sys.stderr)  # submitit's: a SLURM job ended without its result
-        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__
         lines = str(exc).splitlines() + (str(cause).splitlines()[:1] if cause is not None else [])
         print("error: " + " ".join(line.strip() for line in lines if line.strip()), file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        if type(exc).__name__ != "UncompletedJobError":
+            raise
+        print(f"error: {job_ended(str(exc))}", file=sys.stderr)  # submitit's: a SLURM job ended without its result
         sys.exit(2)

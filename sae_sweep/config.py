@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sae_sweep.errors import ConfigError
+from sae_sweep.files import json_digest
 from sae_sweep.store import Paths
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.truth import CORPUS as SYNTHETIC
@@ -89,13 +90,38 @@ def _training(cfg: DictConfig) -> dict:
     trainer = build(TrainerConfig, _section(cfg, "trainer"), "trainer")
     if trainer.progress_bar and _jobs_side_by_side():  # several live bars on one terminal overwrite each other
         trainer = dataclasses.replace(trainer, progress_bar=False)
+    logger = build(LoggerConfig, _section(cfg, "logger"), "logger")
+    if logger.group is None and (sweep := sweep_name()) is not None:
+        logger = dataclasses.replace(logger, group=sweep)
     return {
         "trainer": trainer,
-        "logger": build(LoggerConfig, _section(cfg, "logger"), "logger"),
+        "logger": logger,
         "paths": _paths(cfg),
         "ckpt_path": _coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
         "force": _coerce(cfg.get("force", False), bool, "force"),
     }
+
+
+# Overrides that change where or how a sweep is logged, not what it trains: left out of its identity.
+_NOT_IDENTITY = ("paths.", "logger.", "hydra.", "trainer.progress_bar", "ckpt_path", "force", "experiment")
+
+
+def sweep_name(task: list[str] | None = None, experiment: str | None = None) -> str | None:
+    """A multirun's W&B group: its experiment and a digest of its command line as typed (``sae.dict_size=64,128``,
+    read from the sweep's multirun.yaml), so that every job of one sweep, and every rerun of the same command, land in
+    one group; None outside a multirun. ``task`` and ``experiment`` give them directly (tests)."""
+    if task is None:
+        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415 - only set inside a Hydra run
+        from hydra.types import RunMode  # noqa: PLC0415
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return None
+        hc = HydraConfig.get()
+        saved = Path(str(hc.sweep.dir)) / "multirun.yaml"
+        task = list(OmegaConf.load(saved).hydra.overrides.task) if saved.exists() else list(hc.overrides.task)
+        experiment = hc.runtime.choices.get("experiment")
+    kept = sorted(o for o in task if not o.lstrip("+~").startswith(_NOT_IDENTITY))
+    return f"{experiment or 'sweep'}" + (f"-{json_digest(kept)[:8]}" if kept else "")
 
 
 def _jobs_side_by_side() -> bool:

@@ -30,6 +30,7 @@ class LoggerConfig:
     project: str = "sae-sweep"
     entity: str | None = None
     tags: tuple[str, ...] = ()
+    group: str | None = None  # every run's W&B group; None: a multirun's sweep (config.sweep_name), else the job's own
 
     def __post_init__(self) -> None:
         if self.kind not in LOGGER_KINDS:
@@ -77,11 +78,11 @@ def quiet_settings():
     return wandb.Settings(silent=True, quiet=True)
 
 
-def log_artifact(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",)):
-    """Upload a store artifact to a W&B run under the same name and type, with its metadata."""
+def log_artifact(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",), description: str | None = None):
+    """Upload a store artifact to a W&B run under the same name and type, with its metadata and description."""
     import wandb  # noqa: PLC0415
 
-    art = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata)
+    art = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata, description=description)
     for path in sorted(p for p in artifact.path.rglob("*") if p.is_file()):  # file by file: add_dir prints a line
         art.add_file(str(path), name=path.relative_to(artifact.path).as_posix())
     return run.log_artifact(art, aliases=list(aliases))

@@ -104,7 +104,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables, {len(cores)} stable cores")
     if job.logger.kind == "wandb":
         with stages("wandb") as made:
-            _to_wandb(job, rep.res, job.out, {k: job.out / p.name for k, p in figs.items()})
+            _to_wandb(job, rep.res, job.out, {k: job.out / p.name for k, p in figs.items()}, main_name)
             made("the analysis run")
     print_summary(rep.res, job.out / "findings.md")
     report = job.out / "report.md"
@@ -248,8 +248,9 @@ def print_summary(res: Results, findings: Path | None = None) -> None:
         console.print(Markdown(findings.read_text()))
 
 
-def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -> None:
-    """An analysis run with every figure and table; a W&B failure is a warning, never a lost report."""
+def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path], variant: str = "") -> None:
+    """An analysis run (named for its main variant, job type ``analysis``, in ``logger.group`` else group
+    "analysis") with every figure and table; a W&B failure is a warning, never a lost report."""
     try:
         import wandb  # noqa: PLC0415
 
@@ -259,6 +260,8 @@ def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path]) -
             project=job.logger.project,
             entity=job.logger.entity,
             job_type="analysis",
+            name=f"analysis-{variant or 'note'}",
+            group=job.logger.group or "analysis",
             dir=str(run_dir),
             mode=wandb_mode(job.logger, where=str(run_dir / "wandb")),
             config=asdict(job.analysis),

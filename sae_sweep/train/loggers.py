@@ -23,8 +23,22 @@ from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_se
 log = logging.getLogger(__name__)
 
 
-def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None = None) -> list:
-    """A CSV logger always; a W&B logger unless logger=none, guarded so that W&B trouble never ends the run."""
+def build_loggers(
+    cfg: LoggerConfig,
+    run_dir: Path,
+    name: str,
+    group: str | None = None,
+    job_type: str | None = None,
+    config: dict | None = None,
+) -> list:
+    """A CSV logger always; a W&B logger unless logger=none, guarded so that W&B trouble never ends the run.
+
+    The W&B run is named ``name`` (the run folder's, a digest of the job) and takes it as its id too, with
+    ``resume="allow"``: a job killed, pre-empted or requeued and resumed goes on in the same W&B run online (offline,
+    wandb writes a second folder under the same id, which ``wandb sync`` uploads as that one run). Its group is
+    ``logger.group`` (a multirun's sweep, config.sweep_name) else ``group``; ``job_type`` says the stage;
+    ``config``: the axes that tell runs apart, as top-level keys.
+    """
     csv_logger = ResumingCSVLogger(run_dir, name="csv", version="")
     loggers: list = [csv_logger]
     if cfg.kind == "wandb":
@@ -32,10 +46,14 @@ def build_loggers(cfg: LoggerConfig, run_dir: Path, name: str, group: str | None
         wandb_logger = GuardedWandbLogger(
             csv_path=Path(csv_logger.log_dir) / "metrics.csv",
             name=name,
+            id=name,
+            resume="allow",
             project=cfg.project,
             entity=cfg.entity,
-            group=group,
-            tags=list(cfg.tags),
+            group=cfg.group or group,
+            job_type=job_type,
+            tags=[*cfg.tags, *([job_type] if job_type else [])],
+            config=config or {},
             save_dir=str(run_dir),
             offline=offline,
             settings=quiet_settings(),
@@ -183,12 +201,15 @@ def finish_wandb(
     summary: dict | None = None,
     uses: str | None = None,
     histograms: dict | None = None,
+    images: dict | None = None,
+    description: str | None = None,
 ) -> None:
     """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
 
     ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``histograms``: name ->
-    1-D array, each logged as a W&B histogram. A W&B failure here, or one earlier in the run, is warned about and
-    never fatal: the artifact is already safe in the local store.
+    1-D array, each logged as a W&B histogram; ``images``: name -> a PNG, each logged as an image; ``description``:
+    the artifact's. A W&B failure here, or one earlier in the run, is warned about and never fatal: the artifact is
+    already safe in the local store.
     """
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
@@ -205,7 +226,8 @@ def finish_wandb(
             run = lg.experiment
             offline = bool(run.offline)
             run_dir = Path(run.dir).parent
-            _log_to_run(run, artifact, summary, uses if not offline else None, histograms or {})
+            media = {"histograms": histograms or {}, "images": images or {}}
+            _log_to_run(run, artifact, summary, uses if not offline else None, media, description)
             run.finish()
         except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
             if hasattr(lg, "fail"):
@@ -219,13 +241,15 @@ def finish_wandb(
             log.info("W&B run kept offline; upload it with: wandb sync %s", run_dir)
 
 
-def _log_to_run(run, artifact: Artifact, summary: dict | None, uses: str | None, histograms: dict) -> None:
+def _log_to_run(run, artifact: Artifact, summary: dict | None, uses: str | None, media: dict, description) -> None:
     import wandb  # noqa: PLC0415
 
     if uses:
         run.use_artifact(uses)
     if summary:
         run.summary.update(summary)
-    if histograms:
-        run.log({name: wandb.Histogram(values) for name, values in histograms.items()})
-    log_artifact(run, artifact)
+    logged = {name: wandb.Histogram(values) for name, values in media["histograms"].items()}
+    logged |= {name: wandb.Image(str(path)) for name, path in media["images"].items()}
+    if logged:
+        run.log(logged)
+    log_artifact(run, artifact, description=description)

@@ -58,6 +58,13 @@ class PretrainJob:
         return f"{self.base_name}-untrained"
 
 
+def wandb_axes(job: PretrainJob) -> dict:
+    """The W&B config of a pretraining run: what tells it apart (corpus, seed, tag) on top, then every setting."""
+    return {"stage": "pretrain", "corpus": job.data.corpus, "seed": job.pretrain.seed, "tag": job.pretrain.tag,
+            "data": asdict(job.data), "model": asdict(job.model), "pretrain": asdict(job.pretrain),
+            "trainer": asdict(job.trainer)}  # fmt: skip
+
+
 def run_id(job: PretrainJob, data_key: str) -> str:
     """Name + digest of every setting that changes the trained weights."""
     ident = {
@@ -118,7 +125,9 @@ def run(job: PretrainJob) -> Artifact:
     val_init = None if ckpt else evaluate(module.model, tokens, job.pretrain)
     if ckpt:
         log.info("resuming from %s", ckpt)
-    loggers = build_loggers(job.logger, run_dir, name=rid, group="pretrain")
+    loggers = build_loggers(
+        job.logger, run_dir, name=rid, group="pretrain", job_type="pretrain", config=wandb_axes(job)
+    )
     trainer = build_trainer(
         job.trainer,
         run_dir=run_dir,
@@ -186,7 +195,9 @@ def _install(job: PretrainJob, shipped, tokens: TokenData, rid: str, store: Arti
     train_info = {**config["train"], "ready_made": made}
     metadata = {"model": model.config.to_dict(), "data_key": tokens.key, **train_info}
     run_dir = job.paths.runs / rid
-    loggers = build_loggers(job.logger, run_dir, name=rid, group="pretrain")
+    loggers = build_loggers(
+        job.logger, run_dir, name=rid, group="pretrain", job_type="pretrain", config=wandb_axes(job)
+    )
     artifact = store.save(
         job.name,
         MODEL_TYPE,

@@ -197,7 +197,7 @@ def run(job: SAEJob) -> Artifact:
     if (finished := finished_artifact(run_dir, store, job.force)) is not None:
         return finished
     with stages("train") as made:
-        module, trainer, loggers = _train(job, acts, rid, run_dir)
+        module, trainer, loggers = _train(job, acts, rid, run_dir, uses)
         made(f"{trainer.global_step:,} steps")
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 saves
@@ -208,7 +208,32 @@ def run(job: SAEJob) -> Artifact:
     return art
 
 
-def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
+def _to_wandb(job: SAEJob, loggers, artifact: Artifact, config: DictionaryConfig, rates, uses, histogram: Path):
+    """The dictionary to the W&B run, with the summary a runs table filters by (held-out metrics, how training
+    ended), the feature densities as a histogram and the figure, and a description of the artifact."""
+    ended = {k: config.training.get(k) for k in ("converged", "converged_at_step", "activations_seen", "steps")}
+    m = config.metrics
+    how = f"converged at step {ended['converged_at_step']}" if ended["converged"] else "did not converge"
+    description = (
+        f"{job.name}: layer {job.harvest.layer}, J={job.sae.dict_size}, seed {job.sae.seed}, "
+        f"{job.sae.sparsity_label}; held-out FVU {m['val/fvu']:.3f}, L0 {m['val/l0']:.1f}; {how}"
+    )
+    live = rates[rates > 0]
+    histograms = {"feature_density/log10_frequency": np.log10(live)} if live.size else {}
+    finish_wandb(loggers, artifact, summary=m | ended, uses=uses, histograms=histograms,
+                 images={"feature_density": histogram}, description=description)  # fmt: skip
+
+
+def wandb_axes(job: SAEJob, acts: Activations, gpt: str | None) -> dict:
+    """The W&B config of an SAE run: the axes that tell a sweep's runs apart as top-level keys, then every setting."""
+    return {"stage": "sae", "layer": job.harvest.layer, "dict_size": job.sae.dict_size, "seed": job.sae.seed,
+            "variant": job.variant or "(note)", "arch": job.sae.arch, "l1_coeff": job.sae.l1_coeff,
+            "gpt": gpt or ("synthetic" if job.synthetic else None), "activations": acts.key,
+            "harvest": asdict(job.harvest), "sae": job.sae.to_dict(), "trainer": asdict(job.trainer),
+            "synthetic": job.synthetic.recorded() if job.synthetic else None}  # fmt: skip
+
+
+def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path, gpt: str | None = None):
     """Fit the SAE (resuming from last.ckpt when there is one); returns the module, the trainer and its loggers."""
     ckpt = resolve_checkpoint(job.ckpt_path, run_dir)
     if ckpt is not None:
@@ -232,7 +257,8 @@ def _train(job: SAEJob, acts: Activations, rid: str, run_dir: Path):
         acts.d_in,
         torch.get_num_threads(),
     )
-    loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group)
+    loggers = build_loggers(job.logger, run_dir, name=rid, group=job.group, job_type="train-sae",
+                            config=wandb_axes(job, acts, gpt))  # fmt: skip
     trainer = build_trainer(
         sae_trainer_config(job),
         run_dir=run_dir,
@@ -290,9 +316,7 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
         lambda folder: write_with_export(folder, sae, config, counts, extra, source.get("gpt_metadata")),
         asdict(config),
     )
-    live = counts[counts > 0]
-    histograms = {"feature_density/log10_frequency": np.log10(live / acts.val.shape[0])} if live.size else {}
-    finish_wandb(loggers, artifact, summary=metrics, uses=uses, histograms=histograms)
+    _to_wandb(job, loggers, artifact, config, counts / acts.val.shape[0], uses, histogram)
     mark_finished(run_dir, artifact)
     how = config.training
     ended = f"converged at step {how['converged_at_step']}" if how["converged"] else "did NOT converge"

@@ -8,16 +8,46 @@ import sys
 import pytest
 import torch
 
+from sae_sweep.config import sweep_name
 from sae_sweep.dictionary import load_dictionary
 from sae_sweep.store import ArtifactStore
 
 from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
+from ..wandb_records import item_key, records
 
 pytestmark = pytest.mark.slow
 
 
 def out(proc) -> str:
     return proc.stdout + proc.stderr
+
+
+def assert_browsable_runs(runs: list, sweep: str) -> None:
+    """What a researcher finds in W&B after ``wandb sync``, read back from the offline record logs: one group for the
+    sweep, the job type, the run's id = its run folder (a resumed job goes on in the same run), the axes in the
+    config, how training ended in the summary, the feature-density figure, and a described artifact."""
+    for path in runs:
+        recs = records(path)
+        run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+        folder = path.parents[2].name  # runs/<run folder>/wandb/offline-run-*/run-*.wandb
+        assert (run.run_id, run.display_name, run.run_group, run.job_type) == (folder, folder, sweep, "train-sae")
+        assert "train-sae" in run.tags
+        config = {item_key(i) for r in recs if r.WhichOneof("record_type") == "config" for i in r.config.update}
+        config |= {item_key(i) for i in run.config.update}
+        assert {"layer", "dict_size", "seed", "variant", "gpt", "activations", "harvest", "sae"} <= config, config
+        summary = {item_key(i) for r in recs if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+        assert {"converged", "converged_at_step", "activations_seen", "val/fvu"} <= summary, summary
+        history = {item_key(i) for r in recs if r.WhichOneof("record_type") == "history" for i in r.history.item}
+        assert "feature_density" in history, history
+        (artifact,) = [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact"]
+        assert artifact.type == "sae-dictionary" and "held-out FVU" in artifact.description
+
+
+def test_a_sweeps_name_is_its_experiment_and_command_line_not_a_time():
+    same = sweep_name(["experiment=demo", "sae.seed=0,1", "paths.root=/a", "logger.project=x"], "demo")
+    assert same == sweep_name(["sae.seed=0,1", "experiment=demo", "paths.root=/b"], "demo")  # where it ran: not it
+    assert same != sweep_name(["experiment=demo", "sae.seed=0,1,2"], "demo") and same.startswith("demo-")
+    assert sweep_name(["experiment=demo"], "demo") == "demo" and sweep_name([], None) == "sweep"
 
 
 def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
@@ -50,6 +80,7 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
     runs = list(root.glob("runs/sae-*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 4 and all(b"sae.safetensors" in r.read_bytes() for r in runs)  # the artifact's manifest
+    assert_browsable_runs(runs, sweep_name(["experiment=smoke", "sae.dict_size=64,128", "sae.seed=0,1"], "smoke"))
 
     # A control sweep beside it: suffixed names, the main dictionaries untouched.
     control = run_train(["-m", *SMOKE, "control=small_l1", "sae.dict_size=64,128", "sae.seed=0"], root)
