@@ -8,10 +8,9 @@ is on.
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
@@ -24,11 +23,12 @@ from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts
 from sae_sweep.analysis.report.document import write_all
 from sae_sweep.analysis.report.section import ReportInput
 from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.analysis.wandb_run import analysis_run
 from sae_sweep.errors import SaeSweepError
 from sae_sweep.files import atomic_folder
 from sae_sweep.stages import Stages
 from sae_sweep.store import ArtifactStore, Paths
-from sae_sweep.tracking import LoggerConfig, quiet_settings, wandb_mode
+from sae_sweep.tracking import LoggerConfig
 from sae_sweep.truth import load_true_features
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables, {len(cores)} stable cores")
     if job.logger.kind == "wandb":
         with stages("wandb") as made:
-            _to_wandb(job, rep.res, job.out, {k: job.out / p.name for k, p in figs.items()}, main_name)
+            analysis_run(job, rep.run, job.out, {k: job.out / p.name for k, p in figs.items()})
             made("the analysis run")
     print_summary(rep.res, job.out / "findings.md")
     report = job.out / "report.md"
@@ -246,58 +246,3 @@ def print_summary(res: Results, findings: Path | None = None) -> None:
     console.print(f"analytic null (K={res.d_in}): {means}")
     if findings is not None and findings.exists():
         console.print(Markdown(findings.read_text()))
-
-
-def _to_wandb(job: AnalyzeJob, res: Results, out: Path, figs: dict[str, Path], variant: str = "") -> None:
-    """An analysis run (named for its main variant, job type ``analysis``, in ``logger.group`` else group
-    "analysis") with every figure and table; a W&B failure is a warning, never a lost report."""
-    try:
-        import wandb  # noqa: PLC0415
-
-        run_dir = job.paths.runs / "analysis"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=job.logger.project,
-            entity=job.logger.entity,
-            job_type="analysis",
-            name=f"analysis-{variant or 'note'}",
-            group=job.logger.group or "analysis",
-            dir=str(run_dir),
-            mode=wandb_mode(job.logger, where=str(run_dir / "wandb")),
-            config=asdict(job.analysis),
-            tags=list(job.logger.tags),
-            settings=quiet_settings(),
-        )
-        run.log({key: wandb.Image(str(path)) for key, path in figs.items()})
-        for table in sorted(out.glob("*.csv")):
-            with open(table) as f:
-                rows = list(csv.reader(f))
-            if rows:  # numbers as numbers, so that the UI can sort, filter and plot them (features.csv above all)
-                data = [[_typed(cell) for cell in row] for row in rows[1:]]
-                run.log({f"table/{table.stem}": wandb.Table(columns=rows[0], data=data)})
-        run.summary.update({f"null_mean_M{M}": v for M, v in res.null_mean.items()})
-        if (out / "findings.md").exists():  # the generated Findings, as text on the run's overview
-            run.summary["findings"] = (out / "findings.md").read_text()
-        offline = run.settings.mode in ("offline", "dryrun")
-        wandb_dir = Path(run.dir).parent
-        run.finish()
-        if offline:
-            log.info("W&B analysis run kept offline; upload it with: wandb sync %s", wandb_dir)
-    except Exception as exc:  # noqa: BLE001
-        log.warning(
-            "W&B logging of the analysis failed (%s: %s); the report is complete at %s", type(exc).__name__, exc, out
-        )
-
-
-def _typed(cell: str):
-    """A CSV cell as the int, float, bool or None it was written from; any other text as it is."""
-    if cell in ("", "None"):
-        return None
-    if cell in ("True", "False"):
-        return cell == "True"
-    for kind in (int, float):
-        try:
-            return kind(cell)
-        except ValueError:
-            pass
-    return cell

@@ -64,7 +64,41 @@ def test_a_new_metric_is_one_measure_and_one_section(tmp_path):
 
 
 def test_the_wandb_tables_cells_are_typed_back_from_the_csv():
-    from sae_sweep.analysis.job import _typed  # noqa: PLC0415
+    from sae_sweep.analysis.wandb_run import typed as _typed  # noqa: PLC0415
 
     cells = ["3", "0.5", "", "None", "True", "False", "real", "1e-05", "sae-L2-J8-s0"]
     assert [_typed(c) for c in cells] == [3, 0.5, None, None, True, False, "real", 1e-05, "sae-L2-J8-s0"]
+
+
+def test_the_analysis_is_written_into_each_training_runs_summary_through_the_api(caplog):
+    """The public API stands in for a W&B server (none exists here): each dictionary's results land in its training
+    run's summary under analysis/*, and a run the API cannot find is named in a warning and skipped."""
+    from sae_sweep.analysis.wandb_run import annotate_training_runs  # noqa: PLC0415
+
+    class Run:
+        def __init__(self) -> None:
+            self.summary, self.updates = {}, 0
+
+        def update(self) -> None:
+            self.updates += 1
+
+    class Api:
+        def __init__(self) -> None:
+            self.runs = {"team/sae-sweep/sae-L2-J8-s0-abc": Run()}
+
+        def run(self, path: str):
+            if path not in self.runs:
+                raise ValueError(f"Could not find run {path}")
+            return self.runs[path]
+
+    verdicts = {"real": 3, "unreplicated": 4, "dead": 1, "no_reference": 0}
+    rows = [{"run_id": "sae-L2-J8-s0-abc", "mean_mcs": 0.5, "high_fraction": 0.25, "reference": 16, **verdicts},
+            {"run_id": "gone", "mean_mcs": None, "high_fraction": None, "reference": 16, **verdicts}]  # fmt: skip
+    api = Api()
+    assert annotate_training_runs(api, "team", "sae-sweep", rows) == 1
+    target = api.runs["team/sae-sweep/sae-L2-J8-s0-abc"]
+    assert target.updates == 1 and target.summary == {
+        "analysis/mean_mcs": 0.5, "analysis/high_fraction": 0.25, "analysis/reference": 16, "analysis/real": 3,
+        "analysis/unreplicated": 4, "analysis/dead": 1, "analysis/no_reference": 0,
+    }  # fmt: skip
+    assert "could not write the analysis into W&B run team/sae-sweep/gone (ValueError" in caplog.text

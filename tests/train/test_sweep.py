@@ -114,7 +114,16 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     assert "## Findings" in text and "l1-0.0003" in (report.parent / "controls.csv").read_text()
     assert all((report.parent / link).is_file() for link in links)
     assert "Figure 9 |" in report.read_text() and "skipped (needs" in report.read_text()  # 2 sizes: no scatter
-    assert list(root.glob("runs/analysis/wandb/offline-run-*"))
+    (analysis_log,) = root.glob("runs/analysis/wandb/offline-run-*/run-*.wandb")
+    recs = records(analysis_log)
+    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    assert (run.display_name, run.job_type, run.run_group) == ("analysis-note", "analysis", "analysis")
+    history = {item_key(i) for r in recs if r.WhichOneof("record_type") == "history" for i in r.history.item}
+    assert {"mcs/sae-L2-J64-s0", "mcs/sae-L2-J64-s1", "table/dictionaries", "table/features"} <= history, history
+    summary = {
+        item_key(i): i.value_json for r in recs if r.WhichOneof("record_type") == "summary" for i in r.summary.update
+    }
+    assert summary["dictionaries"] == "4"
 
 
 def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
