@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from sae_sweep.errors import ConfigError
+from sae_sweep.lineage import aliases
 from sae_sweep.store import Artifact
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,15 @@ def quiet_settings():
     return wandb.Settings(silent=True, quiet=True)
 
 
-def log_artifact(run, artifact: Artifact, aliases: tuple[str, ...] = ("latest",), description: str | None = None):
-    """Upload a store artifact to a W&B run under the same name and type, with its metadata and description."""
+def log_artifact(run, artifact: Artifact, extra_aliases: tuple[str, ...] = (), description: str | None = None):
+    """Upload a store artifact to a W&B run under the same name and type, with its metadata and description, and
+    aliases for its store version and exact content besides ``latest`` (lineage.aliases) and ``extra_aliases``."""
     import wandb  # noqa: PLC0415
 
     art = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata, description=description)
     for path in sorted(p for p in artifact.path.rglob("*") if p.is_file()):  # file by file: add_dir prints a line
         art.add_file(str(path), name=path.relative_to(artifact.path).as_posix())
-    return run.log_artifact(art, aliases=list(aliases))
+    return run.log_artifact(art, aliases=aliases(artifact, extra_aliases))
 
 
 def abandon_run(run) -> None:

@@ -120,15 +120,19 @@ class KillAt(pl.Callback):
             raise Killed
 
 
-def kill_at_first_checkpoint(args: list[str], root: Path, runs: str = "runs/*", timeout: float = 300) -> None:
-    """Start train.py with ``args`` under ``root``, SIGKILL it as soon as a run folder matching ``runs`` has a
-    last.ckpt, and check that it was killed mid-run: that checkpoint is there and no dictionary reached the store."""
+def kill_at_first_checkpoint(
+    args: list[str], root: Path, runs: str = "runs/*", timeout: float = 300, linger: float = 0.0
+) -> None:
+    """Start train.py with ``args`` under ``root``, SIGKILL it ``linger`` seconds after a run folder matching ``runs``
+    has a last.ckpt, and check that it was killed mid-run: that checkpoint is there and no dictionary reached the
+    store."""
     env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
     cmd = [sys.executable, str(REPO / "train.py"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not list(root.glob(f"{runs}/checkpoints/last.ckpt")) and time.time() < deadline:
         time.sleep(0.05)
+    time.sleep(linger)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(root.glob(f"{runs}/checkpoints/last.ckpt")), "no checkpoint was written before the kill"

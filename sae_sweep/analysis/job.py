@@ -104,7 +104,8 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables, {len(cores)} stable cores")
     if job.logger.kind == "wandb":
         with stages("wandb") as made:
-            analysis_run(job, rep.run, job.out, {k: job.out / p.name for k, p in figs.items()})
+            used = [d.path for v in found if v == main_name or cfg.controls for d in found[v].values()]
+            analysis_run(job, rep.run, job.out, {k: job.out / p.name for k, p in figs.items()}, inputs=used)
             made("the analysis run")
     print_summary(rep.res, job.out / "findings.md")
     report = job.out / "report.md"

@@ -6,6 +6,7 @@ the UI can use.
 * each dictionary's MCS against its seed's reference as a histogram (``mcs/<name>``), which the UI re-plots;
 * ``table/dictionaries``: a row per dictionary of the main run with its training run's id (``run_id``, the id of
   its W&B run), how it trained, its high-MCS fraction and its verdict counts, to join with the runs table;
+* lineage: every dictionary analysed is declared an input (lineage.py), and each stable core an output;
 * online, the same per-dictionary results written into each training run's summary (``analysis/*``), so that the
   runs table shows them beside the training metrics (``annotate_training_runs``).
 
@@ -22,7 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.analysis.measures.verdicts import VERDICTS, feature_verdicts
-from sae_sweep.tracking import quiet_settings, wandb_mode
+from sae_sweep.analysis.products import CORE_DIR
+from sae_sweep.analysis.stable_core import CORE_TYPE
+from sae_sweep.lineage import declare_inputs, reference
+from sae_sweep.store import ArtifactStore
+from sae_sweep.tracking import log_artifact, quiet_settings, wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,13 @@ def annotate_training_runs(api, entity: str | None, project: str, rows: list[dic
     return done
 
 
-def analysis_run(job, run, out: Path, figs: dict[str, Path], api=None) -> None:
-    """The W&B analysis run of ``job`` for the analysed main ``run``, from the report in ``out``; ``api``: the
-    public API for annotating the training runs (online only; None: ``wandb.Api()``)."""
+def analysis_run(job, run, out: Path, figs: dict[str, Path], inputs: list[Path] = (), api=None) -> None:
+    """The W&B analysis run of ``job`` for the analysed main ``run``, from the report in ``out``.
+
+    ``inputs``: the folders of every dictionary analysed (controls included), declared as the run's inputs by their
+    exact W&B references (recorded for ``python -m sae_sweep.sync`` where W&B cannot link them now); the stable cores
+    in ``out/core`` are logged as its outputs. ``api``: the public API for annotating the training runs (online
+    only; None: ``wandb.Api()``)."""
     try:
         import wandb  # noqa: PLC0415
 
@@ -75,7 +84,12 @@ def analysis_run(job, run, out: Path, figs: dict[str, Path], api=None) -> None:
                        dir=str(run_dir), mode=mode, config=asdict(job.analysis),
                        tags=[*job.logger.tags, "analysis"], settings=quiet_settings())  # fmt: skip
         rows = dictionary_rows(run)
+        refs = sorted({r for r in map(reference, inputs) if r})  # foreign dictionaries are not on W&B
+        declare_inputs(w, refs, run_dir)
         _log_report(w, run, out, figs, rows)
+        cores = ArtifactStore(out / CORE_DIR)
+        for name in cores.names(CORE_TYPE):
+            log_artifact(w, cores.get(name), description=f"the stable core of {name.removeprefix('sae-core-')}")
         offline = w.settings.mode in ("offline", "dryrun")
         wandb_dir = Path(w.dir).parent
         w.finish()

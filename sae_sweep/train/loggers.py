@@ -17,8 +17,10 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from sae_sweep.files import atomic_write_text
+from sae_sweep.lineage import declare_inputs
 from sae_sweep.store import Artifact
 from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_settings, wandb_mode
+from sae_sweep.wandb_records import STEP_KEY, logged_rows, run_files
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ class GuardedWandbLogger(WandbLogger):
         self.failure: str | None = None
         self.wandb_dir: Path | None = None  # the run's folder, which `wandb sync` uploads
         self._step = 0
+        self._earlier: dict[int, set] | None = None  # {step: keys} earlier parts of the run logged
+        self._logged_through = -1
 
     @property
     def experiment(self):
@@ -140,7 +144,49 @@ class GuardedWandbLogger(WandbLogger):
 
     def log_metrics(self, metrics, step: int | None = None) -> None:
         self._step = self._step if step is None else step
+        if step is not None and self.failure is None:
+            metrics = self._not_logged_before(metrics, step)
+            if not metrics:
+                return
         self._guarded("logging metrics", super().log_metrics, metrics, step)
+
+    def _not_logged_before(self, metrics: dict, step: int) -> dict:
+        """``metrics`` less what an earlier part of this W&B run logged at ``step``: a resumed job re-runs the steps
+        after its checkpoint, and must log none of them twice. At the first call, the rows of the CSV before
+        ``step`` that no earlier part logged (a killed writer's unflushed records) are logged first, so that the
+        run's history holds every row once."""
+        if self._earlier is None:
+            self._earlier, self._logged_through = self._earlier_rows()
+            for row_step, row in _csv_rows(self.csv_path):
+                missing = {k: v for k, v in row.items() if k not in self._earlier.get(row_step, ())}
+                if row_step < step and missing and row_step > self._logged_through:
+                    self._guarded("logging earlier metrics", super().log_metrics, missing, row_step)
+        if step <= self._logged_through:
+            return {}
+        done = self._earlier.get(step, ())
+        return {k: v for k, v in metrics.items() if k not in done}
+
+    def _earlier_rows(self) -> tuple[dict[int, set], int]:
+        """What earlier parts of this run logged: {step: metric keys} from the run's earlier folders here (a resumed
+        run writes one folder per start, offline and online alike), and -1, or, online where there are none (a job
+        resumed on another machine), the last step logged on the server, through which nothing is logged again."""
+        rows: dict[int, set] = {}
+        through = -1
+        try:
+            run = self.experiment  # started here, so that its own folder is known
+            files = [f for f in run_files(Path(self.save_dir) / "wandb", self._wandb_init["id"])
+                     if f.parent != self.wandb_dir]  # fmt: skip
+            for f in files:
+                for row_step, keys in logged_rows(f):
+                    rows.setdefault(row_step, set()).update(keys)
+            last = None if files or run.offline else run.summary.get(STEP_KEY)
+            through = int(last) if isinstance(last, int | float) else -1
+        except Exception as exc:  # noqa: BLE001 - at worst a step shows twice on W&B; the CSV is right anyway
+            log.warning("could not read what this W&B run logged before (%s: %s)", type(exc).__name__, exc)
+        if rows or through >= 0:
+            log.info("resuming W&B run %s, which logged up to step %d before", self._wandb_init["id"],
+                     max([through, *rows]))  # fmt: skip
+        return rows, through
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         self._guarded("logging a checkpoint", super().after_save_checkpoint, checkpoint_callback)
@@ -185,6 +231,15 @@ class GuardedWandbLogger(WandbLogger):
         abandon_run(self._experiment)
 
 
+def _csv_rows(path: Path) -> list[tuple[int, dict]]:
+    """(step, {metric: value}) of each row of a run's metrics.csv, in order; none if there is no such file."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step")]
+    return [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if k and v}) for r in rows]
+
+
 class _WandbOff:
     """What ``GuardedWandbLogger.experiment`` gives once W&B is off: every attribute and call is a no-op."""
 
@@ -203,13 +258,15 @@ def finish_wandb(
     histograms: dict | None = None,
     images: dict | None = None,
     description: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> None:
     """Upload the artifact to the W&B run (if any), record lineage and summary, close it, say how to sync.
 
-    ``uses``: the name of an input artifact (the GPT of a dictionary), linked when online. ``histograms``: name ->
+    ``uses``: the W&B reference of an input artifact (the GPT of a dictionary, lineage.reference), linked when online
+    and recorded under the run folder either way (lineage.declare_inputs). ``histograms``: name ->
     1-D array, each logged as a W&B histogram; ``images``: name -> a PNG, each logged as an image; ``description``:
-    the artifact's. A W&B failure here, or one earlier in the run, is warned about and never fatal: the artifact is
-    already safe in the local store.
+    the artifact's; ``aliases``: its own, beside lineage.aliases. A W&B failure here, or one earlier in the run, is
+    warned about and never fatal: the artifact is already safe in the local store.
     """
     for lg in loggers:
         if not isinstance(lg, WandbLogger):
@@ -227,7 +284,8 @@ def finish_wandb(
             offline = bool(run.offline)
             run_dir = Path(run.dir).parent
             media = {"histograms": histograms or {}, "images": images or {}}
-            _log_to_run(run, artifact, summary, uses if not offline else None, media, description)
+            declare_inputs(run, [uses] if uses else [], Path(lg.save_dir))
+            _log_to_run(run, artifact, summary, media, description, aliases)
             run.finish()
         except Exception as exc:  # noqa: BLE001 - W&B trouble must never lose a finished local artifact
             if hasattr(lg, "fail"):
@@ -241,15 +299,13 @@ def finish_wandb(
             log.info("W&B run kept offline; upload it with: wandb sync %s", run_dir)
 
 
-def _log_to_run(run, artifact: Artifact, summary: dict | None, uses: str | None, media: dict, description) -> None:
+def _log_to_run(run, artifact: Artifact, summary: dict | None, media: dict, description, aliases) -> None:
     import wandb  # noqa: PLC0415
 
-    if uses:
-        run.use_artifact(uses)
     if summary:
         run.summary.update(summary)
     logged = {name: wandb.Histogram(values) for name, values in media["histograms"].items()}
     logged |= {name: wandb.Image(str(path)) for name, path in media["images"].items()}
     if logged:
         run.log(logged)
-    log_artifact(run, artifact, description=description)
+    log_artifact(run, artifact, aliases, description=description)

@@ -23,6 +23,7 @@ from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_n
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.files import json_digest
 from sae_sweep.interop import saelens
+from sae_sweep.lineage import reference
 from sae_sweep.stages import Stages
 from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest
 from sae_sweep.tracking import LoggerConfig
@@ -152,7 +153,7 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
     val_loss = gpt_art.metadata.get("val_loss")  # the GPT's quality beside the dictionaries trained on it
     source = {"gpt": {"artifact": gpt_art.ref, "digest": model_digest, "val_loss": val_loss}, "synthetic": None}
     source["gpt_metadata"] = gpt_art.metadata  # the SAELens export's context size and corpus
-    uses = None if gpt_art.metadata.get(UNTRAINED) else gpt_art.ref  # the control GPT is not on W&B
+    uses = None if gpt_art.metadata.get(UNTRAINED) else reference(gpt_art.path)  # the control GPT is not on W&B
     return acts, source, uses, gpt_tag(gpt_art)
 
 
@@ -209,8 +210,9 @@ def run(job: SAEJob) -> Artifact:
 
 
 def _to_wandb(job: SAEJob, loggers, artifact: Artifact, config: DictionaryConfig, rates, uses, histogram: Path):
-    """The dictionary to the W&B run, with the summary a runs table filters by (held-out metrics, how training
-    ended), the feature densities as a histogram and the figure, and a description of the artifact."""
+    """The dictionary to the W&B run, with the summary a runs table filters by (``final/*``: config.json's held-out
+    metrics on every validation row, apart from the ``heldout/*`` curves of the stopping rule's evaluations; how
+    training ended), the feature densities as a histogram and the figure, and a description of the artifact."""
     ended = {k: config.training.get(k) for k in ("converged", "converged_at_step", "activations_seen", "steps")}
     m = config.metrics
     how = f"converged at step {ended['converged_at_step']}" if ended["converged"] else "did not converge"
@@ -220,8 +222,10 @@ def _to_wandb(job: SAEJob, loggers, artifact: Artifact, config: DictionaryConfig
     )
     live = rates[rates > 0]
     histograms = {"feature_density/log10_frequency": np.log10(live)} if live.size else {}
-    finish_wandb(loggers, artifact, summary=m | ended, uses=uses, histograms=histograms,
-                 images={"feature_density": histogram}, description=description)  # fmt: skip
+    final = {f"final/{k.split('/', 1)[-1]}": v for k, v in m.items()}  # not heldout/*, the rule's smaller samples
+    finish_wandb(loggers, artifact, summary=final | ended, uses=uses, histograms=histograms,
+                 images={"feature_density": histogram}, description=description,
+                 aliases=("converged",) if ended["converged"] else ())  # fmt: skip
 
 
 def wandb_axes(job: SAEJob, acts: Activations, gpt: str | None) -> dict:

@@ -337,8 +337,11 @@ def test_wandb_dying_mid_run_does_not_fail_the_job(gpt_root, tmp_path):
     proc = start(args, root)
     try:
         wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", proc)
-        (core,) = [pid for pid, cmd in descendants(proc.pid) if "wandb-core" in cmd]
-        os.kill(core, signal.SIGKILL)
+        deadline = time.time() + 60  # on a loaded machine the service may still be starting
+        while not (core := [pid for pid, cmd in descendants(proc.pid) if "wandb-core" in cmd]):
+            assert time.time() < deadline and proc.poll() is None, "no wandb-core process under the job"
+            time.sleep(0.05)
+        os.kill(core[0], signal.SIGKILL)
         output = proc.communicate(timeout=600)[0]
     finally:
         end_all(proc)

@@ -1,5 +1,7 @@
 """SAE sweeps through the real entry point, in subprocesses: Hydra multirun, DDP on CPU, submitit_local, resume."""
 
+import csv
+import json
 import os
 import re
 import subprocess
@@ -10,10 +12,12 @@ import torch
 
 from sae_sweep.config import sweep_name
 from sae_sweep.dictionary import load_dictionary
+from sae_sweep.lineage import content_alias
 from sae_sweep.store import ArtifactStore
+from sae_sweep.sync import main as sync_main
+from sae_sweep.wandb_records import item_key, logged_rows, records, run_files, run_record
 
 from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
-from ..wandb_records import item_key, records
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +26,7 @@ def out(proc) -> str:
     return proc.stdout + proc.stderr
 
 
-def assert_browsable_runs(runs: list, sweep: str) -> None:
+def assert_browsable_runs(runs: list, sweep: str, store: ArtifactStore) -> None:
     """What a researcher finds in W&B after ``wandb sync``, read back from the offline record logs: one group for the
     sweep, the job type, the run's id = its run folder (a resumed job goes on in the same run), the axes in the
     config, how training ended in the summary, the feature-density figure, and a described artifact."""
@@ -36,11 +40,20 @@ def assert_browsable_runs(runs: list, sweep: str) -> None:
         config |= {item_key(i) for i in run.config.update}
         assert {"layer", "dict_size", "seed", "variant", "gpt", "activations", "harvest", "sae"} <= config, config
         summary = {item_key(i) for r in recs if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
-        assert {"converged", "converged_at_step", "activations_seen", "val/fvu"} <= summary, summary
+        assert {"converged", "converged_at_step", "activations_seen", "final/fvu", "final/l0"} <= summary, summary
+        assert not any(k.startswith("val/") for k in summary)  # final/* and heldout/* only: no look-alikes
         history = {item_key(i) for r in recs if r.WhichOneof("record_type") == "history" for i in r.history.item}
         assert "feature_density" in history, history
         (artifact,) = [r.artifact for r in recs if r.WhichOneof("record_type") == "artifact"]
         assert artifact.type == "sae-dictionary" and "held-out FVU" in artifact.description
+        saved = store.get(artifact.name)
+        converged = ["converged"] if saved.metadata["training"]["converged"] else []
+        # ("latest" is in some records and not others: the server gives it to the newest version anyway)
+        assert set(artifact.aliases) - {"latest"} == {f"store-v{saved.version}", content_alias(saved.path), *converged}
+        # Lineage: offline, W&B cannot link the GPT; the run records it by its exact reference for sae_sweep.sync.
+        lineage = json.loads((path.parents[2] / "lineage" / f"{folder}.json").read_text())
+        gpt = store.get("gpt-embedded-s0")
+        assert (lineage["inputs"], lineage["declared"]) == ([f"gpt-embedded-s0:{content_alias(gpt.path)}"], [])
 
 
 def test_a_sweeps_name_is_its_experiment_and_command_line_not_a_time():
@@ -80,7 +93,9 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     # Every job wrote a real offline W&B run and uploaded its dictionary there.
     runs = list(root.glob("runs/sae-*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 4 and all(b"sae.safetensors" in r.read_bytes() for r in runs)  # the artifact's manifest
-    assert_browsable_runs(runs, sweep_name(["experiment=smoke", "sae.dict_size=64,128", "sae.seed=0,1"], "smoke"))
+    assert_browsable_runs(
+        runs, sweep_name(["experiment=smoke", "sae.dict_size=64,128", "sae.seed=0,1"], "smoke"), store
+    )
 
     # A control sweep beside it: suffixed names, the main dictionaries untouched.
     control = run_train(["-m", *SMOKE, "control=small_l1", "sae.dict_size=64,128", "sae.seed=0"], root)
@@ -124,6 +139,39 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
         item_key(i): i.value_json for r in recs if r.WhichOneof("record_type") == "summary" for i in r.summary.update
     }
     assert summary["dictionaries"] == "4"
+    # The analysis's inputs: every dictionary it read, controls included, by exact reference; then, as after a
+    # `wandb sync`, sae_sweep.sync links every recorded input through (a stand-in of) W&B's public API.
+    (lineage,) = (root / "runs" / "analysis" / "lineage").glob("*.json")
+    every = sorted(f"{n}:{content_alias(store.get(n).path)}" for n in store.names("sae-dictionary"))
+    assert json.loads(lineage.read_text())["inputs"] == every and len(every) == 6
+    api = LinkingApi()
+    assert sync_main([str(root), "--no-upload"], api=api) == 0
+    gpt = f"gpt-embedded-s0:{content_alias(store.get('gpt-embedded-s0').path)}"
+    sae_runs = [p.stem for p in root.glob("runs/sae-*/lineage/*.json")]  # the control sweep's two included
+    expected = [(f"me/sae-sweep/{r}", f"me/sae-sweep/{gpt}") for r in sae_runs]
+    expected += [(f"me/sae-sweep/{lineage.stem}", f"me/sae-sweep/{ref}") for ref in every]
+    assert sorted(api.links) == sorted(expected) and len(sae_runs) == 6
+
+
+class LinkingApi:
+    """A stand-in of wandb.Api on which every run and artifact exists: it records the links made."""
+
+    default_entity = "me"
+
+    def __init__(self):
+        self.links = []
+
+    def artifact(self, path):
+        return path
+
+    def run(self, path):
+        links = self.links
+
+        class Run:
+            def use_artifact(self, artifact):
+                links.append((path, artifact))
+
+        return Run()
 
 
 def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):
@@ -199,17 +247,35 @@ def test_saes_on_a_tagged_gpt_are_a_variant_that_records_the_gpts_loss(gpt_root,
     assert store.get("gpt-embedded-s0-long").metadata["steps"] == 40
 
 
-def test_killed_job_resumes_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
+def test_killed_job_resumes_in_the_same_wandb_run_and_rerun_of_finished_job_reuses_it(gpt_root, tmp_path):
+    """A job killed after its first checkpoint and resumed: the same dictionary, and on W&B the same run id in two
+    folders (wandb writes one per start, offline), which between them hold every row of the run's metrics.csv once.
+    The killed part's file holds only what wandb had flushed (here nothing: it writes 32 KiB blocks), so the resumed
+    part logs the CSV's earlier rows first (tests/test_lineage.py checks that it logs nothing twice)."""
     root = fresh_root(gpt_root, tmp_path)
-    args = [*SMOKE, "logger=none", "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
-    kill_at_first_checkpoint(args, root, runs="runs/sae-*")
+    args = [*SMOKE, "harvest.n_tokens=600000", "sae.dict_size=1024", "sae.ckpt_every=100"]
+    kill_at_first_checkpoint(args, root, runs="runs/sae-*", linger=1.0)
     again = run_train(args, root)
     assert again.returncode == 0, out(again)[-3000:]
     assert "resuming from" in out(again)
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
     assert d.config.steps == 600000 // 256
+    (run_dir,) = root.glob("runs/sae-*")
+    # One folder per start (the killed one may have no record file yet on a loaded machine), all of one run id.
+    parts = run_files(run_dir / "wandb", run_dir.name)  # oldest first
+    assert 1 <= len(parts) <= 2 and run_record(parts[-1]).run_id == run_dir.name, parts
+    # What each part logged, as (step, metric) pairs: together, every row of the CSV once, and nothing else.
+    pairs = [(step, key) for path in parts for step, keys in logged_rows(path) for key in keys]
+    pairs = [(step, key) for step, key in pairs if not key.startswith("feature_density")]  # the end's figure
+    assert len(pairs) == len(set(pairs)), "a step was logged twice"
+    assert set(pairs) == csv_pairs(run_dir / "csv" / "metrics.csv")
     third = run_train(args, root)
     assert third.returncode == 0 and "already finished as sae-L2-J1024-s0:v0" in out(third)
+
+
+def csv_pairs(metrics_csv) -> set[tuple[int, str]]:
+    with open(metrics_csv, newline="") as f:
+        return {(int(r["step"]), k) for r in csv.DictReader(f) for k, v in r.items() if v and k != "step"}
 
 
 @pytest.mark.parametrize(
