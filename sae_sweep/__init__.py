@@ -9,7 +9,8 @@ Data flows one way, through products on disk::
 modules beside them: ``store`` (versioned artifacts and their manifests), ``files`` (atomic builds, sha256 digests),
 ``dictionary`` (a dictionary folder and its config.json schema), ``activations`` (the activation cache), ``truth``
 (synthetic ground truth), ``tracking`` (W&B), ``lineage`` (exact W&B references, inputs recorded for runs made
-offline), ``wandb_records`` (a ``.wandb`` record log read back), ``stages`` (the table of where a command's time went) and ``errors``.
+offline), ``wandb_records`` (a ``.wandb`` record log read back), ``stages`` (the table of where a command's time
+went) and ``errors``.
 ``config`` turns a Hydra config into either side's job;
 ``cli`` refuses a bad command line in one line before Hydra runs.
 ``sync`` uploads offline runs and links their recorded inputs (``python -m sae_sweep.sync``).

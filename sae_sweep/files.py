@@ -13,8 +13,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from sae_sweep.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -57,6 +61,46 @@ def disk_full(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
 
 
+# ------------------------------------------------------------------------------------------- temporary names
+
+
+def temp_path(final: Path, kind: str = "tmp") -> Path:
+    """``.<name>.<kind>-<host>-<pid>-<8 hex>`` beside ``final``: a temporary name that says who writes it, so that
+    what a killed writer left can be told from a live writer's work (``remove_dead_temps``)."""
+    return final.parent / f".{final.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_dead_temps(final: Path) -> list[Path]:
+    """Delete the temporary siblings of ``final`` (``temp_path``) whose writer was a process of this host that is
+    gone (killed mid-write); returns them. Another host's are left alone (its processes cannot be seen from here),
+    and so is a live process's, so a writer's work is never taken from under it."""
+    removed = []
+    host = socket.gethostname()
+    for path in final.parent.glob(f".{final.name}.*-{host}-*"):
+        who = path.name[len(f".{final.name}.") :]
+        kind, _, rest = who.partition("-")
+        pid = rest[len(host) + 1 :].split("-")[0]
+        if kind not in ("tmp", "old") or not rest.startswith(f"{host}-") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.info("removed %s, left by process %s of this host, which is gone", path, pid)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success rename it to ``final``, on failure delete it.
@@ -67,14 +111,15 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     ``final`` must not exist yet.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_dead_temps(final)
+    tmp = temp_path(final)
     tmp.mkdir()
     try:
         yield tmp
         if not replace:
             os.replace(tmp, final)
             return
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        old = temp_path(final, "old")
         with FileLock(str(final.parent / f".{final.name}.lock")):
             if final.exists():
                 os.replace(final, old)
@@ -86,7 +131,7 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -101,6 +146,9 @@ def build_once(final: Path, fill: Callable[[Path], None], ready: str) -> bool:
     with FileLock(str(final.parent / f".{final.name}.lock")):
         if (final / ready).exists():
             return False
+        if final.exists():  # a folder without its marker: damaged or edited (ours are renamed into place whole)
+            log.warning("%s has no %s (damaged or edited): building it again in its place", final, ready)
+            shutil.rmtree(final)  # under the lock; no reader trusts a folder without its marker
         try:
             with atomic_folder(final) as tmp:
                 fill(tmp)

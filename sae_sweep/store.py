@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from sae_sweep.errors import DataError
-from sae_sweep.files import atomic_write_text, disk_full, sha256_file, verify_files
+from sae_sweep.files import atomic_write_text, disk_full, remove_dead_temps, sha256_file, temp_path, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,8 @@ class ArtifactStore:
         check_name(name)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{uuid.uuid4().hex[:8]}"
+        remove_dead_temps(folder / "version")  # what a killed save left (never a live one's)
+        tmp = temp_path(folder / "version")
         tmp.mkdir()
         try:
             try:

@@ -1,6 +1,7 @@
 """Analysis: dictionaries -> measures -> report sections -> files (and W&B).
 
     collect.py     every dictionary of a layer, from a folder or W&B, by variant
+    partial.py     a partial sweep: which dictionaries can be compared, and a line for each left out
     settings.py    AnalysisConfig (conf/analyze.yaml's ``analysis`` node)
     measures/      pure functions from dictionaries to numbers and rows (MCS, nulls, per-feature facts, ...)
     report/        sections that draw and write those rows, and the document that orders them

@@ -9,14 +9,13 @@ corrupt pointer or a version folder without its manifest is refused by name rath
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
+from sae_sweep.dictionary import DICTIONARY_TYPE, SAE_WEIGHTS_FILE, Dictionary, load_dictionary
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import LATEST, MANIFEST, ArtifactStore, read_manifest
 
@@ -67,13 +66,27 @@ def _latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
 
 
 def collect_local_variants(path: str | Path, layer: int) -> Collection:
-    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant."""
+    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant.
+
+    A dictionary is found by its weights (``sae.safetensors``), not by its manifest, so that one whose manifest is
+    missing, unreadable, or names another type is refused by name instead of left out of the analysis in silence.
+    Hidden folders (a store's unfinished ``.tmp-*`` versions) are passed over.
+    """
     root = Path(path)
     found = []
-    for manifest_path in sorted(root.rglob(MANIFEST)) if root.is_dir() else []:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("type") == DICTIONARY_TYPE:
-            found.append((manifest["name"], manifest["version"], manifest_path.parent))
+    for weights in sorted(root.rglob(SAE_WEIGHTS_FILE)) if root.is_dir() else []:
+        folder = weights.parent
+        if any(part.startswith(".") for part in folder.relative_to(root).parts):
+            continue
+        manifest = read_manifest(folder)
+        said = {k: manifest.get(k) for k in ("name", "type", "version")}
+        if said["type"] != DICTIONARY_TYPE or not isinstance(said["version"], int) or not isinstance(said["name"], str):
+            raise DataError(
+                f"{folder} holds a dictionary ({SAE_WEIGHTS_FILE}) but its {MANIFEST} says {said} (expected a name, "
+                f"type {DICTIONARY_TYPE!r} and a version number): it was edited or damaged. Delete that version "
+                "folder (or train it again), or restore its manifest."
+            )
+        found.append((manifest["name"], manifest["version"], folder))
     return _group(_as_stored(_latest_by_name(found)), layer, where=str(root))
 
 

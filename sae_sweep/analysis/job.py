@@ -18,6 +18,7 @@ from sae_sweep.analysis.measures.architectures import arch_of, architecture_tabl
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
+from sae_sweep.analysis.partial import keep_comparable
 from sae_sweep.analysis.products import write_products
 from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts_of
 from sae_sweep.analysis.report.document import write_all
@@ -91,11 +92,15 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         return None
     main_name = main_variant(found, cfg.variant, where)
     _warn_unconverged([found[v] for v in sorted(found) if v == main_name or cfg.controls])
+    check_sizes(cfg, sorted({j for j, _ in found[main_name]}))  # a reference or featured size that is not there
+    found, left_out = keep_comparable(found, cfg.reference)  # a partial sweep: what can be compared, and what not
+    for line in left_out.get(main_name, []) + [n for v in found if v != main_name for n in left_out.get(v, [])]:
+        log.warning("%s", line)
     dicts = found[main_name]
-    check_sizes(cfg, sorted({j for j, _ in dicts}))  # a reference or featured size that is not there: before any work
     log.info("comparing %d dictionaries: %s", len(dicts), ", ".join(d.name for _, d in sorted(dicts.items())))
     with stages("measure") as made:
         rep = _measure(job, found, main_name, stores)
+        rep.res.warnings.extend(left_out.get(main_name, []))  # said in the report too
         made("the main run" + (f" and {len(found) - 1} controls" if cfg.controls and len(found) > 1 else ""))
     with stages("report") as made:  # the per-feature verdicts are measured here, by their section
         with atomic_folder(job.out, replace=True) as tmp:

@@ -25,7 +25,7 @@ from sae_sweep.train.corpus import DataConfig
 from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt
 from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
 from sae_sweep.train.loggers import build_loggers, finish_wandb
-from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
+from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
 from sae_sweep.train.tokenizer import TOKENIZER_FILE
 from sae_sweep.train.tokens import TokenData, prepare
 from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
@@ -100,7 +100,14 @@ def run(job: PretrainJob) -> Artifact:
     rid = run_id(replace(job, model=model_cfg), tokens.key)
     run_dir = job.paths.runs / rid
     store = ArtifactStore(job.paths.store)
-    finished = finished_artifact(run_dir, store, job.force)
+    with owned(run_dir):  # one job at a time in a run folder: a second one with the same settings is refused
+        return _pretrain_owned(job, tokens, model_cfg, rid, store, stages)
+
+
+def _pretrain_owned(job: PretrainJob, tokens: TokenData, model_cfg, rid: str, store: ArtifactStore, stages) -> Artifact:
+    """The pretraining run ``rid`` once its folder is held: reuse, install the ready-made GPT, or train and save."""
+    run_dir = job.paths.runs / rid
+    finished = finished_artifact(run_dir, store, job.force, job.name)
     if finished is not None and (job.ready_made or not finished.metadata.get("ready_made")):
         return finished  # (ready_made=false on a store holding the shipped GPT: train this run's own)
     shipped = ready_made.find(rid) if job.ready_made and not job.force else None

@@ -34,7 +34,7 @@ from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import HarvestConfig, harvest
 from sae_sweep.train.loggers import build_loggers, finish_wandb
 from sae_sweep.train.pretrain import PretrainJob, export_untrained
-from sae_sweep.train.runs import finished_artifact, mark_finished, resolve_checkpoint
+from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
 from sae_sweep.train.sae import SAEConfig
 from sae_sweep.train.sae_module import SAEModule, evaluate_sae
 from sae_sweep.train.synthetic import synthetic_activations
@@ -195,16 +195,17 @@ def run(job: SAEJob) -> Artifact:
         made(f"{acts.train.shape[0]:,} rows ({acts.key})")
     rid = run_id(job, acts.key)
     run_dir = job.paths.runs / rid
-    if (finished := finished_artifact(run_dir, store, job.force)) is not None:
-        return finished
-    with stages("train") as made:
-        module, trainer, loggers = _train(job, acts, rid, run_dir, uses)
-        made(f"{trainer.global_step:,} steps")
-    if not trainer.is_global_zero:
-        return None  # type: ignore[return-value] - only rank 0 saves
-    with stages("evaluate, save") as made:
-        art = _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
-        made(art.ref)
+    with owned(run_dir):  # one job at a time in a run folder: a second one with the same settings is refused
+        if (finished := finished_artifact(run_dir, store, job.force, job.name)) is not None:
+            return finished
+        with stages("train") as made:
+            module, trainer, loggers = _train(job, acts, rid, run_dir, uses)
+            made(f"{trainer.global_step:,} steps")
+        if not trainer.is_global_zero:
+            return None  # type: ignore[return-value] - only rank 0 saves
+        with stages("evaluate, save") as made:
+            art = _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
+            made(art.ref)
     log.info("%s", stages.table(job.name))
     return art
 

@@ -14,6 +14,7 @@ from sae_sweep import DataError
 from sae_sweep.analysis.collect import SourceConfig, collect_local, collect_wandb
 from sae_sweep.analysis.job import AnalyzeJob, _sizes_of, run
 from sae_sweep.analysis.measures.pairwise import compute, counts
+from sae_sweep.analysis.partial import best_reference, usable
 from sae_sweep.analysis.report.reproduction import training
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import load_dictionary
@@ -224,3 +225,46 @@ def test_a_variant_lacking_the_main_runs_sizes_falls_back_to_its_defaults():
     assert (cfg.reference, cfg.featured) == (None, 512)
     cfg = _sizes_of(AnalysisConfig(reference=512, featured=512), dicts, "untrained")  # featured must be below it
     assert (cfg.reference, cfg.featured) == (512, None)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "retyped"])
+def test_a_dictionary_with_a_damaged_manifest_is_named_never_left_out(store, damage):
+    save_dict(store, 32, 0)
+    art = save_dict(store, 64, 0)
+    manifest = art.path / "artifact.json"
+    if damage == "deleted":
+        manifest.unlink()
+    elif damage == "emptied":
+        manifest.write_text("{}")
+    else:
+        manifest.write_text(manifest.read_text().replace('"sae-dictionary"', '"model"'))
+    with pytest.raises(DataError, match=re.escape(str(art.path))):
+        collect_local(store.root, layer=2)
+
+
+def test_a_stores_unfinished_version_is_passed_over(store):
+    art = save_dict(store, 32, 0)
+    shutil.copytree(art.path, art.path.parent / ".version.tmp-host-1-abcdef12")  # a save in progress (or killed)
+    (art.path.parent / ".version.tmp-host-1-abcdef12" / "artifact.json").unlink()
+    assert list(collect_local(store.root, layer=2)) == [(32, 0)]
+
+
+def test_the_reference_of_a_partial_sweep_keeps_the_most_dictionaries_comparable():
+    whole = {(j, s) for j in (8, 16, 32) for s in (0, 1)}
+    assert best_reference(whole, None) == 32 and usable(whole, 32) == whole
+    extended = whole | {(64, 1)}  # one seed went further: J=32 keeps 6, J=64 would keep 4
+    assert best_reference(extended, None) == 32 and usable(extended, 64) == {(8, 1), (16, 1), (32, 1), (64, 1)}
+    assert best_reference(extended, 64) == 64
+    assert best_reference({(32, 0), (64, 5)}, None) is None  # no seed has two sizes
+
+
+def test_a_partial_sweep_is_analysed_as_far_as_it_goes_and_says_what_it_left_out(store, tmp_path, caplog):
+    for J in (8, 16, 32):
+        save_dict(store, J, 0)
+    save_dict(store, 64, 5)  # a size only at another seed: nothing to compare it with
+    job = AnalyzeJob(AnalysisConfig(n_random=2, n_boot=50), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path))
+    with caplog.at_level("WARNING", logger="sae_sweep"):
+        report = run(job)
+    line = "sae-L2-J64-s5 is left out: seed 5 has no J=32, the reference size"
+    assert line in caplog.text and line in report.read_text()
+    assert [r["dict_size"] for r in csv.DictReader(open(report.parent / "counts.csv"))] == ["8", "16"]

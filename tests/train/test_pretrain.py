@@ -39,7 +39,7 @@ def test_smoke_pretrain_leaves_a_loadable_model_that_learned(smoke_run):
 
 def test_smoke_pretrain_logs_metrics_and_an_offline_wandb_run(smoke_run):
     root, proc = smoke_run
-    (run_dir,) = (root / "runs").iterdir()
+    (run_dir,) = [p for p in (root / "runs").iterdir() if not p.name.startswith(".")]  # .lock: the owner's
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/loss" in metrics
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
