@@ -7,12 +7,14 @@ every other bad input, instead of Hydra's multi-line report and status 1.
   (``choice(...)``) are Hydra's to judge.
 * Whatever else Hydra refuses while composing (an unknown key, an override it cannot parse) is caught and said in
   one line, as is a ``SaeSweepError`` raised outside a job (the SLURM check refusing a request) and a SLURM job
-  that ended without its result (submitit's ``UncompletedJobError``). ``HYDRA_FULL_ERROR=1`` set by the user keeps
+  that ended without its result (submitit's ``UncompletedJobError``), and a folder it cannot write to (a read-only
+  or another user's ``paths.root``). ``HYDRA_FULL_ERROR=1`` set by the user keeps
   Hydra's full report instead.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -84,6 +86,12 @@ def run(main: Callable[[], None], conf: Path) -> None:
         cause = exc.__cause__
         lines = str(exc).splitlines() + (str(cause).splitlines()[:1] if cause is not None else [])
         print("error: " + " ".join(line.strip() for line in lines if line.strip()), file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a folder it must write to is read-only or not the user's: one line naming it
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        print(f"error: cannot write {exc.filename}: {exc.strerror}. Point paths.root (default ./sae_sweep_out, or "
+              "$SAE_SWEEP_ROOT) at a folder you can write to", file=sys.stderr)  # fmt: skip
         sys.exit(2)
     except Exception as exc:
         if type(exc).__name__ != "UncompletedJobError":

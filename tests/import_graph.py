@@ -57,7 +57,7 @@ def layer(name: str) -> str:
     parts = name.split(".")
     if len(parts) > 2 and parts[1] in SIDES or (len(parts) == 2 and parts[1] in SIDES):
         return parts[1]
-    return "config" if name == "sae_sweep.config" else "shared"
+    return "config" if name in ("sae_sweep.config", "sae_sweep.sweep_check") else "shared"  # configs into jobs
 
 
 def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from sae_sweep.analysis.report.document import write_all
 from sae_sweep.analysis.report.section import ReportInput
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.analysis.wandb_run import analysis_run
-from sae_sweep.errors import SaeSweepError
+from sae_sweep.errors import ConfigError, SaeSweepError
 from sae_sweep.files import atomic_folder
 from sae_sweep.stages import Stages
 from sae_sweep.store import ArtifactStore, Paths
@@ -80,6 +80,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path; with
     ``analysis.only``, print what it asks instead (question.py) and return None."""
     cfg = job.analysis
+    check_device(cfg.device)  # before any work
     if cfg.only is not None:
         parse_only(cfg.only)  # a malformed question: refused before any work
     stages = Stages()
@@ -172,6 +173,23 @@ def _sizes_of(cfg: AnalysisConfig, dicts: dict, variant: str) -> AnalysisConfig:
                 key,
             )
     return replace(cfg, **keep)
+
+
+def check_device(device: str | None) -> None:
+    """ConfigError for an ``analysis.device`` torch cannot use here (no CUDA, or a name torch does not know)."""
+    if device is None:
+        return
+    import torch  # noqa: PLC0415 - the measures need it anyway
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"analysis.device={device!r} is not a device torch knows: use cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"analysis.device={device}: this machine has no CUDA device torch can use; use "
+                          "analysis.device=cpu, or drop the override (CUDA is used when there is one)")  # fmt: skip
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"analysis.device={device!r}: the analysis runs on cpu or cuda")
 
 
 def _warn_unconverged(collections: list[dict]) -> None:

@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sae_sweep.cli import unknown_choice
 from sae_sweep.store import ArtifactStore
 
-from ..conftest import CONF, REPO, save_dict
+from ..conftest import CONF, REPO, fresh_root, save_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -40,12 +41,15 @@ ANALYZE = {
     "unknown variant": ["analysis.variant=nope"],
     "foreign SAEs without a folder": ["source=foreign"],
     "foreign SAEs in a missing folder": ["source=foreign", "source.path=/nonexistent/saes"],
+    "a device torch does not know": ["analysis.device=tpu"],
+    "CUDA where there is none": ["analysis.device=cuda"],
 }
 
 
 def run(script: str, args: list[str], root) -> subprocess.CompletedProcess:
     env = {**os.environ, "SAE_SWEEP_ROOT": str(root)}
-    cmd = [sys.executable, str(REPO / script), "logger=none", *args]
+    flags = [a for a in args if a == "-m"]  # Hydra's flags before the overrides
+    cmd = [sys.executable, str(REPO / script), *flags, "logger=none", *[a for a in args if a != "-m"]]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -71,6 +75,8 @@ def test_train_refuses_bad_input_in_one_line_and_writes_nothing(args, tmp_path):
 
 @pytest.mark.parametrize("args", list(ANALYZE.values()), ids=list(ANALYZE))
 def test_analyze_refuses_bad_input_in_one_line_and_writes_nothing(args, tmp_path):
+    if args == ["analysis.device=cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     store = ArtifactStore(tmp_path / "store")
     for J in (8, 16):
         save_dict(store, J, 0)
@@ -85,3 +91,31 @@ def test_unknown_choice_reads_only_group_options():
     assert unknown_choice(["+experiment=smoke"], CONF) is None
     assert unknown_choice(["trainer=cpu,tpu"], CONF).startswith("trainer=tpu: there is no such option")
     assert "conf/data/ has: embedded, openwebtext, synthetic, text_files" in unknown_choice(["data=owt"], CONF)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro); skipped where this user may not mount one."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(where)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("script", ["train.py", "analyze.py"])
+def test_a_read_only_output_root_is_named_in_one_line(read_only, script):
+    proc = run(script, ["experiment=smoke"] if script == "train.py" else [], read_only / "out")
+    assert_refused(proc)
+    assert "Read-only file system" in proc.stderr and "paths.root" in proc.stderr
+
+
+def test_a_bad_value_late_in_a_sweep_is_refused_before_the_first_job_runs(gpt_root, tmp_path):
+    root = fresh_root(gpt_root, tmp_path)
+    before = files(root)
+    proc = run("train.py", ["-m", "experiment=smoke", "sae.dict_size=64,0"], root)  # job #0 would train
+    assert_refused(proc)
+    assert "job #1 (" in proc.stderr and "sae.dict_size must be a positive integer, got 0" in proc.stderr
+    assert files(root) == before  # job #0 did not run: no activations, no run folder, no dictionary

@@ -1,0 +1,64 @@
+"""Every job of a multirun checked before the first one starts: a bad value late in a ``-m`` list is refused in one
+line before the earlier jobs have trained (a Hydra callback, ``hydra.callbacks.check_every_job`` in conf/train.yaml).
+
+The jobs are expanded as Hydra's basic sweeper expands them (the experiment's ``hydra.sweeper.params``, then the
+command line's overrides, as a cartesian product), each job's config is composed by Hydra's own config loader, and
+the job is built and checked as ``train.py`` would (``config.sae_job`` / ``config.pretrain_job`` and
+``sae_stage.check``): values only, no file is read or written. Another sweeper's jobs are left to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from sae_sweep.errors import SaeSweepError
+
+
+def job_overrides(config: DictConfig) -> list[tuple[str, ...]]:
+    """Each job's overrides, in the order the basic sweeper runs them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    params = config.hydra.sweeper.get("params") or {}
+    given = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    lists = []
+    for o in OverridesParser.create().parse_overrides(given):
+        if o.is_sweep_override():
+            lists.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            lists.append([o.input_line or f"{o.get_key_element()}={o.get_value_element_as_str()}"])
+    return list(itertools.product(*lists))
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Build the job ``train.py`` would run from ``cfg`` and check its values (SaeSweepError if one is bad)."""
+    from sae_sweep import config  # noqa: PLC0415
+
+    if config.stage(cfg) == "pretrain":
+        config.pretrain_job(cfg)
+        return
+    from sae_sweep.train.sae_stage import check  # noqa: PLC0415
+
+    check(config.sae_job(cfg))
+
+
+class CheckEveryJob(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return
+        from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+
+        try:
+            loader = GlobalHydra.instance().config_loader()
+            jobs = [(o, loader.load_sweep_config(config, list(o))) for o in job_overrides(config)]
+        except Exception:  # noqa: BLE001 - what Hydra cannot expand or compose, Hydra itself reports
+            return
+        for number, (overrides, cfg) in enumerate(jobs):
+            try:
+                check_job(cfg)
+            except SaeSweepError as exc:  # Hydra turns a callback's exception into a warning and goes on: exit here
+                print(f"error: job #{number} ({' '.join(overrides)}), before any job ran: {exc}", file=sys.stderr)
+                raise SystemExit(exc.exit_code) from None
