@@ -221,12 +221,17 @@ def test_edited_checkpoint_dictionary_and_cache_are_named_and_refused(gpt_root, 
     assert run_train(args, root).returncode == 0
     # A checkpoint edited after it was written: the resume refuses it, naming the file.
     (ckpt,) = root.glob("runs/sae-*/checkpoints/last.ckpt")
-    (ckpt.parent.parent / "done.json").unlink()  # make the run look unfinished, so it would resume
+    # Make the run look unfinished, so that it would resume: no done.json, and its dictionary moved out of the store
+    # (a version this run saved counts as its result).
+    (ckpt.parent.parent / "done.json").unlink()
+    saved = root / "store" / "sae-L2-J256-s0"
+    saved.rename(root / "aside")
     with open(ckpt, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
     proc = run_train(args, root)
     assert proc.returncode == 2 and f"checkpoint {ckpt} does not match the sha256" in proc.stdout + proc.stderr
+    (root / "aside").rename(saved)
     # A truncated dictionary file: analysis names it and stops.
     art = ArtifactStore(root / "store").get("sae-L2-J256-s0")
     weights = art.path / "sae.safetensors"
