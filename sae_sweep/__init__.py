@@ -7,7 +7,9 @@ Data flows one way, through products on disk::
 
 ``sae_sweep.train`` makes the products and ``sae_sweep.analysis`` reads them; they meet only through the shared
 modules beside them: ``store`` (versioned artifacts and their manifests), ``files`` (atomic builds, sha256 digests),
-``dictionary`` (a dictionary folder and its config.json schema), ``activations`` (the activation cache), ``truth``
+``dictionary`` (a dictionary folder and its config.json schema), ``dictionary_folders`` (the dictionaries under a
+folder, none left out in silence), ``written_files`` (the registry of every file a stage writes, and who reads it
+back), ``activations`` (the activation cache), ``truth``
 (synthetic ground truth), ``tracking`` (W&B), ``lineage`` (exact W&B references, inputs recorded for runs made
 offline), ``wandb_records`` (a ``.wandb`` record log read back), ``stages`` (the table of where a command's time
 went) and ``errors``.

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.errors import DataError
-from sae_sweep.files import build_once, sha256_file, verify_files
+from sae_sweep.files import build_once, read_json, sealed_files, sha256_file, verify_files
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -62,12 +61,11 @@ def cache_folder(cache_dir: str | Path, key: str) -> Path:
 
 
 def open_activations(path: Path, verify: bool = True) -> Activations:
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"activation cache {path} is unreadable ({exc}); delete the folder to build it again") from None
+    fix = f"Delete {path} to build it again."
+    meta = read_json(path / META_FILE, "the activation cache's seal", fix, {"key": str, "files": dict})
+    files = sealed_files(meta, path / META_FILE, "the activation cache's seal", fix, SPLITS)
     if verify:
-        verify_files(path, meta["files"], "activation cache", "Delete the folder to build it again.")
+        verify_files(path, files, "activation cache", fix)
     train = np.load(path / "train.npy", mmap_mode="r")
     val = np.load(path / "val.npy", mmap_mode="r")
     return Activations(path, train, val, meta)

@@ -185,6 +185,7 @@ class Dictionary:
                 metrics={k: v for k, v in m.items() if k not in ("steps", "activations_seen")},
             )
             for m in taken
+            if not m.get("missing")  # a point its run lost (train/snapshots.py gather): said when it was saved
         ]
 
 

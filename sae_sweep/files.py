@@ -41,6 +41,35 @@ def json_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def read_json(path: Path, what: str, fix: str, keys: dict[str, type | tuple] | None = None) -> dict:
+    """``path`` read as a JSON object whose ``keys`` (name -> type) are there and of their type; DataError naming the
+    file, ``what`` it is and the ``fix`` otherwise (missing, not UTF-8, not JSON, another shape)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON and bad UTF-8 alike
+        raise DataError(f"{what} {path} is unreadable ({type(exc).__name__}: {str(exc)[:80]}). {fix}") from None
+    wrong = [k for k, tp in (keys or {}).items() if not isinstance(data, dict) or not isinstance(data.get(k), tp)]
+    wrong = wrong if isinstance(data, dict) else ["(the whole file: not a JSON object)"]
+    if wrong:
+        raise DataError(f"{what} {path} is damaged or edited: {', '.join(wrong)} missing or of the wrong type. {fix}")
+    return data
+
+
+def sealed_files(seal: dict, path: Path, what: str, fix: str, names=()) -> dict[str, str]:
+    """The ``files`` of a seal (a cache's meta.json, an artifact's artifact.json): file name -> sha256, every one a
+    64-hex digest and ``names`` among them; DataError naming ``path`` otherwise, so that an edited seal cannot leave
+    a file unchecked."""
+    files = seal.get("files")
+    ok = isinstance(files, dict) and all(
+        isinstance(d, str) and len(d) == 64 and all(c in "0123456789abcdef" for c in d) for d in files.values()
+    )
+    missing = sorted(set(names) - set(files)) if ok else []
+    if not ok or missing:
+        said = f"it lists no sha256 for {missing}" if missing else "its 'files' is not a name -> sha256 table"
+        raise DataError(f"{what} {path} is damaged or edited: {said}. {fix}")
+    return files
+
+
 def verify_files(folder: Path, files: dict[str, str], what: str, fix: str) -> None:
     """Check each ``folder/name`` against its recorded sha256; a missing or changed file raises DataError.
 

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from sae_sweep.errors import DataError
-from sae_sweep.files import atomic_write_text
+from sae_sweep.files import atomic_write_text, read_json
 from sae_sweep.store import Artifact, read_manifest
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,33 @@ def declare_inputs(run, refs: list[str], run_folder: Path) -> list[str]:
 
 
 def pending_records(root: Path) -> list[Path]:
-    """Every lineage record under ``root`` with inputs not yet declared."""
+    """Every lineage record under ``root`` with inputs not yet declared. A finished run's folder (``done.json``) with
+    W&B runs but no record (a run writes one as it saves) lost it: DataError naming it, before anything is linked."""
+    for wandb_dir in sorted(Path(root).glob("*/wandb")):
+        finished = (wandb_dir.parent / "done.json").is_file()
+        if finished and not list((wandb_dir.parent / LINEAGE_DIR).glob("*.json")):
+            raise DataError(
+                f"{wandb_dir.parent} has W&B runs but no lineage record in {LINEAGE_DIR}/ (deleted?), so the inputs "
+                f"of its runs cannot be linked: rerun the job that made it, or delete {wandb_dir} to leave it out"
+            )
     found = []
     for path in sorted(Path(root).rglob(f"{LINEAGE_DIR}/*.json")):
-        rec = json.loads(path.read_text())
+        rec = read_record(path)
         if set(rec["inputs"]) - set(rec["declared"]):
             found.append(path)
     return found
+
+
+def read_record(path: Path) -> dict:
+    """A lineage record, checked whole (DataError naming it otherwise)."""
+    keys = {"run_id": str, "project": str, "inputs": list, "declared": list}
+    fix = "Delete it (that run's inputs are then not linked on W&B), or rerun the job that wrote it."
+    rec = read_json(path, "the lineage record", fix, keys)
+    if not all(isinstance(r, str) for r in rec["inputs"] + rec["declared"]) or not isinstance(
+        rec.get("entity"), str | None
+    ):
+        raise DataError(f"the lineage record {path} is damaged or edited: its entity or inputs are not names. {fix}")
+    return rec
 
 
 def replay(api, root: Path, entity: str | None = None, project: str | None = None) -> tuple[int, int]:
@@ -90,8 +110,8 @@ def replay(api, root: Path, entity: str | None = None, project: str | None = Non
     failed); each failure is warned about with its reason and stays recorded for the next replay."""
     done = failed = 0
     for path in pending_records(root):
-        rec = json.loads(path.read_text())
-        where = "/".join(p for p in (entity or rec["entity"] or api.default_entity, project or rec["project"]) if p)
+        rec = read_record(path)
+        where = "/".join(p for p in (entity or rec.get("entity") or api.default_entity, project or rec["project"]) if p)
         try:
             run = api.run(f"{where}/{rec['run_id']}")
         except Exception as exc:  # noqa: BLE001

@@ -27,7 +27,16 @@ from pathlib import Path
 from filelock import FileLock
 
 from sae_sweep.errors import DataError
-from sae_sweep.files import atomic_write_text, disk_full, remove_dead_temps, sha256_file, temp_path, verify_files
+from sae_sweep.files import (
+    atomic_write_text,
+    disk_full,
+    read_json,
+    remove_dead_temps,
+    sealed_files,
+    sha256_file,
+    temp_path,
+    verify_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +70,29 @@ def check_name(name: str) -> str:
     return name
 
 
+_MANIFEST_KEYS = {"name": str, "type": str, "version": int, "metadata": dict, "files": dict}
+
+
 def read_manifest(path: Path) -> dict:
-    try:
-        return json.loads((path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(
-            f"{path} is not a readable artifact ({MANIFEST}: {exc}): a version folder that was never sealed, or "
-            "was edited. Delete that folder (the other versions stay usable), or rerun the job that makes it."
-        ) from None
+    """``path/artifact.json``, checked whole: every key of the right type and a sha256 for each file listed."""
+    fix = "Delete that folder (the other versions stay usable), or rerun the job that makes it."
+    if not (path / MANIFEST).is_file():
+        raise DataError(f"{path} is not a readable artifact (it has no {MANIFEST}): a version folder that was never "
+                        f"sealed, or was edited. {fix}")  # fmt: skip
+    manifest = read_json(path / MANIFEST, "the artifact manifest", fix, _MANIFEST_KEYS)
+    sealed_files(manifest, path / MANIFEST, "the artifact manifest", fix)
+    return manifest
 
 
 def verify(path: Path) -> dict:
-    """Read ``path/artifact.json`` and check every file's sha256 against it; return the manifest."""
+    """Read ``path/artifact.json`` and check every file's sha256 against it; return the manifest. A file of the
+    folder that the manifest does not list is refused too: an edited manifest must not leave a file unchecked."""
     manifest = read_manifest(path)
     fix = f"Delete that version folder ({path}), or train it again."
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {MANIFEST}
+    if unlisted := sorted(present - set(manifest["files"])):
+        raise DataError(f"artifact {manifest['name']}: {path / MANIFEST} lists no sha256 for {unlisted[:3]}: files "
+                        f"added after it was sealed, or a manifest edited. Remove those files, or: {fix}")  # fmt: skip
     verify_files(path, manifest["files"], f"artifact {manifest['name']}", fix)
     return manifest
 

@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from sae_sweep.errors import SaeSweepError
 from sae_sweep.lineage import pending_records, replay
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,12 @@ def main(argv: list[str] | None = None, api=None, uploader=upload) -> int:
             print(f"error: `wandb sync` failed (exit status {code}); nothing was linked. Log in "
                   "(`wandb login`) and check the connection, then run this again.", file=sys.stderr)  # fmt: skip
             return 2
-    if not pending_records(root / "runs"):
+    try:
+        pending = pending_records(root / "runs")
+    except SaeSweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not pending:
         print("every recorded input is linked")
         return 0
     if api is None:

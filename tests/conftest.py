@@ -208,3 +208,24 @@ def save_dict(
     counts = np.ones(J, dtype=np.int64) if counts is None else counts
     write = lambda f: write_with_export(f, sae, config, counts, files)  # noqa: E731 - as the SAE stage saves one
     return store.save(name, DICTIONARY_TYPE, write, config.__dict__)
+
+
+class LinkingApi:
+    """A stand-in of wandb.Api on which every run and artifact exists: it records the links made."""
+
+    default_entity = "me"
+
+    def __init__(self):
+        self.links = []
+
+    def artifact(self, path):
+        return path
+
+    def run(self, path):
+        links = self.links
+
+        class Run:
+            def use_artifact(self, artifact):
+                links.append((path, artifact))
+
+        return Run()

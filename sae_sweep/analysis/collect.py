@@ -10,14 +10,13 @@ corrupt pointer or a version folder without its manifest is refused by name rath
 from __future__ import annotations
 
 import re
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sae_sweep.dictionary import DICTIONARY_TYPE, SAE_WEIGHTS_FILE, Dictionary, load_dictionary
+from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
+from sae_sweep.dictionary_folders import latest_by_name, latest_dictionaries
 from sae_sweep.errors import ConfigError, DataError
-from sae_sweep.store import LATEST, MANIFEST, ArtifactStore, read_manifest
+from sae_sweep.store import MANIFEST
 
 SOURCES = ("local", "wandb", "foreign")
 
@@ -47,64 +46,10 @@ _NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)(?:-(?P<v
 Collection = dict[str, dict[tuple[int, int], Dictionary]]  # variant ("" = the note's setup) -> (size, seed) -> dict
 
 
-def _latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
-    """Keep the newest version of each name, warning about the older ones."""
-    by_name: dict[str, list[tuple[int, Path]]] = {}
-    for name, version, path in found:
-        by_name.setdefault(name, []).append((version, path))
-    chosen = {}
-    for name, versions in sorted(by_name.items()):
-        versions.sort()
-        if len(versions) > 1:
-            old = ", ".join(f"v{v}" for v, _ in versions[:-1])
-            warnings.warn(
-                f"{name} has {len(versions)} versions; using the latest, v{versions[-1][0]} (ignoring {old})",
-                stacklevel=2,
-            )
-        chosen[name] = versions[-1][1]
-    return chosen
-
-
 def collect_local_variants(path: str | Path, layer: int) -> Collection:
-    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant.
-
-    A dictionary is found by its weights (``sae.safetensors``), not by its manifest, so that one whose manifest is
-    missing, unreadable, or names another type is refused by name instead of left out of the analysis in silence.
-    Hidden folders (a store's unfinished ``.tmp-*`` versions) are passed over.
-    """
-    root = Path(path)
-    found = []
-    for weights in sorted(root.rglob(SAE_WEIGHTS_FILE)) if root.is_dir() else []:
-        folder = weights.parent
-        if any(part.startswith(".") for part in folder.relative_to(root).parts):
-            continue
-        manifest = read_manifest(folder)
-        said = {k: manifest.get(k) for k in ("name", "type", "version")}
-        if said["type"] != DICTIONARY_TYPE or not isinstance(said["version"], int) or not isinstance(said["name"], str):
-            raise DataError(
-                f"{folder} holds a dictionary ({SAE_WEIGHTS_FILE}) but its {MANIFEST} says {said} (expected a name, "
-                f"type {DICTIONARY_TYPE!r} and a version number): it was edited or damaged. Delete that version "
-                "folder (or train it again), or restore its manifest."
-            )
-        found.append((manifest["name"], manifest["version"], folder))
-    return _group(_as_stored(_latest_by_name(found)), layer, where=str(root))
-
-
-def _as_stored(chosen: dict[str, Path]) -> dict[str, Path]:
-    """For names laid out as a store keeps them, the version their ``latest`` names, after checking that every
-    version folder has its manifest (DataError naming the folder or the pointer otherwise)."""
-    out = {}
-    for name, path in chosen.items():
-        folder = path.parent
-        if not re.fullmatch(r"v\d+", path.name) or folder.name != name:
-            out[name] = path  # a plain folder of dictionary folders: no versions, no pointer
-            continue
-        for version in sorted(folder.iterdir()):
-            if re.fullmatch(r"v\d+", version.name) and version.is_dir():
-                read_manifest(version)  # an unsealed or edited version is named, not skipped
-        has_pointer = (folder / LATEST).exists()
-        out[name] = ArtifactStore(folder.parent).get(name, verify_files=False).path if has_pointer else path
-    return out
+    """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant: the
+    version each name's ``latest`` names, none left out in silence (``dictionary_folders.latest_dictionaries``)."""
+    return _group(latest_dictionaries(Path(path)), layer, where=str(path))
 
 
 def collect_local(path: str | Path, layer: int, variant: str | None = None) -> dict[tuple[int, int], Dictionary]:
@@ -131,7 +76,7 @@ def collect_wandb(source: SourceConfig, layer: int, cache_dir: Path, api=None) -
             if not (target / MANIFEST).exists():
                 art.download(root=str(target))
             found.append((name, int(version.lstrip("v")), target))
-    return _group(_latest_by_name(found), layer, where=f"W&B project {project} (type {source.artifact_type})")
+    return _group(latest_by_name(found), layer, where=f"W&B project {project} (type {source.artifact_type})")
 
 
 def main_variant(found: Collection, variant: str | None, where: str) -> str:

@@ -20,6 +20,7 @@ from sae_sweep.analysis.measures.families import families_of
 from sae_sweep.analysis.measures.verdicts import feature_verdicts
 from sae_sweep.analysis.report.tables import write_csv
 from sae_sweep.analysis.stable_core import RULE, CoreConfig, core_name, save_core
+from sae_sweep.files import sha256_file
 from sae_sweep.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,16 @@ def write_products(run, out: Path) -> list[str]:
     rows = score_rows(run)
     write_csv(out / SCORES, rows)
     cfg = run.results.config
-    meta = {"variant": run.variant, "analysed": sorted(d.name for d in run.dicts.values()),
-            "nulls": run.measured(feature_verdicts).nulls, "fdr": cfg.fdr, "match_cosine": cfg.match_cosine,
-            "min_replications": cfg.min_replications, "columns": list(rows[0]) if rows else []}  # fmt: skip
+    meta = {
+        "variant": run.variant,
+        "analysed": sorted(d.name for d in run.dicts.values()),
+        "nulls": run.measured(feature_verdicts).nulls,
+        "fdr": cfg.fdr,
+        "match_cosine": cfg.match_cosine,
+        "min_replications": cfg.min_replications,
+        "columns": list(rows[0]) if rows else [],
+        "csv_sha256": sha256_file(out / SCORES),
+    }  # fmt: skip - the export refuses a CSV edited since
     (out / SCORES_META).write_text(json.dumps(meta, indent=2) + "\n")
     names = []
     store = ArtifactStore(out / CORE_DIR)

@@ -24,26 +24,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from sae_sweep.dictionary import DICTIONARY_TYPE, load_dictionary
+from sae_sweep.dictionary import load_dictionary
+from sae_sweep.dictionary_folders import latest_dictionaries
 from sae_sweep.errors import DataError, SaeSweepError
-from sae_sweep.files import atomic_folder
+from sae_sweep.files import atomic_folder, read_json, sha256_file
 from sae_sweep.interop import saelens
-from sae_sweep.store import MANIFEST, ArtifactStore
+from sae_sweep.store import ArtifactStore, verify
 
 log = logging.getLogger(__name__)
-
-
-def _latest_dictionaries(root: Path) -> dict[str, Path]:
-    """name -> folder of the newest version of every dictionary under ``root``."""
-    found: dict[str, tuple[int, Path]] = {}
-    for path in sorted(root.rglob(MANIFEST)):
-        manifest = json.loads(path.read_text())
-        if manifest.get("type") != DICTIONARY_TYPE:
-            continue
-        name, version = manifest["name"], int(manifest.get("version", 0))
-        if name not in found or version > found[name][0]:
-            found[name] = (version, path.parent)
-    return {name: folder for name, (_, folder) in sorted(found.items())}
 
 
 def _gpt_metadata(root: Path, ref: str | None) -> dict | None:
@@ -68,10 +56,12 @@ def _older(d) -> None:
 
 
 SCORES, SCORES_META = "latent_scores.csv", "latent_scores.json"  # analysis/products.py writes both
+SCORES_SHA256 = "csv_sha256"  # the key of latent_scores.json that holds the CSV's sha256 (as products.py writes it)
 
 
 def read_scores(folder: Path | None) -> tuple[dict[str, list[dict]], dict]:
-    """(dictionary name -> its rows, the analysis's latent_scores.json) from an analysis folder; nothing for None."""
+    """(dictionary name -> its rows, the analysis's latent_scores.json) from an analysis folder; nothing for None.
+    The CSV must match the sha256 its JSON records (an analysis writes both), so an edited score is refused."""
     if folder is None:
         return {}, {}
     if not (folder / SCORES).is_file() or not (folder / SCORES_META).is_file():
@@ -79,11 +69,15 @@ def read_scores(folder: Path | None) -> tuple[dict[str, list[dict]], dict]:
             f"{folder} holds no {SCORES} with its {SCORES_META}: give the folder analyze.py wrote "
             "(paths.root/analysis, after `python analyze.py`), or leave out --scores"
         )
+    fix = "Run analyze.py again, or leave out the scores (--no-scores)."
+    meta = read_json(folder / SCORES_META, "the latent scores' record", fix, {SCORES_SHA256: str})
+    if sha256_file(folder / SCORES) != meta[SCORES_SHA256]:
+        raise DataError(f"{folder / SCORES} does not match the sha256 in {SCORES_META} (truncated or edited). {fix}")
     by_name: dict[str, list[dict]] = {}
-    with open(folder / SCORES, newline="") as f:
+    with open(folder / SCORES, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             by_name.setdefault(row.pop("name"), []).append(row)
-    return by_name, {"analysis": str(folder.resolve()), **json.loads((folder / SCORES_META).read_text())}
+    return by_name, {"analysis": str(folder.resolve()), **meta}
 
 
 def _write_scores(folder: Path, rows: list[dict], meta: dict) -> None:
@@ -91,6 +85,7 @@ def _write_scores(folder: Path, rows: list[dict], meta: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    meta = {**meta, SCORES_SHA256: sha256_file(folder / SCORES)}  # this folder's rows, not the whole analysis's
     (folder / SCORES_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -109,7 +104,11 @@ def _check_rows(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: d
 def default_scores(root: Path) -> Path | None:
     """STORE's sibling ``analysis/`` when it holds latent scores (the layout train.py and analyze.py share)."""
     folder = root.parent / "analysis"
-    return folder if (folder / SCORES).is_file() and (folder / SCORES_META).is_file() else None
+    present = [(folder / name).is_file() for name in (SCORES, SCORES_META)]
+    if any(present) and not all(present):  # an analysis wrote both: one alone is what damage left
+        raise DataError(f"{folder} holds only one of {SCORES} and {SCORES_META} (the other was deleted): run "
+                        "analyze.py again, or export without the scores (--no-scores)")  # fmt: skip
+    return folder if all(present) else None
 
 
 def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = None) -> list[Path]:
@@ -118,7 +117,9 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give the store (paths.root/store) or a folder of dictionaries")
-    chosen = _latest_dictionaries(root)
+    chosen = latest_dictionaries(root)
+    for folder in chosen.values():
+        verify(folder)  # every file against its sha256, before a row is counted or an export written
     if not chosen:
         raise DataError(f"no dictionaries under {root}: train some first (`python train.py -m experiment=demo`)")
     by_name, meta = read_scores(Path(scores) if scores is not None else None)

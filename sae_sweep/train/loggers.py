@@ -95,10 +95,17 @@ class _ResumingWriter(ExperimentWriter):
 
     def _keep_rows_before(self, step: int) -> None:
         path = Path(self.metrics_file_path)
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                header = list(reader.fieldnames or [])
+                rows = [row for row in reader if row.get("step") and int(float(row["step"])) < step]
+        except (ValueError, TypeError, csv.Error) as exc:  # bad UTF-8, a torn or edited row
+            log.warning("%s is damaged (%s): its rows before step %d are dropped, the curves restart there",
+                        path, type(exc).__name__, step)  # fmt: skip
+            path.unlink()
+            self.metrics_keys, self._earlier = [], False  # the next save writes a new file
+            return
         out = io.StringIO(newline="")
         writer = csv.DictWriter(out, fieldnames=header)
         writer.writeheader()
@@ -235,9 +242,13 @@ def _csv_rows(path: Path) -> list[tuple[int, dict]]:
     """(step, {metric: value}) of each row of a run's metrics.csv, in order; none if there is no such file."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step")]
-    return [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if k and v}) for r in rows]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step")]
+        return [(int(float(r.pop("step"))), {k: float(v) for k, v in r.items() if k and v}) for r in rows]
+    except (ValueError, TypeError, csv.Error) as exc:  # bad UTF-8, a torn or edited row: nothing is back-filled
+        log.warning("%s is damaged (%s): no earlier row is back-filled to W&B", path, type(exc).__name__)
+        return []
 
 
 class _WandbOff:

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sae_sweep.errors import DataError
-from sae_sweep.files import atomic_write_text, disk_full, remove_dead_temps, sha256_file, temp_path
+from sae_sweep.files import atomic_write_text, disk_full, read_json, remove_dead_temps, sha256_file, temp_path
 from sae_sweep.store import Artifact, ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def verify_checkpoint(ckpt: Path, required: bool = True) -> Path:
             f"before every checkpoint: it was deleted). Delete {ckpt.parent} to start this run over, or resume from "
             f"it unchecked with ckpt_path={ckpt}."
         )
-    if sha256_file(ckpt) not in digest_file.read_text().split():
+    if sha256_file(ckpt) not in digest_file.read_bytes().decode("ascii", errors="replace").split():
         raise DataError(
             f"checkpoint {ckpt} does not match the sha256 in {digest_file.name} (truncated or edited). "
             f"Delete {ckpt.parent} to start this run over, or pass ckpt_path=null."
@@ -106,11 +106,9 @@ def finished_artifact(run_dir: Path, store: ArtifactStore, force: bool, name: st
     ``name``: the artifact the run saves; a version of it that this run saved (its ``run_id``) counts as the run's
     result even without the done marker (a job stopped between the two), so that no rerun saves it twice.
     """
-    done = run_dir / DONE_FILE
-    if done.exists() and not force:
-        ref = json.loads(done.read_text())["artifact"]
-        log.info("%s already finished as %s; pass force=true to train a new version", run_dir.name, ref)
-        return store.get(ref)
+    if not force and (done := _recorded_result(run_dir, store, name)) is not None:
+        log.info("%s already finished as %s; pass force=true to train a new version", run_dir.name, done.ref)
+        return done
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +117,32 @@ def finished_artifact(run_dir: Path, store: ArtifactStore, force: bool, name: st
         log.info("%s already saved %s (it stopped before recording it); using that", run_dir.name, saved.ref)
         mark_finished(run_dir, saved)
     return saved
+
+
+def _recorded_result(run_dir: Path, store: ArtifactStore, name: str | None) -> Artifact | None:
+    """The version ``done.json`` names, verified; None when there is no marker, or when it is damaged or names a
+    version this run did not save (then said, and the run's own version is looked for by its run id instead). A
+    damaged version it names is refused by the store, naming the version's file."""
+    done = run_dir / DONE_FILE
+    if not done.exists():
+        return None
+    try:
+        ref = read_json(done, "completion marker", "", {"artifact": str})["artifact"]
+    except DataError as exc:
+        return _set_aside(done, str(exc))
+    ref_name, _, version = ref.partition(":")
+    if (name and ref_name != name) or not version or not (store.root / ref_name / version).is_dir():
+        return _set_aside(done, f"it names {ref[:60]!r}, not a version of {name or 'this run'} in {store.root}")
+    saved_by = store.get(ref, verify_files=False).metadata.get("run_id", run_dir.name)
+    if saved_by != run_dir.name:
+        return _set_aside(done, f"it names {ref}, which run {saved_by} saved, not this one")
+    return store.get(ref)  # every file checked against its sha256
+
+
+def _set_aside(done: Path, why: str) -> None:
+    log.warning("%s is not this run's completion marker (%s): looking for the version the run saved instead",
+                done, why.rstrip(". "))  # fmt: skip
+    done.unlink()
 
 
 def _saved_by(run_id: str, store: ArtifactStore, name: str) -> Artifact | None:

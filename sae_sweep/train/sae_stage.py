@@ -282,12 +282,17 @@ def _save(job, acts, source, uses, rid, run_dir, module, loggers, store) -> Arti
     metrics, counts = evaluate_sae(sae, acts.val, job.sae.l1_coeff)
     steps = int(module.progress[0])  # the trainer's global_step is 0 in ddp_spawn's main process
     extra = {"metrics.csv": run_dir / "csv" / "metrics.csv"}
+    if not extra["metrics.csv"].is_file():  # deleted, or a run resumed at its last step logs no row
+        log.warning("%s is missing: the dictionary is saved without its training curves", extra.pop("metrics.csv"))
     training = module.training_summary(job.sae.batch_size * job.world)
     training["threads"] = torch.get_num_threads()  # sums split over more threads differ in the last bits
     folder = run_dir / snapshots.SNAPSHOT_DIR
     if job.sae.snapshot_first > 0:  # the axis's last point: the final state, firing counted on the same rows
         snapshots.take(sae, module.held_out, job.sae.l1_coeff, steps, job.sae.batch_size * job.world, folder)
-    taken = snapshots.gather(folder, steps, run_dir / snapshots.SNAPSHOTS_FILE)
+    expected = snapshots.snapshot_steps(job.sae.snapshot_first, job.sae.batch_size * job.world, steps)
+    taken = snapshots.gather(
+        folder, steps, run_dir / snapshots.SNAPSHOTS_FILE, expected if job.sae.snapshot_first else ()
+    )
     if taken is not None:
         training["snapshots"] = taken
         extra[snapshots.SNAPSHOTS_FILE] = run_dir / snapshots.SNAPSHOTS_FILE

@@ -16,13 +16,18 @@ stage takes one more of the final state, so that every point of the axis counts 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from sae_sweep.dictionary import SNAPSHOTS_FILE  # noqa: F401 - the dictionary folder's file, named there
+from sae_sweep.errors import DataError
 from sae_sweep.train.convergence import evaluate_with_counts
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_DIR = "snapshots"  # in the run folder, while training
 
@@ -65,24 +70,37 @@ def clear(folder: Path) -> None:
         path.unlink()
 
 
-def gather(folder: Path, final_steps: int, out: Path) -> list[dict] | None:
+def gather(folder: Path, final_steps: int, out: Path, expected: Iterable[int] = ()) -> list[dict] | None:
     """Fold the snapshots taken up to ``final_steps`` into one file ``out``; their metrics, oldest first.
 
-    None (and no file) when the run took none.
+    None (and no file) when the run took none. A snapshot file that cannot be read is refused by name; one of the
+    ``expected`` steps that is missing (deleted) is said, and recorded in its place as ``{"steps": s, "missing":
+    true}``, so that the dictionary says which of its budget axis's points it lacks.
     """
-    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
 
     metas, tensors = [], {}
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["snapshot"])
-            if meta["steps"] > final_steps:  # a longer earlier attempt's
-                continue
-            tensors[f"decoder.{meta['steps']}"] = f.get_tensor("decoder")
-            tensors[f"fired.{meta['steps']}"] = f.get_tensor("fired")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["snapshot"])
+                if meta["steps"] > final_steps:  # a longer earlier attempt's
+                    continue
+                tensors[f"decoder.{meta['steps']}"] = f.get_tensor("decoder")
+                tensors[f"fired.{meta['steps']}"] = f.get_tensor("fired")
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"snapshot {path} is damaged ({type(exc).__name__}: {str(exc)[:80]}): delete it (the dictionary is "
+                "then saved without that point, and says so), or rerun with force=true to train the run again"
+            ) from None
         metas.append(meta)
-    if not metas:
+    for step in sorted(set(expected) - {m["steps"] for m in metas}):
+        log.warning("the snapshot after step %d is missing from %s (deleted?): the dictionary records it as missing",
+                    step, folder)  # fmt: skip
+        metas.append({"steps": step, "missing": True})
+    metas.sort(key=lambda m: m["steps"])
+    if not tensors:
         return None
     save_file(tensors, str(out))
     return metas

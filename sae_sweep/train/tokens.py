@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.errors import DataError
-from sae_sweep.files import build_once, json_digest, sha256_file, verify_files
+from sae_sweep.files import build_once, json_digest, read_json, sealed_files, sha256_file, verify_files
 from sae_sweep.train.corpus import DataConfig, Docs, openwebtext_docs, read_corpus
 from sae_sweep.train.tokenizer import TOKENIZER_FILE, BPETokenizer, GPT2Tokenizer, load_tokenizer
 
@@ -122,13 +122,11 @@ def _build(cfg: DataConfig, docs: Docs, out: Path, key: str) -> None:
 
 
 def _open(path: Path, verify: bool = True) -> TokenData:
-    meta_path = path / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"token cache {path} is unreadable ({exc}); delete the folder to rebuild it") from None
+    fix = f"Delete {path} to rebuild it."
+    meta = read_json(path / META_FILE, "the token cache's seal", fix, {"key": str, "files": dict})
+    files = sealed_files(meta, path / META_FILE, "the token cache's seal", fix, (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE))
     if verify:
-        verify_files(path, meta["files"], "token cache", "Delete the folder to rebuild it.")
+        verify_files(path, files, "token cache", fix)
     train = np.memmap(path / TRAIN_FILE, dtype=np.uint16, mode="r")
     val = np.memmap(path / VAL_FILE, dtype=np.uint16, mode="r")
     return TokenData(path, train, val, load_tokenizer(path / TOKENIZER_FILE), meta)

@@ -188,8 +188,10 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path):
     again = run_train(GPT_ARGS, root)
     assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr[-3000:]
     a = load_gpt(ArtifactStore(tmp_path / "reference" / "store").get("gpt-embedded-s0").path).model.state_dict()
-    b = load_gpt(ArtifactStore(root / "store").get("gpt-embedded-s0").path).model.state_dict()
-    assert_same_tensors(a, b, "GPT")
+    resumed = ArtifactStore(root / "store").get("gpt-embedded-s0")
+    assert_same_tensors(a, load_gpt(resumed.path).model.state_dict(), "GPT")
+    # it counts every step, and the loss before training is not measured again (the resumed model is not at init)
+    assert resumed.metadata["steps"] == 400 and resumed.metadata["val_loss_init"] is None
 
 
 PREP = """

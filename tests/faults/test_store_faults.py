@@ -2,6 +2,7 @@
 saving the same name at once each get their own verified version."""
 
 import contextlib
+import json
 import multiprocessing
 import threading
 
@@ -39,12 +40,12 @@ def test_a_corrupt_latest_pointer_is_named_and_refused(store, pointer):
 
 def test_a_version_folder_without_its_manifest_is_named_and_refused(store):
     (store.root / NAME / "v1" / MANIFEST).unlink()  # as if sealing never finished, or someone deleted it
-    with pytest.raises(DataError, match=r"v1 is not a readable artifact \(artifact.json.*Delete that folder"):
+    with pytest.raises(DataError, match=r"v1 is not a readable artifact \(it has no artifact.json.*Delete that folder"):
         store.get(NAME)
     with pytest.raises(DataError, match="not a readable artifact"):
         collect_local(store.root, 2)
     (store.root / NAME / "v1" / MANIFEST).write_text("{ not json")  # an edited manifest: the same answer
-    with pytest.raises(DataError, match=r"v1 is not a readable artifact"):
+    with pytest.raises(DataError, match=r"v1/artifact.json is unreadable \(JSONDecodeError.*Delete that folder"):
         store.get(NAME)
 
 
@@ -82,3 +83,17 @@ def test_two_processes_saving_one_name_at_once_get_two_verified_versions(tmp_pat
     assert made == {0, 1}  # one from each process, none overwritten
     assert (root / NAME / LATEST).read_text().strip() in versions
     assert not list((root / NAME).glob(".tmp-*"))  # no unsealed leftovers
+
+
+def test_a_manifest_must_list_every_file_of_its_version(store):
+    folder = store.root / NAME / "v1"
+    (folder / "extra.bin").write_bytes(b"\x00")  # a file no seal covers: it would be read unchecked
+    with pytest.raises(DataError, match=r"lists no sha256 for \['extra.bin'\]: files added after it was sealed"):
+        store.get(NAME)
+    (folder / "extra.bin").unlink()
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "files": {}}))  # an emptied seal: every file unchecked
+    with pytest.raises(
+        DataError, match=r"lists no sha256 for \['config.json', 'firing_counts.npy', 'sae.safetensors'\]"
+    ):
+        store.get(NAME)

@@ -7,7 +7,7 @@ import pytest
 from sae_sweep.store import ArtifactStore
 from sae_sweep.train.gpt import load_gpt
 
-from ..conftest import kill_at_first_checkpoint, run_train
+from ..conftest import run_train
 
 pytestmark = pytest.mark.slow
 SMOKE = ["stage=pretrain", "experiment=smoke"]
@@ -63,17 +63,6 @@ def test_force_trains_a_new_version(smoke_run):
     proc = run_train([*SMOKE, "logger=none", "force=true"], root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ArtifactStore(root / "store").get("gpt-embedded-s0").version == 1
-
-
-def test_killed_pretrain_resumes_from_last_checkpoint(tmp_path):
-    args = [*SMOKE, "logger=none", "pretrain.max_steps=600", "pretrain.ckpt_every=20", "pretrain.val_every=300"]
-    kill_at_first_checkpoint(args, tmp_path, timeout=120)
-    assert not list(tmp_path.glob("store/*/v*")), "the job finished before it could be killed"
-    again = run_train(args, tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "resuming from" in again.stdout + again.stderr
-    art = ArtifactStore(tmp_path / "store").get("gpt-embedded-s0")
-    assert art.metadata["steps"] == 600 and art.metadata["val_loss_init"] is None
 
 
 @pytest.mark.parametrize(

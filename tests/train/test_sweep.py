@@ -17,7 +17,7 @@ from sae_sweep.store import ArtifactStore
 from sae_sweep.sync import main as sync_main
 from sae_sweep.wandb_records import item_key, logged_rows, records, run_files, run_record
 
-from ..conftest import REPO, SMOKE, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
+from ..conftest import REPO, SMOKE, LinkingApi, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -151,27 +151,6 @@ def test_multirun_2_sizes_x_2_seeds(gpt_root, tmp_path):
     expected = [(f"me/sae-sweep/{r}", f"me/sae-sweep/{gpt}") for r in sae_runs]
     expected += [(f"me/sae-sweep/{lineage.stem}", f"me/sae-sweep/{ref}") for ref in every]
     assert sorted(api.links) == sorted(expected) and len(sae_runs) == 6
-
-
-class LinkingApi:
-    """A stand-in of wandb.Api on which every run and artifact exists: it records the links made."""
-
-    default_entity = "me"
-
-    def __init__(self):
-        self.links = []
-
-    def artifact(self, path):
-        return path
-
-    def run(self, path):
-        links = self.links
-
-        class Run:
-            def use_artifact(self, artifact):
-                links.append((path, artifact))
-
-        return Run()
 
 
 def test_ddp_two_cpu_processes_inside_a_multirun(gpt_root, tmp_path):

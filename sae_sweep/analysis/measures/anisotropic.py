@@ -39,7 +39,7 @@ class Anisotropic:
 def _activations_of(dicts: dict[Key, Dictionary], cache_dir: Path):
     for key in sorted({k for d in dicts.values() if (k := d.config.activations.get("key"))}):
         path = cache_folder(cache_dir, key)
-        if (path / "meta.json").exists():
+        if path.exists():  # a folder without its meta.json is damaged: named, not skipped
             return open_activations(path)
     return None
 

@@ -95,7 +95,7 @@ def activation_cache(dicts: dict[Key, Dictionary], cache_dir: Path | None) -> Ac
     """The first activation cache these dictionaries name that is on disk, or None."""
     for key in sorted({k for d in dicts.values() if (k := d.config.activations.get("key"))}):
         path = cache_folder(cache_dir, key) if cache_dir is not None else None
-        if path is not None and (path / "meta.json").exists():
+        if path is not None and path.exists():  # a folder without its meta.json is damaged: named, not skipped
             return open_activations(path)
     return None
 
