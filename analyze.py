@@ -16,9 +16,11 @@ log = logging.getLogger("sae_sweep")
 def run(cfg: DictConfig):
     """Compose-time config -> checked dataclasses -> the report. Usable from tests and notebooks."""
     from sae_sweep import config  # noqa: PLC0415 - heavy imports after Hydra checked the overrides
+
+    checked = config.analyze_job(cfg)  # a bad value is refused here, before the measures and torch load
     from sae_sweep.analysis import job  # noqa: PLC0415
 
-    return job.run(config.analyze_job(cfg))
+    return job.run(checked)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")

@@ -85,7 +85,7 @@ def _paths(cfg: DictConfig) -> Paths:
 
 def _training(cfg: DictConfig) -> dict:
     """What both training stages take: trainer, logger, paths and the rerun switches."""
-    from sae_sweep.train.trainer import TrainerConfig  # noqa: PLC0415
+    from sae_sweep.train.jobs import TrainerConfig  # noqa: PLC0415
 
     trainer = build(TrainerConfig, _section(cfg, "trainer"), "trainer")
     if trainer.progress_bar and _jobs_side_by_side():  # several live bars on one terminal overwrite each other
@@ -141,11 +141,10 @@ def _synthetic(cfg: DictConfig) -> bool:
 
 
 def pretrain_job(cfg: DictConfig):
-    """The pretraining stage's job (``sae_sweep.train.pretrain.PretrainJob``)."""
+    """The pretraining stage's job (``sae_sweep.train.jobs.PretrainJob``)."""
     from sae_sweep.train.corpus import DataConfig  # noqa: PLC0415 - the training side, only for a training job
     from sae_sweep.train.gpt import GPTConfig  # noqa: PLC0415
-    from sae_sweep.train.gpt_module import PretrainConfig  # noqa: PLC0415
-    from sae_sweep.train.pretrain import PretrainJob  # noqa: PLC0415
+    from sae_sweep.train.jobs import PretrainConfig, PretrainJob  # noqa: PLC0415
 
     if _synthetic(cfg):
         raise ConfigError(
@@ -163,11 +162,11 @@ def pretrain_job(cfg: DictConfig):
 
 
 def sae_job(cfg: DictConfig):
-    """The SAE stage's job (``sae_sweep.train.sae_stage.SAEJob``). data=synthetic adds the generator's config (and
+    """The SAE stage's job (``sae_sweep.train.jobs.SAEJob``). data=synthetic adds the generator's config (and
     takes no GPT); gpt=untrained adds the pretraining job whose seeded initialisation is the control GPT."""
     from sae_sweep.train.harvest import HarvestConfig  # noqa: PLC0415 - the training side, only for a training job
-    from sae_sweep.train.sae import SAEConfig  # noqa: PLC0415
-    from sae_sweep.train.sae_stage import UNTRAINED, SAEJob  # noqa: PLC0415
+    from sae_sweep.train.jobs import UNTRAINED, SAEJob  # noqa: PLC0415
+    from sae_sweep.train.sae_config import SAEConfig  # noqa: PLC0415
     from sae_sweep.truth import SyntheticConfig  # noqa: PLC0415
 
     gpt = _coerce(cfg.get("gpt"), str | None, "gpt")
@@ -189,10 +188,9 @@ def sae_job(cfg: DictConfig):
 
 
 def analyze_job(cfg: DictConfig):
-    """The analysis stage's job (``sae_sweep.analysis.job.AnalyzeJob``)."""
+    """The analysis stage's job (``sae_sweep.analysis.settings.AnalyzeJob``)."""
     from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415 - the analysis side, only for analysis
-    from sae_sweep.analysis.job import AnalyzeJob  # noqa: PLC0415
-    from sae_sweep.analysis.settings import AnalysisConfig  # noqa: PLC0415
+    from sae_sweep.analysis.settings import AnalysisConfig, AnalyzeJob  # noqa: PLC0415
 
     out_dir = _coerce(cfg.get("out_dir"), str | None, "out_dir")
     return AnalyzeJob(

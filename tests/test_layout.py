@@ -125,6 +125,29 @@ def test_an_sae_job_loads_no_analysis_module(gpt_root, tmp_path):
     assert not _under(ours, "sae_sweep.analysis"), ours
 
 
+@pytest.mark.parametrize("bad", [["stage=pretrain", "pretrain.lr=-1"], ["sae.dict_size=0"]], ids=["pretrain", "sae"])
+def test_a_refused_job_never_loads_lightning(tmp_path, bad):
+    """A bad value is refused before Lightning loads (the jobs are plain dataclasses, train/jobs.py): a second, not
+    five, for each typo (``python -X importtime train.py ...`` shows where the time goes)."""
+    code = (
+        "import json, os, sys\n"
+        "os.environ['SAE_SWEEP_ROOT'] = sys.argv[1]\n"
+        "from hydra import compose, initialize_config_dir\n"  # not tests.conftest: it imports Lightning itself
+        "from sae_sweep import ConfigError\n"
+        "import train\n"
+        f"with initialize_config_dir(config_dir={str(REPO / 'conf')!r}, version_base='1.3'):\n"
+        f"    cfg = compose(config_name='train', overrides={[*SMOKE, 'logger=none', *bad]!r})\n"
+        "try:\n"
+        "    train.run(cfg)\n"
+        "except ConfigError as exc:\n"
+        "    print(json.dumps({'refused': str(exc), 'modules': sorted(sys.modules)}))\n"
+    )
+    out = _modules_after(code, tmp_path)
+    assert bad[-1].split("=")[0] in out["refused"]  # the key is named
+    assert not _under(set(out["modules"]), "lightning"), sorted(m for m in out["modules"] if "lightning" in m)[:5]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_analysis_loads_neither_lightning_nor_the_training_side(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     for J in (8, 16):

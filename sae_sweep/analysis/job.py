@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from sae_sweep.analysis.collect import Collection, SourceConfig, collect_local_variants, collect_wandb, main_variant
+from sae_sweep.analysis.collect import Collection, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.measures.architectures import arch_of, architecture_table, stability
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
@@ -23,29 +23,15 @@ from sae_sweep.analysis.products import write_products
 from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts_of
 from sae_sweep.analysis.report.document import write_all
 from sae_sweep.analysis.report.section import ReportInput
-from sae_sweep.analysis.settings import AnalysisConfig
+from sae_sweep.analysis.settings import AnalysisConfig, AnalyzeJob
 from sae_sweep.analysis.wandb_run import analysis_run
 from sae_sweep.errors import ConfigError, SaeSweepError
 from sae_sweep.files import atomic_folder
 from sae_sweep.stages import Stages
-from sae_sweep.store import ArtifactStore, Paths
-from sae_sweep.tracking import LoggerConfig
+from sae_sweep.store import ArtifactStore
 from sae_sweep.truth import load_true_features
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AnalyzeJob:
-    analysis: AnalysisConfig
-    source: SourceConfig
-    logger: LoggerConfig
-    paths: Paths
-    out_dir: Path | None = None  # None: <paths.root>/analysis
-
-    @property
-    def out(self) -> Path:
-        return self.out_dir or self.paths.root / "analysis"
 
 
 def _progress(iterable, total: int, description: str):

@@ -1,10 +1,15 @@
-"""The analysis's settings: what ``conf/analyze.yaml``'s ``analysis`` node becomes (every field is there)."""
+"""The analysis's settings: what ``conf/analyze.yaml``'s ``analysis`` node becomes (every field is there), and the
+job ``analyze.py`` runs. Neither imports the measures or torch, so a bad value is refused before they load."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from sae_sweep.analysis.collect import SourceConfig
 from sae_sweep.errors import ConfigError
+from sae_sweep.store import Paths
+from sae_sweep.tracking import LoggerConfig
 
 VERDICT_NULLS = ("auto", "isotropic", "reference", "moment", "rows")
 
@@ -61,3 +66,16 @@ class AnalysisConfig:
         for name in ("level", "null_quantile", "fdr"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"analysis.{name} must be in (0, 1), got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class AnalyzeJob:
+    analysis: AnalysisConfig
+    source: SourceConfig
+    logger: LoggerConfig
+    paths: Paths
+    out_dir: Path | None = None  # None: <paths.root>/analysis
+
+    @property
+    def out(self) -> Path:
+        return self.out_dir or self.paths.root / "analysis"

@@ -10,6 +10,8 @@
     batches.py                             shuffled activation batches, several steps' stacked per Lightning batch
     sae_step.py                            the hand-written step: exact gradients, dense or over the active codes
     convergence.py, snapshots.py           held-out evaluations, decoder drift and the stopping rule; the budget axis
+    jobs.py                                what a command asks for (the stages' jobs, the trainer's settings), free of
+                                           Lightning, so a bad value is refused before it loads
     trainer.py, preemption.py, runs.py     the shared Trainer, clean stops on SIGTERM/requeue, a run's folder
     slurm.py                               hydra/launcher=slurm: resources from the trainer, checked against the nodes
     loggers.py, density.py                 CSV + guarded W&B logging; the one figure a job draws

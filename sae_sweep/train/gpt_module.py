@@ -5,9 +5,6 @@ The model itself is ``gpt.py`` (a plain nn.Module); nothing here is needed to us
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,60 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sae_sweep.errors import ConfigError
 from sae_sweep.train.gpt import GPT, GPTConfig
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """nanoGPT's optimizer recipe, sized so the default trains on 2 CPU cores in a few minutes."""
-
-    seed: int = 0  # the GPT's seed: init and batch order. SAE seeds are separate and never retrain it
-    batch_size: int = 32  # sequences per step (per device): 32 x 256 = 8192 tokens
-    max_steps: int = 800
-    # nanoGPT's 6e-4 is GPT-2 small's; this 32-wide model learns faster at a higher peak (measured at 800 steps:
-    # validation loss 5.33 at 6e-4, 4.35 at 2e-3, about what 3x the steps at 6e-4 reaches)
-    lr: float = 2e-3
-    min_lr: float = 2e-4  # cosine floor: lr / 10, as nanoGPT
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    val_every: int = 100  # steps between validation passes
-    val_batches: int = 20  # fixed validation batches, the same at every pass
-    ckpt_every: int = 100  # steps between checkpoints (last.ckpt, written atomically)
-    # A name for a GPT that is not the default one (a longer-trained one, say): gpt-<corpus>-s<seed>-<tag>. SAEs on
-    # it are a variant (sae-L2-J1024-s0-gpt-<tag>), and the default gpt= of an SAE sweep skips it.
-    tag: str = ""
-
-    def __post_init__(self) -> None:
-        if self.tag and not re.fullmatch(r"[a-z0-9][a-z0-9.]*", self.tag):
-            raise ConfigError(
-                f"pretrain.tag must be lower-case letters, digits and dots (it goes into artifact names), "
-                f"got {self.tag!r}"
-            )
-        for name in ("batch_size", "max_steps", "val_every", "val_batches", "ckpt_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"pretrain.{name} must be a positive integer, got {value!r}")
-        if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
-            raise ConfigError(
-                f"pretrain.warmup_steps must be in [0, max_steps={self.max_steps}), got {self.warmup_steps!r}"
-            )
-        if not 0 < self.min_lr <= self.lr:
-            raise ConfigError(f"need 0 < pretrain.min_lr <= pretrain.lr, got {self.min_lr!r} and {self.lr!r}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"pretrain.beta1 and beta2 must be in [0, 1), got {self.beta1!r}, {self.beta2!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("pretrain.weight_decay and pretrain.grad_clip must be >= 0")
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up to lr, then cosine decay to min_lr at max_steps (nanoGPT's get_lr)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / (self.warmup_steps + 1)
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
-        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.lr - self.min_lr)
+from sae_sweep.train.jobs import PretrainConfig
 
 
 class RandomBlocks(IterableDataset):

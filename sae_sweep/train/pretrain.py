@@ -11,51 +11,25 @@ starts from, never trained, so that SAEs on a trained and an untrained model dif
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
 from sae_sweep.files import json_digest
 from sae_sweep.stages import Stages
-from sae_sweep.store import Artifact, ArtifactStore, Paths
-from sae_sweep.tracking import LoggerConfig
+from sae_sweep.store import Artifact, ArtifactStore
 from sae_sweep.train import ready_made
-from sae_sweep.train.corpus import DataConfig
-from sae_sweep.train.gpt import GPT, MODEL_TYPE, GPTConfig, write_gpt
-from sae_sweep.train.gpt_module import GPTModule, PretrainConfig, RandomBlocks, TokenDataModule
+from sae_sweep.train.gpt import GPT, MODEL_TYPE, write_gpt
+from sae_sweep.train.gpt_module import GPTModule, RandomBlocks, TokenDataModule
+from sae_sweep.train.jobs import PretrainConfig, PretrainJob
 from sae_sweep.train.loggers import build_loggers, finish_wandb
 from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
 from sae_sweep.train.tokenizer import TOKENIZER_FILE
 from sae_sweep.train.tokens import TokenData, prepare
-from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
+from sae_sweep.train.trainer import build_trainer, fit_to_end
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainJob:
-    data: DataConfig
-    model: GPTConfig
-    pretrain: PretrainConfig
-    trainer: TrainerConfig
-    logger: LoggerConfig
-    paths: Paths
-    ckpt_path: str | None = "last"  # "last": resume this run's last.ckpt if any; a path: that file; None: start over
-    force: bool = False  # train a new version even if this exact run has finished
-    ready_made: bool = True  # install the GPT shipped with sae-sweep when it is this run's product (ready_made.py)
-
-    @property
-    def base_name(self) -> str:
-        return f"gpt-{self.data.corpus}-s{self.pretrain.seed}"
-
-    @property
-    def name(self) -> str:
-        return f"{self.base_name}-{self.pretrain.tag}" if self.pretrain.tag else self.base_name
-
-    @property
-    def untrained_name(self) -> str:  # the same initialisation whatever the tag: one control GPT
-        return f"{self.base_name}-untrained"
 
 
 def wandb_axes(job: PretrainJob) -> dict:

@@ -12,89 +12,34 @@ dictionaries carry the variant in their names (``sae-L2-J1024-s0-untrained``), s
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sae_sweep.activations import Activations
-from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, dictionary_name, write_dictionary
+from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, write_dictionary
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.files import json_digest
 from sae_sweep.interop import saelens
 from sae_sweep.lineage import reference
 from sae_sweep.stages import Stages
-from sae_sweep.store import Artifact, ArtifactStore, Paths, file_digest
-from sae_sweep.tracking import LoggerConfig
+from sae_sweep.store import Artifact, ArtifactStore, file_digest
 from sae_sweep.train import snapshots
-from sae_sweep.train.archs import architecture
 from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
-from sae_sweep.train.harvest import HarvestConfig, harvest
+from sae_sweep.train.harvest import harvest
+from sae_sweep.train.jobs import UNTRAINED, SAEJob
 from sae_sweep.train.loggers import build_loggers, finish_wandb
-from sae_sweep.train.pretrain import PretrainJob, export_untrained
+from sae_sweep.train.pretrain import export_untrained
 from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
-from sae_sweep.train.sae import SAEConfig
 from sae_sweep.train.sae_module import SAEModule, evaluate_sae
 from sae_sweep.train.synthetic import synthetic_activations
 from sae_sweep.train.tokens import open_prepared
 from sae_sweep.train.trainer import TrainerConfig, build_trainer, fit_to_end
-from sae_sweep.truth import SyntheticConfig
 
 log = logging.getLogger(__name__)
-UNTRAINED = "untrained"  # gpt=untrained: the control GPT, never trained
-DEFAULT_L1 = SAEConfig().l1_coeff  # a dictionary trained at another l1_coeff says so in its name
-DEFAULT_INIT = SAEConfig().init  # and one started from another initialisation
-
-
-@dataclass(frozen=True)
-class SAEJob:
-    harvest: HarvestConfig
-    sae: SAEConfig
-    trainer: TrainerConfig
-    logger: LoggerConfig
-    paths: Paths
-    gpt: str | None = None  # a model artifact (name, name:vN or folder); None: the newest trained one; "untrained"
-    ckpt_path: str | None = "last"
-    force: bool = False
-    synthetic: SyntheticConfig | None = None  # data=synthetic: generated activations with known features, no GPT
-    untrained: PretrainJob | None = None  # gpt=untrained: the corpus, model and seed pretraining would start from
-    gpt_tag: str = ""  # the GPT's pretrain.tag, read from its artifact once resolved: SAEs on it are a variant
-
-    @property
-    def variant(self) -> str:
-        """What sets this job apart from the note's sweep, as a name suffix: "", "untrained", "resample-l1-0.003"..."""
-        parts = [f"gpt-{self.gpt_tag}"] if self.gpt_tag else []
-        if self.synthetic is not None:
-            parts.append(self.synthetic.variant)
-        if self.gpt == UNTRAINED:
-            parts.append(UNTRAINED)
-        if self.sae.arch_suffix:
-            parts.append(self.sae.arch_suffix)  # "topk-k20": an architecture other than the note's ReLU + L1
-        if self.sae.init != DEFAULT_INIT:
-            parts.append(f"init-{self.sae.init}")
-        if self.sae.resample_every > 0:
-            parts.append("resample")
-        if self.sae.l1_coeff != DEFAULT_L1 and "l1_coeff" in architecture(self.sae).params:  # ReLU's, not TopK's
-            parts.append(f"l1-{self.sae.l1_coeff:g}")
-        if self.sae.tag:
-            parts.append(self.sae.tag)  # "onepass": what the user names (experiment=architectures' equal budgets)
-        return "-".join(parts)
-
-    @property
-    def name(self) -> str:
-        return dictionary_name(self.harvest.layer, self.sae.dict_size, self.sae.seed, self.variant)
-
-    @property
-    def world(self) -> int:
-        """Processes training the one SAE (each takes its slice of every batch)."""
-        return self.trainer.devices * self.trainer.num_nodes
-
-    @property
-    def group(self) -> str:
-        """The W&B group: the jobs of one size and variant, across seeds."""
-        return f"sae-L{self.harvest.layer}-J{self.sae.dict_size}" + (f"-{self.variant}" if self.variant else "")
 
 
 def resolve_gpt(store: ArtifactStore, spec: str | None) -> Artifact:

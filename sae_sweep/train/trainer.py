@@ -12,7 +12,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,7 +19,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from sae_sweep.errors import ConfigError, TrainingError
+from sae_sweep.errors import TrainingError
+from sae_sweep.train.jobs import TrainerConfig
 from sae_sweep.train.preemption import CheckpointBeforeRequeue, CheckpointOnSigterm, ReportResume, fit
 from sae_sweep.train.runs import CKPT_DIR, AtomicCheckpointIO
 
@@ -31,40 +31,12 @@ warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # batches are built in-process
 
-ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
-
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up banners (devices found, "try litlogger" tips, the LOCAL_RANK line) off the console:
     its info messages go through these loggers, its warnings and errors still show."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"  # ddp_spawn locally: plain ddp re-launches the script (and so the whole sweep)
-    precision: str = "32-true"  # bf16-mixed on GPUs that have it; CPU bf16 autocast is slower here
-    compile: bool = False  # torch.compile: slow to start, and a 32-wide model has little to fuse
-    log_every_n_steps: int = 10
-    progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"trainer.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"trainer.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if str(self.precision) not in PRECISIONS:
-            raise ConfigError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("devices", "num_nodes", "log_every_n_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"trainer.{name} must be a positive integer, got {value!r}")
 
 
 class _StepProgressBar(RichProgressBar):
