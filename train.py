@@ -17,14 +17,16 @@ def run(cfg: DictConfig):
     """Compose-time config -> checked dataclasses -> the stage's work. Usable from tests and notebooks."""
     # torch loads here, after Hydra has checked the overrides, and Lightning once the job is built and checked: a
     # typo fails in under a second, a bad value in about one (tests/test_layout.py holds both).
-    from sae_sweep import config  # noqa: PLC0415
+    from sae_sweep import config, rules  # noqa: PLC0415
 
     if config.stage(cfg) == "pretrain":
         job = config.pretrain_job(cfg)
+        rules.enforce(rules.pretrain_view(job), machine=True)  # and what this machine offers (devices)
         from sae_sweep.train import pretrain  # noqa: PLC0415
 
         return pretrain.run(job)
     job = config.sae_job(cfg)
+    rules.enforce(rules.sae_view(job), machine=True)  # devices, and memory for the SAE (a floor before the GPT's width)
     from sae_sweep.train import sae_stage  # noqa: PLC0415
 
     return sae_stage.run(job)

@@ -13,8 +13,9 @@ back), ``activations`` (the activation cache), ``truth``
 (synthetic ground truth), ``tracking`` (W&B), ``lineage`` (exact W&B references, inputs recorded for runs made
 offline), ``wandb_records`` (a ``.wandb`` record log read back), ``stages`` (the table of where a command's time
 went) and ``errors``.
-``config`` turns a Hydra config into either side's job, and ``sweep_check`` builds and checks every job of a multirun
-before the first one starts;
+``rules`` lists every rule that relates two or more config keys (each with an example that breaks it) and ``memory``
+estimates what an SAE run needs against what the machine has; ``config`` turns a Hydra config into either side's job,
+and ``sweep_check`` builds and checks every job of a multirun before the first one starts;
 ``cli`` refuses a bad command line in one line before Hydra runs.
 ``sync`` uploads offline runs and links their recorded inputs (``python -m sae_sweep.sync``).
 ``interop`` writes dictionaries as SAELens folders and reads other libraries' SAEs for the analysis.

@@ -1,8 +1,9 @@
 """The one place a Hydra/OmegaConf config becomes the plain dataclasses the library takes.
 
 Every section is checked here: an unknown key, a value of the wrong type or a value out of range ends the run before
-any work, with a ConfigError that names the key and what it accepts. Each side is imported only by the function that
-builds its job, so ``analyze.py`` never loads Lightning and ``train.py`` never loads the analysis.
+any work, with a ConfigError that names the key and what it accepts; then the rules between keys (rules.py) are
+checked on the job built. Each side is imported only by the function that builds its job, so ``analyze.py`` never
+loads Lightning and ``train.py`` never loads the analysis.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import typing
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from sae_sweep import rules
 from sae_sweep.errors import ConfigError
 from sae_sweep.files import json_digest
 from sae_sweep.store import Paths
 from sae_sweep.tracking import LoggerConfig
 from sae_sweep.truth import CORPUS as SYNTHETIC
+from sae_sweep.truth import SyntheticConfig
 
 STAGES = ("pretrain", "sae")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
@@ -51,36 +54,57 @@ def _coerce(value, tp, key: str):
     return tp(value)
 
 
-def build(cls, node, section: str):
-    """Make dataclass ``cls`` from the config section ``section`` (a DictConfig or dict)."""
-    try:
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{section}: {exc}".splitlines()[0]) from None
+def build(cls, node, section: str, hint: str = ""):
+    """Make dataclass ``cls`` from the config section ``section`` (a DictConfig or dict); ``hint`` ends the message
+    about unknown keys (what chose ``cls``)."""
+    if not isinstance(node, (DictConfig, dict)):
+        raise ConfigError(f"{section} must be a section of keys, got {node!r}; pick one with {section}=<choice>")
+    values = _resolved(node, section) if isinstance(node, DictConfig) else dict(node)
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed keys: {fields}")
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed keys: {fields}{hint}")
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
     return cls(**kwargs)
+
+
+def _resolved(node: DictConfig, section: str) -> dict:
+    """The section as a plain dict, interpolations resolved; one that cannot be is named by its key."""
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:  # a ??? in the yaml (data=text_files's data.paths)
+        raise ConfigError(f"{exc.full_key} must be given (its config has ??? there): set {exc.full_key}=") from None
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or section}: {exc}".splitlines()[0]) from None
 
 
 def _section(cfg: DictConfig, name: str):
     if name not in cfg:
         raise ConfigError(f"the config has no '{name}' section; pick one with {name}=<choice>")
-    return cfg[name]
+    return _get(cfg, name)
+
+
+def _get(node, key: str, default=None, where: str | None = None):
+    """``node[key]`` resolved (``default`` when absent); an interpolation that does not resolve names the key."""
+    try:
+        return node.get(key, default)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where or key}: {exc}".splitlines()[0]) from None
 
 
 def stage(cfg: DictConfig) -> str:
-    value = cfg.get("stage")
-    if value not in STAGES:
+    value = _get(cfg, "stage")
+    if not isinstance(value, str) or value not in STAGES:
         raise ConfigError(f"stage must be one of {STAGES}, got {value!r}")
     return value
 
 
 def _paths(cfg: DictConfig) -> Paths:
-    return Paths(Path(build(_PathsNode, _section(cfg, "paths"), "paths").root).expanduser().resolve())
+    root = build(_PathsNode, _section(cfg, "paths"), "paths").root
+    if not root.strip():  # "" would put cache/, store/ and runs/ in the current folder
+        raise ConfigError(f"paths.root must name a folder, got {root!r}; set paths.root or $SAE_SWEEP_ROOT")
+    return Paths(Path(root).expanduser().resolve())
 
 
 def _training(cfg: DictConfig) -> dict:
@@ -97,8 +121,8 @@ def _training(cfg: DictConfig) -> dict:
         "trainer": trainer,
         "logger": logger,
         "paths": _paths(cfg),
-        "ckpt_path": _coerce(cfg.get("ckpt_path", "last"), str | None, "ckpt_path"),
-        "force": _coerce(cfg.get("force", False), bool, "force"),
+        "ckpt_path": _coerce(_get(cfg, "ckpt_path", "last"), str | None, "ckpt_path"),
+        "force": _coerce(_get(cfg, "force", False), bool, "force"),
     }
 
 
@@ -137,28 +161,34 @@ def _jobs_side_by_side() -> bool:
 
 def _synthetic(cfg: DictConfig) -> bool:
     data = _section(cfg, "data")
-    return isinstance(data, (DictConfig, dict)) and data.get("corpus") == SYNTHETIC
+    return isinstance(data, (DictConfig, dict)) and _get(data, "corpus", where="data.corpus") == SYNTHETIC
+
+
+def _data(cfg: DictConfig):
+    """The data section: the generator's settings for data=synthetic, else the corpus's."""
+    from sae_sweep.train.corpus import DataConfig  # noqa: PLC0415 - the training side, only for a training job
+
+    node, synthetic = _section(cfg, "data"), _synthetic(cfg)
+    corpus = _get(node, "corpus", where="data.corpus") if isinstance(node, (DictConfig, dict)) else None
+    hint = f" (the keys of data.corpus={corpus!r}: pick the data with data=<option>)"
+    return build(SyntheticConfig if synthetic else DataConfig, node, "data", hint)
 
 
 def pretrain_job(cfg: DictConfig):
-    """The pretraining stage's job (``sae_sweep.train.jobs.PretrainJob``)."""
-    from sae_sweep.train.corpus import DataConfig  # noqa: PLC0415 - the training side, only for a training job
-    from sae_sweep.train.gpt import GPTConfig  # noqa: PLC0415
+    """The pretraining stage's job (``sae_sweep.train.jobs.PretrainJob``); the rules between its keys checked
+    (rules.py: data=synthetic, say, has no GPT to pretrain)."""
+    from sae_sweep.train.gpt import GPTConfig  # noqa: PLC0415 - the training side, only for a training job
     from sae_sweep.train.jobs import PretrainConfig, PretrainJob  # noqa: PLC0415
 
-    if _synthetic(cfg):
-        raise ConfigError(
-            "data=synthetic: there is no GPT to pretrain on synthetic data, whose activations are generated "
-            "directly. Train SAEs on them with `python train.py data=synthetic` (one job) or "
-            "`python train.py -m experiment=synthetic` (the sweep); drop stage=pretrain"
-        )
-    return PretrainJob(
-        data=build(DataConfig, _section(cfg, "data"), "data"),
+    job = PretrainJob(
+        data=_data(cfg),
         model=build(GPTConfig, _section(cfg, "model"), "model"),
         pretrain=build(PretrainConfig, _section(cfg, "pretrain"), "pretrain"),
-        ready_made=_coerce(cfg.get("ready_made", True), bool, "ready_made"),
+        ready_made=_coerce(_get(cfg, "ready_made", True), bool, "ready_made"),
         **_training(cfg),
     )
+    rules.enforce(rules.pretrain_view(job))
+    return job
 
 
 def sae_job(cfg: DictConfig):
@@ -167,17 +197,14 @@ def sae_job(cfg: DictConfig):
     from sae_sweep.train.harvest import HarvestConfig  # noqa: PLC0415 - the training side, only for a training job
     from sae_sweep.train.jobs import UNTRAINED, SAEJob  # noqa: PLC0415
     from sae_sweep.train.sae_config import SAEConfig  # noqa: PLC0415
-    from sae_sweep.truth import SyntheticConfig  # noqa: PLC0415
 
-    gpt = _coerce(cfg.get("gpt"), str | None, "gpt")
+    gpt = _coerce(_get(cfg, "gpt"), str | None, "gpt")
     synthetic = untrained = None
     if _synthetic(cfg):
-        synthetic = build(SyntheticConfig, cfg.data, "data")
-        if gpt is not None:
-            raise ConfigError(f"gpt={gpt}: data=synthetic generates the activations, there is no GPT to use; drop gpt=")
+        synthetic = _data(cfg)  # with a gpt= too: a rule refuses the pair below
     elif gpt == UNTRAINED:
         untrained = pretrain_job(cfg)
-    return SAEJob(
+    job = SAEJob(
         harvest=build(HarvestConfig, _section(cfg, "harvest"), "harvest"),
         sae=build(SAEConfig, _section(cfg, "sae"), "sae"),
         gpt=gpt,
@@ -185,6 +212,8 @@ def sae_job(cfg: DictConfig):
         untrained=untrained,
         **_training(cfg),
     )
+    rules.enforce(rules.sae_view(job))
+    return job
 
 
 def analyze_job(cfg: DictConfig):
@@ -192,14 +221,16 @@ def analyze_job(cfg: DictConfig):
     from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415 - the analysis side, only for analysis
     from sae_sweep.analysis.settings import AnalysisConfig, AnalyzeJob  # noqa: PLC0415
 
-    out_dir = _coerce(cfg.get("out_dir"), str | None, "out_dir")
-    return AnalyzeJob(
+    out_dir = _coerce(_get(cfg, "out_dir"), str | None, "out_dir")
+    job = AnalyzeJob(
         analysis=build(AnalysisConfig, _section(cfg, "analysis"), "analysis"),
         source=build(SourceConfig, _section(cfg, "source"), "source"),
         logger=build(LoggerConfig, _section(cfg, "logger"), "logger"),
         paths=_paths(cfg),
         out_dir=Path(out_dir).expanduser().resolve() if out_dir else None,
     )
+    rules.enforce(rules.analyze_view(job))
+    return job
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,9 @@ line before the earlier jobs have trained (a Hydra callback, ``hydra.callbacks.c
 
 The jobs are expanded as Hydra's basic sweeper expands them (the experiment's ``hydra.sweeper.params``, then the
 command line's overrides, as a cartesian product), each job's config is composed by Hydra's own config loader, and
-the job is built and checked as ``train.py`` would (``config.sae_job`` / ``config.pretrain_job`` and
-``sae_stage.check``): values only, no file is read or written. Another sweeper's jobs are left to it.
+the job is built and checked as ``train.py`` would (``config.sae_job`` / ``config.pretrain_job``, then
+``sae_stage.check`` / ``pretrain.check``: every rule of rules.py, and what this machine offers unless a SLURM launcher
+runs the jobs elsewhere): values only, no file is read or written. Another sweeper's jobs are left to it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,25 @@ def job_overrides(config: DictConfig) -> list[tuple[str, ...]]:
     return list(itertools.product(*lists))
 
 
-def check_job(cfg: DictConfig) -> None:
-    """Build the job ``train.py`` would run from ``cfg`` and check its values (SaeSweepError if one is bad)."""
+def check_job(cfg: DictConfig, machine: bool = True) -> None:
+    """Build the job ``train.py`` would run from ``cfg`` and check its values as its stage does before any work
+    (SaeSweepError if one is bad); ``machine``: also against this machine, where the job will run."""
     from sae_sweep import config  # noqa: PLC0415
 
     if config.stage(cfg) == "pretrain":
-        config.pretrain_job(cfg)
+        from sae_sweep.train import pretrain  # noqa: PLC0415
+
+        pretrain.check(config.pretrain_job(cfg), machine=machine)
         return
     from sae_sweep.train.sae_stage import check  # noqa: PLC0415
 
-    check(config.sae_job(cfg))
+    check(config.sae_job(cfg), machine=machine)
+
+
+def runs_here(config: DictConfig) -> bool:
+    """Whether the sweep's jobs run on this machine: not under SLURM's launcher, whose jobs run on other nodes (their
+    devices and memory are checked there, when each job starts)."""
+    return "slurm" not in str((config.hydra.get("launcher") or {}).get("_target_", "")).lower()
 
 
 class CheckEveryJob(Callback):
@@ -56,9 +66,10 @@ class CheckEveryJob(Callback):
             jobs = [(o, loader.load_sweep_config(config, list(o))) for o in job_overrides(config)]
         except Exception:  # noqa: BLE001 - what Hydra cannot expand or compose, Hydra itself reports
             return
+        here = runs_here(config)
         for number, (overrides, cfg) in enumerate(jobs):
             try:
-                check_job(cfg)
+                check_job(cfg, machine=here)
             except SaeSweepError as exc:  # Hydra turns a callback's exception into a warning and goes on: exit here
                 print(f"error: job #{number} ({' '.join(overrides)}), before any job ran: {exc}", file=sys.stderr)
                 raise SystemExit(exc.exit_code) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sae_sweep import rules
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.files import json_digest
 from sae_sweep.store import Artifact, ArtifactStore
@@ -57,7 +58,7 @@ class SyntheticConfig:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"data.seed must be a non-negative integer, got {self.seed!r}")
-        if isinstance(self.active, bool) or not (0 < self.active <= self.n_features):  # also refuses NaN
+        if isinstance(self.active, bool) or not 0 < self.active < math.inf:  # also refuses NaN
             raise ConfigError(
                 f"data.active (expected active features per activation) must be in (0, data.n_features="
                 f"{self.n_features}], got {self.active!r}"
@@ -67,17 +68,13 @@ class SyntheticConfig:
         if isinstance(self.noise, bool) or not (0 <= self.noise and math.isfinite(self.noise)):
             raise ConfigError(f"data.noise (a standard deviation) must be a finite number >= 0, got {self.noise!r}")
         self._check_hierarchy()
+        rules.enforce(rules.View({"data": self}), at="section")  # data.active, data.groups against n_features
 
     def _check_hierarchy(self) -> None:
         for name, least in (("groups", 0), ("children", 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"data.{name} must be an integer >= {least}, got {value!r}")
-        if self.groups * self.children > self.n_features:
-            raise ConfigError(
-                f"data.groups x data.children = {self.groups * self.children} parts, more than data.n_features="
-                f"{self.n_features} true features: lower data.groups or raise data.n_features"
-            )
         if isinstance(self.spread, bool) or not (0 < self.spread and math.isfinite(self.spread)):
             raise ConfigError(f"data.spread must be a finite number > 0, got {self.spread!r}")
 

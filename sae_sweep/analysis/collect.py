@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_sweep import rules
 from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
 from sae_sweep.dictionary_folders import latest_by_name, latest_dictionaries
 from sae_sweep.errors import ConfigError, DataError
@@ -34,10 +35,7 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
             raise ConfigError(f"source.kind must be one of {SOURCES}, got {self.kind!r}")
-        if self.hook is not None and self.kind != "foreign":
-            raise ConfigError(f"source.hook picks among other libraries' SAEs (source=foreign), not source={self.kind}")
-        if self.kind == "foreign" and not self.path:
-            raise ConfigError("source=foreign reads the SAEs in source.path: give it (source.path=/path/to/saes)")
+        rules.enforce(rules.View({"source": self}), at="section")  # which keys each kind reads (rules.py)
 
 
 _NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)(?:-(?P<variant>[A-Za-z0-9._-]+))?$")

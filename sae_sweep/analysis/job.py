@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from sae_sweep import rules
 from sae_sweep.analysis.collect import Collection, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.measures.architectures import arch_of, architecture_table, stability
 from sae_sweep.analysis.measures.controls import control_rows
@@ -66,9 +67,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     """Write the report to ``job.out`` (replaced whole, only once complete) and return report.md's path; with
     ``analysis.only``, print what it asks instead (question.py) and return None."""
     cfg = job.analysis
-    check_device(cfg.device)  # before any work
-    if cfg.only is not None:
-        parse_only(cfg.only)  # a malformed question: refused before any work
+    check(job)
     stages = Stages()
     with stages("collect") as made:
         found, stores, where = _collect(job, api)
@@ -159,6 +158,15 @@ def _sizes_of(cfg: AnalysisConfig, dicts: dict, variant: str) -> AnalysisConfig:
                 key,
             )
     return replace(cfg, **keep)
+
+
+def check(job: AnalyzeJob) -> None:
+    """What can be checked before any work: the rules between the job's values (rules.py), the device, the question
+    of ``analysis.only``. What depends on the dictionaries found (the reference size, the variant) comes after."""
+    rules.enforce(rules.analyze_view(job), machine=True)
+    check_device(job.analysis.device)
+    if job.analysis.only is not None:
+        parse_only(job.analysis.only)  # a malformed question
 
 
 def check_device(device: str | None) -> None:

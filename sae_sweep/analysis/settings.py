@@ -47,8 +47,6 @@ class AnalysisConfig:
     only: str | None = None  # a dictionary (name) or one feature (name:index): print its rows, write no report
 
     def __post_init__(self) -> None:
-        if self.cutoff is None:  # one number splits high from low unless the user asks for two
-            object.__setattr__(self, "cutoff", self.threshold)
         if self.verdict_null not in VERDICT_NULLS:
             raise ConfigError(f"analysis.verdict_null must be one of {VERDICT_NULLS}, got {self.verdict_null!r}")
         ints = ("n_random", "chunk_size", "bins", "n_boot", "n_perm", "hungarian_max", "min_replications", "null_rows")
@@ -56,11 +54,15 @@ class AnalysisConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.seed < 2**63:  # numpy's seed: a negative one fails inside the measures
+            raise ConfigError(f"analysis.seed must be an integer in [0, 2^63), got {self.seed!r}")
         if self.null_rows < 20:
             raise ConfigError(
                 f"analysis.null_rows must be at least 20 (the null's tail is fitted to them), got {self.null_rows}"
             )
-        for name in ("cutoff", "threshold", "stay_cosine", "shared_cosine", "recovered_cosine", "match_cosine"):
+        if self.cutoff is None and -1.0 < self.threshold <= 1.0:  # one number splits high from low unless the user
+            object.__setattr__(self, "cutoff", self.threshold)  # asks for two (a bad threshold is named below)
+        for name in ("threshold", "cutoff", "stay_cosine", "shared_cosine", "recovered_cosine", "match_cosine"):
             if not -1.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"analysis.{name} must be in (-1, 1], got {getattr(self, name)!r}")
         for name in ("level", "null_quantile", "fdr"):

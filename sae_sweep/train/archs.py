@@ -55,7 +55,8 @@ class Architecture:
     params: ClassVar[tuple[str, ...]] = ()  # the sae.* keys it reads beyond the shared ones
     tensors: ClassVar[tuple[str, ...]] = ()  # what it adds to a dictionary's sae.safetensors (its own parameters)
     hand_written: ClassVar[bool] = False  # sae_step.py's exact gradients apply (untied, one process)
-    resampling: ClassVar[bool] = False  # sae.resample_every (dead-feature resampling, a control) applies
+    resampling: ClassVar[bool] = False  # sae.resample_every (dead-feature resampling, a control) applies: rules.py
+    #                                     refuses it for an architecture without
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -63,14 +64,6 @@ class Architecture:
     @classmethod
     def check_params(cls, cfg) -> None:
         """ConfigError for a bad value of one of ``params`` (``l1_coeff`` is SAEConfig's own check)."""
-
-    def check(self) -> None:
-        """ConfigError for a setting this architecture cannot train with."""
-        if self.cfg.resample_every and not self.resampling:
-            raise ConfigError(
-                f"sae.resample_every > 0 is the ReLU SAE's control; sae.arch={self.name} has its own remedy for dead "
-                "features (AuxK for topk and batchtopk). Set sae.resample_every=0 or sae.arch=relu."
-            )
 
     @property
     def suffix(self) -> str:
@@ -185,8 +178,8 @@ class TopK(_Sparse):
     def check_params(cls, cfg) -> None:
         _positive_int(cfg, "k")
         _positive_int(cfg, "aux_k", least=0)
-        if not cfg.aux_coeff >= 0:
-            raise ConfigError(f"sae.aux_coeff must be >= 0, got {cfg.aux_coeff!r}")
+        if not 0 <= cfg.aux_coeff < math.inf:  # also refuses NaN
+            raise ConfigError(f"sae.aux_coeff must be a finite number >= 0, got {cfg.aux_coeff!r}")
 
     @property
     def suffix(self) -> str:
@@ -262,11 +255,11 @@ class JumpReLU(_Sparse):
 
     @classmethod
     def check_params(cls, cfg) -> None:
-        if not cfg.l0_coeff >= 0:
-            raise ConfigError(f"sae.l0_coeff must be >= 0, got {cfg.l0_coeff!r}")
+        if not 0 <= cfg.l0_coeff < math.inf:
+            raise ConfigError(f"sae.l0_coeff must be a finite number >= 0, got {cfg.l0_coeff!r}")
         for name in ("bandwidth", "threshold_init"):
-            if not getattr(cfg, name) > 0:
-                raise ConfigError(f"sae.{name} must be > 0, got {getattr(cfg, name)!r}")
+            if not 0 < getattr(cfg, name) < math.inf:
+                raise ConfigError(f"sae.{name} must be a finite number > 0, got {getattr(cfg, name)!r}")
 
     @property
     def suffix(self) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_sweep import rules
 from sae_sweep.errors import ConfigError, DataError
 
 CORPORA = ("embedded", "text_files", "openwebtext")
@@ -39,20 +40,13 @@ class DataConfig:
             raise ConfigError(f"data.corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"data.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
-        if self.tokenizer == "bpe" and not 260 <= self.vocab_size <= 65536:
-            raise ConfigError(
-                f"data.vocab_size must be in [260, 65536] (256 bytes + specials, uint16 ids), got {self.vocab_size!r}"
-            )
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
-        if self.corpus == "text_files" and not self.paths:
-            raise ConfigError(
-                "data=text_files needs data.paths, a list of globs, e.g. data.paths='[\"/my/corpus/**/*.txt\"]'"
-            )
         for name in ("max_bytes", "max_docs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{name} must be a positive integer or null, got {value!r}")
+        rules.enforce(rules.View({"data": self}), at="section")  # vocab_size for bpe, paths for text_files
 
 
 def embedded_files() -> list[Path]:

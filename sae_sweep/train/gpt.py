@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sae_sweep import rules
 from sae_sweep.errors import ConfigError
 from sae_sweep.store import MANIFEST, verify
 from sae_sweep.train.tokenizer import TOKENIZER_FILE
@@ -41,12 +42,11 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.gelu not in GELU_VARIANTS:
             raise ConfigError(f"model.gelu must be one of {GELU_VARIANTS}, got {self.gelu!r}")
+        rules.enforce(rules.View({"model": self}), at="section")  # model.n_embd against model.n_head
 
     @property
     def d_mlp(self) -> int:

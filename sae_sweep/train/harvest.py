@@ -38,6 +38,8 @@ class HarvestConfig:
                 raise ConfigError(f"harvest.{name} must be a positive integer, got {value!r}")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ConfigError(f"harvest.layer must be a non-negative integer, got {self.layer!r}")
+        if not 0 <= self.seed < 2**63:  # numpy's seed: a negative one fails inside the harvest
+            raise ConfigError(f"harvest.seed must be an integer in [0, 2^63), got {self.seed!r}")
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from sae_sweep import rules
 from sae_sweep.dictionary import dictionary_name
 from sae_sweep.errors import ConfigError
 from sae_sweep.store import Paths
@@ -89,16 +90,20 @@ class PretrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"pretrain.{name} must be a positive integer, got {value!r}")
-        if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
-            raise ConfigError(
-                f"pretrain.warmup_steps must be in [0, max_steps={self.max_steps}), got {self.warmup_steps!r}"
-            )
-        if not 0 < self.min_lr <= self.lr:
-            raise ConfigError(f"need 0 < pretrain.min_lr <= pretrain.lr, got {self.min_lr!r} and {self.lr!r}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"pretrain.beta1 and beta2 must be in [0, 1), got {self.beta1!r}, {self.beta2!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("pretrain.weight_decay and pretrain.grad_clip must be >= 0")
+        if not 0 <= self.seed < 2**63:  # numpy's and torch's seeds
+            raise ConfigError(f"pretrain.seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"pretrain.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        for name in ("lr", "min_lr"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses NaN
+                raise ConfigError(f"pretrain.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"pretrain.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"pretrain.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        rules.enforce(rules.View({"pretrain": self}), at="section")  # warmup_steps against max_steps, min_lr and lr
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to lr, then cosine decay to min_lr at max_steps (nanoGPT's get_lr)."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
+from sae_sweep import rules
 from sae_sweep.files import json_digest
 from sae_sweep.stages import Stages
 from sae_sweep.store import Artifact, ArtifactStore
@@ -63,9 +64,16 @@ def evaluate(model: GPT, tokens: TokenData, cfg: PretrainConfig) -> float:
     return float(np.mean(losses))
 
 
+def check(job: PretrainJob, machine: bool = True) -> None:
+    """The rules between the job's values (rules.py), before any work; ``machine``: also what this machine must offer
+    (its devices, how its processes are started), False where the job will run elsewhere (a SLURM sweep's check)."""
+    rules.enforce(rules.pretrain_view(job), machine=machine)
+
+
 def run(job: PretrainJob) -> Artifact:
     """Pretrain the GPT (resuming an interrupted run) and save it as a ``model`` artifact; a finished run returns its
     artifact."""
+    check(job)
     stages = Stages()
     with stages("tokens") as made:
         tokens = prepare(job.data, job.paths.cache, min_tokens=job.model.block_size)

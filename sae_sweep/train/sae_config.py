@@ -6,9 +6,11 @@ the stopping rule, the hand-written step's options and the architecture (archs.p
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
+from sae_sweep import rules
 from sae_sweep.errors import ConfigError
 from sae_sweep.train.archs import ARCHITECTURES, architecture
 from sae_sweep.train.sae_step import SPARSE_MAX_DENSITY, STEPS
@@ -95,23 +97,35 @@ class SAEConfig:
                 f"sae.snapshot_first must be 0 (no snapshots) or a positive number of activations, got "
                 f"{self.snapshot_first!r}"
             )
-        if self.resample_every and self.tied:
-            raise ConfigError(
-                "sae.resample_every > 0 needs untied weights: a tied encoder row is its unit decoder column, so it "
-                "cannot take the resampling rule's 0.2 x live-row norm. Set sae.tied=false or sae.resample_every=0."
-            )
+        for name in ("seed", "data_seed"):  # torch's and numpy's seeds: a negative one fails inside training
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**63:
+                raise ConfigError(f"sae.{name} must be an integer in [0, 2^63), got {value!r}")
         if not self.l1_coeff >= 0:  # also refuses NaN
             raise ConfigError(f"sae.l1_coeff must be >= 0, got {self.l1_coeff!r}")
         if not self.lr > 0:
             raise ConfigError(f"sae.lr must be > 0, got {self.lr!r}")
+        for name in ("l1_coeff", "lr"):
+            if getattr(self, name) == math.inf:  # an infinite loss or step diverges at once
+                raise ConfigError(f"sae.{name} must be finite, got inf")
+        rules.enforce(rules.View({"sae": self}), at="section")  # what a value means beside another (rules.py)
 
     def _check_arch(self) -> None:
-        """Every architecture's hyper-parameters (a bad ``sae.k`` is refused whatever ``sae.arch`` is), then what the
-        chosen one cannot train with."""
-        chosen = architecture(self)  # an unknown sae.arch first
+        """Every architecture's hyper-parameters (a bad ``sae.k`` is refused whatever ``sae.arch`` is); what the chosen
+        one cannot train with is a rule of rules.py (``arch_resamples``, ``arch_params``)."""
+        architecture(self)  # an unknown sae.arch first
         for cls in ARCHITECTURES.values():
             cls.check_params(self)
-        chosen.check()
+
+    @property
+    def arch_resamples(self) -> bool:
+        """Whether ``sae.resample_every`` (dead-feature resampling) applies to this architecture."""
+        return architecture(self).resampling
+
+    @property
+    def arch_params(self) -> tuple[str, ...]:
+        """The ``sae.*`` hyper-parameters this architecture reads beyond the shared ones ("k" for topk)."""
+        return architecture(self).params
 
     @property
     def arch_suffix(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_sweep import rules
 from sae_sweep.activations import Activations
 from sae_sweep.dictionary import DICTIONARY_TYPE, DictionaryConfig, write_dictionary
 from sae_sweep.errors import ConfigError, DataError
@@ -83,12 +84,12 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
     if job.gpt == UNTRAINED:
         if job.untrained is None:
             raise ConfigError("gpt=untrained needs the corpus, model and pretrain settings (SAEJob.untrained)")
-        _check_layer(job.harvest.layer, job.untrained.model.n_layer)  # before building anything
         gpt_art = export_untrained(job.untrained)
     else:
         gpt_art = resolve_gpt(store, job.gpt)
     gpt = load_gpt(gpt_art.path)
     _check_layer(job.harvest.layer, gpt.model.config.n_layer)
+    check(job, d_in=gpt.model.config.d_mlp)  # the memory estimate again, at the GPT's width: before the harvest
     tokens = open_prepared(gpt.data, job.paths.cache)
     model_digest = file_digest(gpt_art, WEIGHTS_FILE)
     device = "cuda" if job.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
@@ -102,20 +103,12 @@ def gpt_activations(job: SAEJob, store: ArtifactStore) -> tuple[Activations, dic
     return acts, source, uses, gpt_tag(gpt_art)
 
 
-def check(job: SAEJob) -> None:
-    """Constraints between values, checked before any harvest or training: ConfigError naming the keys and the fix."""
-    if job.sae.resample_every > 0 and job.world > 1:
-        raise ConfigError(
-            f"sae.resample_every > 0 needs one process, but trainer asks for {job.world}: use trainer=cpu or "
-            "trainer=gpu, or set sae.resample_every=0"
-        )
-    step_batch = job.sae.batch_size * job.world
-    if job.harvest.n_tokens < step_batch:
-        raise ConfigError(
-            f"harvest.n_tokens={job.harvest.n_tokens} is fewer than one step's batch of {step_batch} activations "
-            f"(sae.batch_size={job.sae.batch_size} x {job.world} processes): raise harvest.n_tokens or lower "
-            "sae.batch_size"
-        )
+def check(job: SAEJob, d_in: int | None = None, machine: bool = True) -> None:
+    """The rules between the job's values (rules.py), checked before any harvest or training: ConfigError naming the
+    keys and the fix. ``machine``: also what this machine must offer (devices, memory for the SAE at width ``d_in``,
+    known from the config for synthetic data and the untrained GPT; a floor without it); False where the job will
+    run elsewhere (a SLURM sweep checked on the login node)."""
+    rules.enforce(rules.sae_view(job, d_in), machine=machine)
 
 
 def sae_trainer_config(job: SAEJob) -> TrainerConfig:

@@ -29,6 +29,16 @@ TRAIN = {  # a sample of each kind of bad input, one process each
     "inconsistent pair (processes)": ["sae.resample_every=10", "trainer=ddp", "trainer.accelerator=cpu"],
     "no such GPT": ["gpt=gpt-nowhere"],
     "synthetic data with a GPT": ["data=synthetic", "gpt=untrained"],
+    "too large to fit in memory": ["sae.dict_size=1000000000"],  # refused before the GPT is looked for
+    "too large to fit in memory (synthetic data)": ["data=synthetic", "sae.dict_size=1000000000"],  # before generating
+    "processes the strategy would re-launch": ["trainer.devices=2"],
+    "top-k of more codes than features": ["sae.arch=topk", "sae.dict_size=16"],
+}
+SAYS = {  # what the one line must say, where another refusal (no GPT in the store) would also exit 2
+    "too large to fit in memory": "sae.dict_size=1000000000 at sae.batch_size=256 needs at least",
+    "too large to fit in memory (synthetic data)": "d_in=128 from data.d_in",
+    "processes the strategy would re-launch": "re-launches this script",
+    "top-k of more codes than features": "sae.k=20 codes per input of sae.dict_size=16",
 }
 ANALYZE = {
     "wrong type": ["analysis.n_boot=many"],
@@ -64,12 +74,14 @@ def assert_refused(proc: subprocess.CompletedProcess) -> None:
     assert len(lines) == 1 and "Traceback" not in out, out[-2000:]
 
 
-@pytest.mark.parametrize("args", list(TRAIN.values()), ids=list(TRAIN))
-def test_train_refuses_bad_input_in_one_line_and_writes_nothing(args, tmp_path):
+@pytest.mark.parametrize("case", list(TRAIN), ids=list(TRAIN))
+def test_train_refuses_bad_input_in_one_line_and_writes_nothing(case, tmp_path):
     store = ArtifactStore(tmp_path / "store")
     save_dict(store, 8, 0)  # a store with something in it, which must stay as it is
     before = files(tmp_path)
-    assert_refused(run("train.py", args, tmp_path))
+    proc = run("train.py", TRAIN[case], tmp_path)
+    assert_refused(proc)
+    assert SAYS.get(case, "") in proc.stderr + proc.stdout
     assert files(tmp_path) == before
 
 
