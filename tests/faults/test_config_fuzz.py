@@ -54,7 +54,9 @@ def as_override(value) -> str:
     return str(value)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Random values through Hydra's parser; every key's fixed bad values are tried below (test_every_key_of_...), so a
+# sample suffices here
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_any_value_converts_or_names_the_key(key, value):
     try:
@@ -72,7 +74,7 @@ def test_any_value_converts_or_names_the_key(key, value):
 SYNTHETIC_KEYS = sorted(f"data.{key}" for key in compose(["data=synthetic"])["data"] if key != "corpus")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(SYNTHETIC_KEYS), value=VALUES)
 def test_any_synthetic_data_value_converts_or_names_the_key(key, value):
     try:

@@ -28,9 +28,9 @@ GPT_ARGS = [
     "stage=pretrain",
     *SMOKE,
     "logger=none",
-    "pretrain.max_steps=400",
+    "pretrain.max_steps=200",
     "pretrain.ckpt_every=20",
-    "pretrain.val_every=200",
+    "pretrain.val_every=100",
 ]
 
 
@@ -191,7 +191,7 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_result(tmp_path):
     resumed = ArtifactStore(root / "store").get("gpt-embedded-s0")
     assert_same_tensors(a, load_gpt(resumed.path).model.state_dict(), "GPT")
     # it counts every step, and the loss before training is not measured again (the resumed model is not at init)
-    assert resumed.metadata["steps"] == 400 and resumed.metadata["val_loss_init"] is None
+    assert resumed.metadata["steps"] == 200 and resumed.metadata["val_loss_init"] is None
 
 
 PREP = """

@@ -22,7 +22,7 @@ from sae_sweep.store import ArtifactStore
 from ..conftest import REPO, SMOKE, fresh_root
 from ..slurm_cluster import Cluster, missing
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 
 LONG = [*SMOKE, "harvest.n_tokens=800000", "sae.dict_size=1024", "sae.ckpt_every=100"]
 STEPS = 800000 // 256  # one pass: long enough (about 30 s) for a time limit's signal to land in training
