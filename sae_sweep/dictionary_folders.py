@@ -19,18 +19,20 @@ from sae_sweep.errors import DataError
 from sae_sweep.store import LATEST, MANIFEST, ArtifactStore, read_manifest
 
 
-def dictionary_folders(root: Path) -> list[Path]:
-    """The folders under ``root`` that hold a dictionary, by their weights or by a manifest that says so."""
+def dictionary_folders(root: Path) -> dict[Path, dict | None]:
+    """The folders under ``root`` that hold a dictionary, by their weights or by a manifest that says so, each with
+    its manifest (None when it is unreadable: the caller reads it again, and is refused by name)."""
     if not root.is_dir():
-        return []
-    found = {p.parent for p in root.rglob(SAE_WEIGHTS_FILE)}
-    for manifest in root.rglob(MANIFEST):
+        return {}
+    found: dict[Path, dict | None] = {p.parent: None for p in root.rglob(SAE_WEIGHTS_FILE)}
+    for path in root.rglob(MANIFEST):
         try:
-            if read_manifest(manifest.parent)["type"] == DICTIONARY_TYPE:
-                found.add(manifest.parent)
+            manifest = read_manifest(path.parent)
         except DataError:
             continue  # not known to be a dictionary: a damaged GPT's or core's manifest is for its own reader
-    return sorted(f for f in found if not any(part.startswith(".") for part in f.relative_to(root).parts))
+        if manifest["type"] == DICTIONARY_TYPE or path.parent in found:
+            found[path.parent] = manifest
+    return {f: found[f] for f in sorted(found) if not any(p.startswith(".") for p in f.relative_to(root).parts)}
 
 
 def latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
@@ -54,8 +56,8 @@ def latest_by_name(found: Iterable[tuple[str, int, Path]]) -> dict[str, Path]:
 def latest_dictionaries(root: Path) -> dict[str, Path]:
     """name -> the folder of each dictionary under ``root``: in a store's layout the version ``latest`` names."""
     found = []
-    for folder in dictionary_folders(root):
-        manifest = read_manifest(folder)
+    for folder, manifest in dictionary_folders(root).items():
+        manifest = manifest or read_manifest(folder)  # unreadable: refused here, by name
         if manifest["type"] != DICTIONARY_TYPE:
             raise DataError(
                 f"{folder} holds a dictionary ({SAE_WEIGHTS_FILE}) but its {MANIFEST} says type "

@@ -48,8 +48,10 @@ def read_json(path: Path, what: str, fix: str, keys: dict[str, type | tuple] | N
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON and bad UTF-8 alike
         raise DataError(f"{what} {path} is unreadable ({type(exc).__name__}: {str(exc)[:80]}). {fix}") from None
-    wrong = [k for k, tp in (keys or {}).items() if not isinstance(data, dict) or not isinstance(data.get(k), tp)]
-    wrong = wrong if isinstance(data, dict) else ["(the whole file: not a JSON object)"]
+    if not isinstance(data, dict):
+        wrong = ["(the whole file: not a JSON object)"]
+    else:
+        wrong = [k for k, tp in (keys or {}).items() if not isinstance(data.get(k), tp)]
     if wrong:
         raise DataError(f"{what} {path} is damaged or edited: {', '.join(wrong)} missing or of the wrong type. {fix}")
     return data

@@ -126,7 +126,7 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
     _check_rows(chosen, by_name, meta)  # before any export is written
     written, unscored = [], []
     for name, folder in chosen.items():
-        d = load_dictionary(folder)  # checks every file's digest
+        d = load_dictionary(folder, verify_files=False)  # every file was checked above
         with atomic_folder(out / name, replace=True) as tmp:
             if saelens.is_saelens_folder(folder / saelens.SAELENS_DIR):
                 shutil.copytree(folder / saelens.SAELENS_DIR, tmp, dirs_exist_ok=True)

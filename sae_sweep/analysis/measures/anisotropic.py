@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_sweep.activations import cache_folder, open_activations
 from sae_sweep.analysis.measures.features import Key, fraction
 from sae_sweep.analysis.measures.mcs import max_cosine_similarity
 from sae_sweep.analysis.measures.nulls import (
@@ -23,6 +22,7 @@ from sae_sweep.analysis.measures.nulls import (
 )
 from sae_sweep.analysis.measures.pairwise import Results
 from sae_sweep.analysis.measures.stats import emd
+from sae_sweep.analysis.measures.verdicts import activation_cache
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 
@@ -36,19 +36,11 @@ class Anisotropic:
     note: str | None = None
 
 
-def _activations_of(dicts: dict[Key, Dictionary], cache_dir: Path):
-    for key in sorted({k for d in dicts.values() if (k := d.config.activations.get("key"))}):
-        path = cache_folder(cache_dir, key)
-        if path.exists():  # a folder without its meta.json is damaged: named, not skipped
-            return open_activations(path)
-    return None
-
-
 def anisotropic(res: Results, dicts: dict[Key, Dictionary], cfg: AnalysisConfig, cache_dir: Path) -> Anisotropic:
     """Random dictionaries from N(0, S) (S centred), N(0, E[x x^T]) (uncentred) and activation rows, beside the
     isotropic null, for every size."""
     out = Anisotropic()
-    acts = _activations_of(dicts, cache_dir)
+    acts = activation_cache(dicts, cache_dir)
     if acts is None:
         out.note = (
             "anisotropic nulls skipped: the activation cache these dictionaries were trained on is not under "
