@@ -409,6 +409,7 @@ def test_the_kernel_checks_run_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # 85-100 s: out of the test command, run by .ci/run after it (pytest -m bench)
 def test_the_whole_check_runs_tiny_on_the_cpu(tmp_path):
     """Every step's real commands (train.py, analyze.py, gpu_kernels.py), tiny, on the CPU: the plan runs end to end."""
     env = {**os.environ, "PYTHON": sys.executable}

@@ -23,7 +23,9 @@ from sae_sweep.train.sae_stage import write_with_export
 from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_at_once, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-SAE_ARGS = [*SMOKE, "logger=none", "harvest.n_tokens=400000", "sae.dict_size=1024", "sae.ckpt_every=100"]
+SAE_TOKENS = 200_000  # 781 steps of 256: a few seconds past the first checkpoint (step 100), where the faults strike
+SAE_ARGS = [*SMOKE, "logger=none", f"harvest.n_tokens={SAE_TOKENS}", "sae.dict_size=1024", "sae.ckpt_every=100"]
+SAE_STEPS = SAE_TOKENS // 256
 GPT_ARGS = [
     "stage=pretrain",
     *SMOKE,
@@ -96,7 +98,7 @@ def reference_sae(gpt_root, tmp_path_factory):
     return load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
 
 
-def assert_whole_curves(metrics_csv: Path, last_step: int = 1562) -> None:
+def assert_whole_curves(metrics_csv: Path, last_step: int = SAE_STEPS) -> None:
     """The training curves of a resumed run cover every logged step once, from the first to the last."""
     with open(metrics_csv, newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
@@ -330,9 +332,10 @@ def test_usr2_requeues_a_submitit_job_which_resumes_at_the_step_it_stopped(gpt_r
     saved = re.search(r"saved \S+last\.ckpt at step (\d+); handing over to submitit", logs)
     assert saved, logs[-3000:]
     step = int(saved.group(1))
-    assert 100 <= step < 1562 and "resuming from" in logs and f"resumed at step {step} of 1562" in logs, logs[-3000:]
+    assert 100 <= step < SAE_STEPS and "resuming from" in logs, logs[-3000:]
+    assert f"resumed at step {step} of {SAE_STEPS}" in logs, logs[-3000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert d.config.steps == 1562
+    assert d.config.steps == SAE_STEPS
     assert_whole_curves(d.path / "metrics.csv")  # the rows before the requeue were kept, none logged twice
     assert_same_tensors(d.tensors, reference_sae.tensors, "dictionary")
 
@@ -357,10 +360,10 @@ def test_wandb_dying_mid_run_does_not_fail_the_job(gpt_root, tmp_path):
     (wandb_dir,) = run_dir.glob("wandb/offline-run-*")
     failed = re.search(r"W&B logging failed at step (\d+) while logging metrics \(ConnectionResetError", output)
     assert failed and output.count("W&B logging failed") == 1, output[-3000:]  # warned once, then W&B is off
-    assert 100 <= int(failed.group(1)) < 1562
+    assert 100 <= int(failed.group(1)) < SAE_STEPS
     assert f"metrics continue in {run_dir / 'csv' / 'metrics.csv'}" in output
     assert f"run `wandb sync {wandb_dir}`" in output
     assert "Traceback" not in output, output[-3000:]
     d = load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
-    assert d.config.steps == 1562
+    assert d.config.steps == SAE_STEPS
     assert_whole_curves(d.path / "metrics.csv")  # the CSV went on after W&B failed

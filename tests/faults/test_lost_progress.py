@@ -109,10 +109,11 @@ def test_a_result_saved_before_its_marker_is_not_saved_again(gpt_root, tmp_path)
 
 def test_one_job_per_run_folder_and_a_dead_owners_folder_is_taken_over(gpt_root, tmp_path):
     root = fresh_root(gpt_root, tmp_path)
-    args = [*SMOKE, "logger=none", "harvest.n_tokens=400000", "sae.dict_size=1024", "sae.ckpt_every=50"]
+    args = [*SMOKE, "logger=none", "harvest.n_tokens=200000", "sae.dict_size=1024", "sae.ckpt_every=50"]
     first = start(args, root)
     try:
         wait_for_checkpoint(root, "runs/sae-*/checkpoints/last.ckpt", first)
+        first.send_signal(signal.SIGSTOP)  # the owner alive but held: it cannot finish while the second one asks
         second = run_train(args, root)
         said = second.stdout + second.stderr
         assert second.returncode == 2 and "is in use by process" in said and str(first.pid) in said, said[-2000:]

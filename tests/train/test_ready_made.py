@@ -18,6 +18,10 @@ from sae_sweep.train.tokens import prepare
 
 from ..conftest import compose
 
+# The default pretraining job in process: the embedded corpus tokenised and the GPT's validation loss measured on it
+# (5-20 s each on 2 cores), so out of the inner loop (-m "not slow and not faults").
+WHOLE_STAGE = pytest.mark.slow
+
 
 class _WouldTrain(Exception):
     """Raised in place of the 7-minute pretraining: the run chose to train."""
@@ -42,6 +46,7 @@ def fresh(default_run, tmp_path, monkeypatch):
     return replace(job, paths=Paths(tmp_path)), rid
 
 
+@WHOLE_STAGE
 def test_the_shipped_gpt_is_the_default_runs_product_with_its_recorded_validation_loss(default_run):
     job, tokens, rid = default_run
     shipped = ready_made.find(rid)
@@ -57,6 +62,7 @@ def test_the_shipped_gpt_is_the_default_runs_product_with_its_recorded_validatio
     assert (shipped / WEIGHTS_FILE).stat().st_size < 1_000_000
 
 
+@WHOLE_STAGE
 def test_stage_pretrain_installs_it_as_training_would_have_saved_it_and_reuses_it(fresh):
     job, rid = fresh
     art = pretrain.run(job)  # no training: _WouldTrain would end the test
@@ -68,6 +74,7 @@ def test_stage_pretrain_installs_it_as_training_would_have_saved_it_and_reuses_i
     assert pretrain.run(job).ref == art.ref  # the run is finished: the same artifact, no second version
 
 
+@WHOLE_STAGE
 def test_ready_made_false_trains_even_where_the_shipped_one_is_installed(fresh):
     job, _ = fresh
     pretrain.run(job)
@@ -88,6 +95,7 @@ def test_a_damaged_shipped_gpt_is_refused_with_the_way_out(tmp_path):
         ready_made.load(copy)
 
 
+@WHOLE_STAGE
 def test_a_validation_loss_that_differs_here_means_training_instead(fresh, tmp_path, monkeypatch, caplog):
     job, rid = fresh
     home = tmp_path / "home"
