@@ -28,17 +28,18 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-# A small real text with repetition (so BPE learns merges) and non-ASCII characters (so round trips are tested).
-
 
 def pytest_configure(config) -> None:
     """Byte-compile the package once per test run. The tests start train.py and analyze.py in subprocesses hundreds
     of times, and where PYTHONDONTWRITEBYTECODE is set (as on this project's machines and CI) each start would
     compile sae_sweep's sources anew: 1.2 s of the 5.8 s that importing its training and analysis modules takes
-    (measured on the 2-core machine, 2026-12-07). Up-to-date files are skipped; each is written atomically."""
-    compileall.compile_dir(REPO / "sae_sweep", quiet=1)
+    (measured on the 2-core machine, 2026-12-07). In the main process only: pytest-xdist starts its workers after
+    it, and they find the files written."""
+    if not hasattr(config, "workerinput"):  # an xdist worker has it
+        compileall.compile_dir(REPO / "sae_sweep", quiet=1)
 
 
+# A small real text with repetition (so BPE learns merges) and non-ASCII characters (so round trips are tested).
 SAMPLE = (
     "def add(a, b):\n    return a + b\n\n"
     "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n"
