@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
@@ -151,13 +152,34 @@ def kill_at_first_checkpoint(
     assert not list(root.glob("store/*/v*/sae.safetensors")), "the job finished before it could be killed"
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``build(folder)`` fills, built once per test run: under pytest-xdist the first worker to ask builds
+    it in the run's shared temporary folder while the others wait on a file lock, then all read it (a session
+    fixture alone is built once per worker: the smoke GPT, the fuzzed sweep and the reference SAE were each built
+    twice on 2 cores). A build that failed leaves no ``.done`` marker, and the next to ask builds again."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-of-<user>/pytest-<n>/: every worker's basetemp lies under it
+    folder, done = base / f"built-{name}", base / f"built-{name}.done"  # the marker beside it: copies leave it
+    with FileLock(f"{folder}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def gpt_root(tmp_path_factory):
-    """A paths.root whose store holds one smoke GPT (trained once per test session)."""
-    root = tmp_path_factory.mktemp("gpt")
-    proc = run_train(["stage=pretrain", *SMOKE, "logger=none"], root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
+    """A paths.root whose store holds one smoke GPT (trained once per test run). Read-only: ``fresh_root`` copies
+    it for a test that writes."""
+
+    def pretrain(root: Path) -> None:
+        proc = run_train(["stage=pretrain", *SMOKE, "logger=none"], root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "gpt", pretrain)
 
 
 def fresh_root(gpt_root: Path, tmp_path: Path, name: str = "root") -> Path:

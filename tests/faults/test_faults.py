@@ -20,7 +20,7 @@ from sae_sweep.train.runs import verify_checkpoint
 from sae_sweep.train.sae import SAEConfig, SparseAutoencoder
 from sae_sweep.train.sae_stage import write_with_export
 
-from ..conftest import REPO, SMOKE, dictionary_config, fresh_root, run_at_once, run_train
+from ..conftest import REPO, SMOKE, built_once, dictionary_config, fresh_root, run_at_once, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SAE_TOKENS = 200_000  # 781 steps of 256: a few seconds past the first checkpoint (step 100), where the faults strike
@@ -91,10 +91,13 @@ def end_all(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def reference_sae(gpt_root, tmp_path_factory):
-    """The dictionary an uninterrupted run of SAE_ARGS produces."""
-    root = fresh_root(gpt_root, tmp_path_factory.mktemp("reference"))
-    proc = run_train(SAE_ARGS, root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """The dictionary an uninterrupted run of SAE_ARGS produces (trained once per test run)."""
+
+    def train(folder: Path) -> None:
+        proc = run_train(SAE_ARGS, fresh_root(gpt_root, folder))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    root = built_once(tmp_path_factory, "reference-sae", train) / "root"
     return load_dictionary(ArtifactStore(root / "store").get("sae-L2-J1024-s0").path)
 
 

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from hydra import initialize_config_dir
 from sae_sweep import SaeSweepError, config
 from sae_sweep.written_files import READERS, WRITTEN, entry_of
 
-from ..conftest import CONF, SMOKE, LinkingApi, compose, fresh_root
+from ..conftest import CONF, SMOKE, LinkingApi, built_once, compose, fresh_root
 
 pytestmark = pytest.mark.faults
 
@@ -63,12 +64,18 @@ JOBS = {
 
 @pytest.fixture(scope="session")
 def smoke_sweep(gpt_root, tmp_path_factory):
-    """paths.root of the smoke sweep, and each reader's answer on it undamaged."""
+    """paths.root of the smoke sweep, and each reader's answer on it undamaged (built once per test run)."""
+    folder = built_once(tmp_path_factory, "fuzz", lambda folder: build_smoke_sweep(gpt_root, folder))
+    return folder / "root", pickle.loads((folder / "clean.pickle").read_bytes())
+
+
+def build_smoke_sweep(gpt_root: Path, folder: Path) -> None:
+    """The smoke sweep in ``folder/root`` and, in ``folder/clean.pickle``, each reader's answer on it undamaged."""
     from sae_sweep.analysis.job import run as analyse  # noqa: PLC0415
     from sae_sweep.train.pretrain import run as pretrain  # noqa: PLC0415
     from sae_sweep.train.sae_stage import run as train  # noqa: PLC0415
 
-    root = fresh_root(gpt_root, tmp_path_factory.mktemp("fuzz"))
+    root = fresh_root(gpt_root, folder)
     for J in SIZES:
         for seed in SEEDS:  # one with W&B (offline): its run folder holds a W&B run and a lineage record
             train(
@@ -82,9 +89,10 @@ def smoke_sweep(gpt_root, tmp_path_factory):
     analyse(analyze_job(root, "analysis.n_boot=20", "analysis.n_perm=20"))
     clean = {}
     for reader in READERS:  # each on its own copy: a reader may write (the stopped run saves its dictionary)
-        here = tmp_path_factory.mktemp("clean")
+        here = folder / f"clean-{reader}"
+        here.mkdir()
         clean[reader] = READ[reader](copy_of(root, here), here)
-    return root, clean
+    (folder / "clean.pickle").write_bytes(pickle.dumps(clean))
 
 
 def copy_of(root: Path, where: Path) -> Path:
