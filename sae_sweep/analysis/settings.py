@@ -43,13 +43,28 @@ class AnalysisConfig:
     verdict_null: str = "auto"  # auto: the largest p of the isotropic, reference and (with the activation cache) the
     #                             data-moment nulls; or one alone: isotropic | reference | moment | rows
     null_rows: int = 4096  # null queries per reference, to which the null's (K, M) is fitted
-    match_cosine: float = 0.95  # found again: beyond the null, and at least this close (the same direction)
+    match_cosine: float = 0.95  # found again: beyond the null, and at least this close (the same direction), where no
+    #                             calibration of the variant's dictionaries is at hand (measures/calibration.py)
+    calibrate: bool = False  # calibrate the match floor of each size on a parametric bootstrap (trains 2 SAEs a size)
+    calibration_precision: float = 0.95  # the floor chosen: the lowest whose real calls were this precise on it
+    calibration_activations: int = 1_000_000  # bootstrap rows each of its SAEs trains on, at most (capped by the
+    #                                           analysed dictionary's own activations seen)
     only: str | None = None  # a dictionary (name) or one feature (name:index): print its rows, write no report
 
     def __post_init__(self) -> None:
         if self.verdict_null not in VERDICT_NULLS:
             raise ConfigError(f"analysis.verdict_null must be one of {VERDICT_NULLS}, got {self.verdict_null!r}")
-        ints = ("n_random", "chunk_size", "bins", "n_boot", "n_perm", "hungarian_max", "min_replications", "null_rows")
+        ints = (
+            "n_random",
+            "chunk_size",
+            "bins",
+            "n_boot",
+            "n_perm",
+            "hungarian_max",
+            "min_replications",
+            "null_rows",
+            "calibration_activations",
+        )
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -65,7 +80,7 @@ class AnalysisConfig:
         for name in ("threshold", "cutoff", "stay_cosine", "shared_cosine", "recovered_cosine", "match_cosine"):
             if not -1.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"analysis.{name} must be in (-1, 1], got {getattr(self, name)!r}")
-        for name in ("level", "null_quantile", "fdr"):
+        for name in ("level", "null_quantile", "fdr", "calibration_precision"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"analysis.{name} must be in (0, 1), got {getattr(self, name)!r}")
 

@@ -56,7 +56,7 @@ def replicated(v: Verdicts, size: int, seeds: list[int], cfg: AnalysisConfig) ->
     cols = []
     for s in seeds[1:]:
         cos, idx, p, _ = v.matches[(first, (size, s))]
-        found = bh_qvalues(same(cos, p, cfg)) <= cfg.fdr
+        found = bh_qvalues(same(cos, p, v.floor(size, cfg))) <= cfg.fdr
         mutual = v.matches[((size, s), first)][1][idx] == np.arange(idx.size)
         keep = (found & mutual) if keep is None else keep & found & mutual
         cols.append(idx)

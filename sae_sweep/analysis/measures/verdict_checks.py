@@ -90,3 +90,36 @@ def split_rows(v: Verdicts, cfg: AnalysisConfig) -> list[dict]:
                     "dead": int((t["verdict"] == "dead").sum()),
                     "agreement": float((high == real).mean())})  # fmt: skip
     return out
+
+
+def replicable_rows(v: Verdicts, atoms: dict[Key, Atoms], true: np.ndarray, cfg: AnalysisConfig,
+                    estimates: dict | None = None) -> list[dict]:  # fmt: skip
+    """Per dictionary: precision of ``real`` (its real calls within ``recovered_cosine`` of a true feature) and its
+    recall of the *replicable* truth (the true features that every seed's dictionary of its size holds within
+    ``recovered_cosine``; found: its nearest atom here is called real), beside the calibration's estimated recall
+    (``estimates``: dict size -> SizeCalibration) and whether the measured recall lies inside its interval."""
+    near = {
+        k: max_cosine_similarity(true, a.rows, chunk_size=cfg.chunk_size, device=cfg.device) for k, a in atoms.items()
+    }
+    out = []
+    for k in sorted(atoms):
+        t = v.table[v.table["name"] == atoms[k].name]
+        real = t["verdict"] == "real"
+        hit = max_cosine_similarity(atoms[k].rows, true, chunk_size=cfg.chunk_size, device=cfg.device)[0]
+        hit = hit > cfg.recovered_cosine
+        same_size = [near[o][0] > cfg.recovered_cosine for o in atoms if o[0] == k[0]]
+        replicable = np.logical_and.reduce(same_size) if len(same_size) > 1 else np.zeros(len(true), dtype=bool)
+        found = int(real[near[k][1][replicable]].sum())
+        est = (estimates or {}).get(k[0])
+        recall = found / replicable.sum() if replicable.any() else None
+        inside = None
+        if est is not None and est.recall is not None and recall is not None:
+            inside = bool(est.recall_lo <= recall <= est.recall_hi)
+        out.append({"name": atoms[k].name, "dict_size": k[0], "seed": k[1], "called_real": int(real.sum()),
+                    "precision": float((real & hit).sum() / real.sum()) if real.any() else None,
+                    "replicable": int(replicable.sum()), "found": found, "recall": recall,
+                    "match_floor": v.floor(k[0], cfg),
+                    "estimated_recall": est.recall if est else None,
+                    "estimated_lo": est.recall_lo if est else None, "estimated_hi": est.recall_hi if est else None,
+                    "inside": inside})  # fmt: skip
+    return out

@@ -70,9 +70,15 @@ class Verdicts:
     why: str  # and why, in a sentence
     table: np.ndarray | None = None  # one row per (dictionary, feature), columns COLUMNS
     tails: dict[Key, dict[str, Tail]] = field(default_factory=dict)  # each reference's fitted nulls
+    floors: dict[int, float] = field(default_factory=dict)  # dict size -> its calibrated match floor (calibration.py);
+    #                                                          a size without one: analysis.match_cosine
     # (feature's dictionary, reference) -> cosine (J,), index (J,), p (J,) and the null that gave it (J,) (an index
     # into ``nulls``) of every feature's best match there
     matches: dict[tuple[Key, Key], tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+    def floor(self, dict_size: int, cfg: AnalysisConfig) -> float:
+        """The match floor of a size-``dict_size`` dictionary's features: calibrated, else analysis.match_cosine."""
+        return self.floors.get(dict_size, cfg.match_cosine)
 
 
 def null_kinds(cfg: AnalysisConfig, acts) -> tuple[list[str], str]:
@@ -173,19 +179,25 @@ def independent(key: Key, keys: list[Key]) -> list[Key]:
 
 def feature_verdicts(run, progress=None) -> Verdicts:
     """The per-feature verdicts of one analysed variant (``AnalysedRun``: its dictionaries, results, config and
-    activation caches)."""
+    activation caches), at the match floors of its calibration where it has one (``run_calibration``)."""
+    from sae_sweep.analysis.measures.calibration import run_calibration  # noqa: PLC0415 - it imports this module
+
     cfg: AnalysisConfig = run.results.config
     acts = activations_of(run.dicts, run.cache_dir) if cfg.verdict_null in ("auto", "moment", "rows") else None
-    return verdicts(atoms_of(run), cfg, acts, run.variant, progress)
+    cal = run.measured(run_calibration)
+    return verdicts(atoms_of(run), cfg, acts, run.variant, progress, floors=cal.floors() if cal else None)
 
 
-def verdicts(atoms: dict[Key, Atoms], cfg: AnalysisConfig, acts=None, variant: str = "", progress=None) -> Verdicts:
+def verdicts(
+    atoms: dict[Key, Atoms], cfg: AnalysisConfig, acts=None, variant: str = "", progress=None, floors=None
+) -> Verdicts:
     """The verdicts of every feature of ``atoms`` against the others; ``acts`` (N, d_in): the activation rows the
-    data's nulls read (None: the isotropic and reference nulls alone)."""
+    data's nulls read (None: the isotropic and reference nulls alone); ``floors``: dict size -> match floor (else
+    analysis.match_cosine)."""
     track = progress or (lambda it, total, description: it)
     keys = sorted(atoms)
     kinds, why = null_kinds(cfg, acts)
-    out = Verdicts(variant, kinds, why)
+    out = Verdicts(variant, kinds, why, floors=dict(floors or {}))
     moment = data_moment(acts, cfg.seed) if "moment" in kinds else None
     for i, k in enumerate(track(keys, len(keys), "feature nulls")):
         seeds = np.random.SeedSequence([cfg.seed, 29, i]).generate_state(len(kinds))
@@ -202,10 +214,10 @@ def verdicts(atoms: dict[Key, Atoms], cfg: AnalysisConfig, acts=None, variant: s
     return out
 
 
-def same(cos: np.ndarray, p: np.ndarray, cfg: AnalysisConfig) -> np.ndarray:
-    """The p-values of "found again" with a match below ``analysis.match_cosine`` set to 1: a match counts only where
-    it is both beyond the null and close enough to be the same direction."""
-    return np.where(cos >= cfg.match_cosine, p, 1.0)
+def same(cos: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
+    """The p-values of "found again" with a match below the match floor (``Verdicts.floor``) set to 1: a match counts
+    only where it is both beyond the null and close enough to be the same direction."""
+    return np.where(cos >= floor, p, 1.0)
 
 
 def _bh_hits(p: np.ndarray, fdr: float) -> np.ndarray:
@@ -262,8 +274,9 @@ def dictionary_table(atoms: dict[Key, Atoms], a: Key, v: Verdicts, cfg: Analysis
     J = me.rows.shape[0]
     refs, others = independent(a, keys), [k for k in keys if k[1] != a[1]]
     stack = lambda ks, i: np.stack([v.matches[(a, r)][i] for r in ks], axis=1) if ks else np.zeros((J, 0))  # noqa: E731
+    floor = v.floor(a[0], cfg)
     cols = decide(
-        me.firing, same(stack(refs, 0), stack(refs, 2), cfg), same(stack(others, 0), stack(others, 2), cfg), cfg
+        me.firing, same(stack(refs, 0), stack(refs, 2), floor), same(stack(others, 0), stack(others, 2), floor), cfg
     )
     t = np.zeros(J, dtype=list(COLUMNS))
     t["variant"], t["name"], t["dict_size"], t["seed"], t["feature"] = v.variant or "(note)", me.name, *a, np.arange(J)

@@ -16,6 +16,7 @@ from sae_sweep.analysis.report import (
     anisotropic,
     architectures,
     budget,
+    calibration,
     controls,
     core,
     error_bars,
@@ -32,6 +33,7 @@ from sae_sweep.analysis.report.section import ReportInput, write_section
 
 SECTIONS = (
     verdicts.SECTION,
+    calibration.SECTION,
     families.SECTION,
     core.SECTION,
     liveness.SECTION,
@@ -53,6 +55,7 @@ READING_ORDER = (
     reproduction.claim_counts,
     split.bimodality,
     verdicts.per_size,
+    calibration.estimates,
     families.splitting,
     core.carried,
     budget.training_budget,
@@ -65,6 +68,7 @@ READING_ORDER = (
     controls.controls,
     ground_truth.ground_truth,
     verdicts.truth,
+    calibration.measured,
     families.truth,
     architectures.modes_finding,
     architectures.stability_finding,

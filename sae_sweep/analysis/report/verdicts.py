@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from sae_sweep.analysis.measures.calibration import run_calibration
 from sae_sweep.analysis.measures.verdict_checks import budget_truth_rows, split_rows, table_names, truth_rows
 from sae_sweep.analysis.measures.verdicts import VERDICTS, Verdicts, activations_of, atoms_of, feature_verdicts
 from sae_sweep.analysis.report.plots import save
@@ -63,15 +64,22 @@ def _cell(value):
 def count_rows(rep: ReportInput) -> list[dict]:
     """verdicts.csv: per dictionary, how many features get each verdict."""
     v = _verdicts(rep)
+    cal = rep.run.measured(run_calibration)
     out = []
     for name in table_names(v.table):
         t = v.table[v.table["name"] == name]
+        j = int(t["dict_size"][0])
+        est = cal.sizes.get(j) if cal else None
         counts = {k: int((t["verdict"] == k).sum()) for k in VERDICTS}
         stab = t["stability"][np.isfinite(t["stability"])]
-        out.append({"name": name, "dict_size": int(t["dict_size"][0]), "seed": int(t["seed"][0]), "n": len(t),
+        out.append({"name": name, "dict_size": j, "seed": int(t["seed"][0]), "n": len(t),
                     **counts, "real_fraction": counts["real"] / len(t),
                     "median_stability": float(np.median(stab)) if stab.size else None,
-                    "nulls": "+".join(v.nulls)})  # fmt: skip
+                    "nulls": "+".join(v.nulls), "match_floor": v.floor(j, rep.cfg),
+                    "floor_from": "calibration" if est else "analysis.match_cosine",
+                    "estimated_recall": est.recall if est else None,
+                    "estimated_recall_lo": est.recall_lo if est else None,
+                    "estimated_recall_hi": est.recall_hi if est else None})  # fmt: skip
     return out
 
 
