@@ -43,7 +43,7 @@ def core_config(run, core: Core) -> CoreConfig:
         seeds=core.seeds,
         sources=[run.dicts[(core.size, s)].name for s in core.seeds],
         rule=RULE,
-        analysis={"fdr": cfg.fdr, "match_cosine": cfg.match_cosine, "nulls": v.nulls},
+        analysis={"fdr": cfg.fdr, "match_cosine": v.floor(core.size, cfg), "nulls": v.nulls},  # the floor used
         members=core.members.tolist(),
         medoid=core.medoid.tolist(),
         mean_cos=[round(float(c), 6) for c in core.mean_cos],

@@ -46,12 +46,16 @@ class AnalysisConfig:
     match_cosine: float = 0.95  # found again: beyond the null, and at least this close (the same direction), where no
     #                             calibration of the variant's dictionaries is at hand (measures/calibration.py)
     calibrate: bool = False  # calibrate the match floor of each size on a parametric bootstrap (trains 2 SAEs a size)
+    calibration_truth: str = "largest"  # the bootstrap's true features: the first seed's largest dictionary's atoms,
+    #                                     or (own) each size's own first-seed dictionary's
     calibration_precision: float = 0.95  # the floor chosen: the lowest whose real calls were this precise on it
     calibration_activations: int = 1_000_000  # bootstrap rows each of its SAEs trains on, at most (capped by the
     #                                           analysed dictionary's own activations seen)
     only: str | None = None  # a dictionary (name) or one feature (name:index): print its rows, write no report
 
     def __post_init__(self) -> None:
+        if self.calibration_truth not in ("largest", "own"):
+            raise ConfigError(f"analysis.calibration_truth must be largest or own, got {self.calibration_truth!r}")
         if self.verdict_null not in VERDICT_NULLS:
             raise ConfigError(f"analysis.verdict_null must be one of {VERDICT_NULLS}, got {self.verdict_null!r}")
         ints = (

@@ -31,21 +31,24 @@ from ..conftest import dictionary_config
 CFG = AnalysisConfig(verdict_null="isotropic")
 
 
-def test_the_floor_is_the_lowest_whose_precision_interval_reaches_the_target_and_its_recall_has_a_wilson_interval():
+def test_the_floor_is_the_lowest_whose_precision_interval_reaches_the_target_and_its_recall_is_predicted():
     curve = [  # each bootstrap dictionary's real calls and right ones, and the replicable truth found (pooled)
         {"floor": 0.5, "called": [50, 50], "right": [40, 40], "found": 90, "replicable": 100},
         {"floor": 0.6, "called": [400, 400], "right": [399, 400], "found": 70, "replicable": 100},
-        {"floor": 0.7, "called": [0, 0], "right": [0, 0], "found": 0, "replicable": 100},  # nothing real, nothing false
+        {"floor": 0.7, "called": [0, 0], "right": [0, 0], "found": 0, "replicable": 100},  # nothing called real
     ]
     row, reached = choose(curve, 0.95, 0.95)
     assert (row["floor"], reached, row["precision"]) == (0.6, True, 799 / 800)
     assert row["precision_lo"] == wilson_interval(399, 400, 0.95)[0]  # the smaller of the two lower ends
-    assert row["recall"] == (0.7, *wilson_interval(70, 100, 0.95))
-    # 399 of 400 is 0.9975, but its interval reaches down to 0.986: not enough for 0.99
+    # the recall one dictionary (50 of the 100 pooled features) will show: 70 of 100 found, predicted for 50 more
+    lo, hi = row["recall"][1:]
+    assert row["recall"][0] == 0.7 and (lo, hi) == (0.54, 0.84)  # scipy's beta-binomial; drawn by hand below
+    law = np.random.default_rng(0).binomial(50, np.random.default_rng(1).beta(70.5, 30.5, 200_000)) / 50
+    assert np.quantile(law, [0.025, 0.975]) == pytest.approx([lo, hi], abs=0.021)
+    # 399 of 400 is 0.9975, but its interval reaches down to 0.986: not enough for 0.99; a floor calling nothing real
+    # shows no precision either: none reaches it, and the highest floor is kept, said
     row, reached = choose(curve, 0.99, 0.95)
-    assert (row["floor"], reached, row["recall"][0]) == (0.7, True, 0.0)
-    row, reached = choose(curve[:2], 0.99, 0.95)  # none reaches it: the highest floor, said
-    assert (row["floor"], reached) == (0.6, False)
+    assert (row["floor"], reached, row["recall"][0]) == (0.7, False, 0.0)
     # a kept calibration serves any target: the floor is chosen again from its curve
     c = SizeCalibration(8, "d", 8, 50, 1000, 1.0, False, None, None, None, None, curve)
     assert chosen(c, AnalysisConfig(calibration_precision=0.9)).floor == 0.6

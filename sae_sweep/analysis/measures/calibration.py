@@ -5,7 +5,8 @@ How close two seeds' atoms for the same feature come depends on the data (0.99 o
 data), so one constant floor is either blind or credulous somewhere. The floor of each size is chosen here, on data
 whose truth is known and which is made to look like the data analysed:
 
-1. The first seed's dictionary of the size (``truth_model``) encodes the held-out activations x (n, d_in):
+1. The first seed's largest dictionary (``truth_source``; or, with ``analysis.calibration_truth=own``, its
+   dictionary of the size) encodes the held-out activations x (n, d_in) (``truth_model``):
    codes c = ReLU(W_enc (x - b_dec) + b_enc), reconstructions x^ = c D^T + b_dec, residuals r = x - x^. Its atoms that
    fire on them are the true features.
 2. Bootstrap activations: x* = x^_i + e, with i drawn uniformly from the n held-out rows (the codes exactly as the SAE
@@ -19,7 +20,8 @@ whose truth is known and which is made to look like the data analysed:
    both bootstrap dictionaries hold within it; found: its nearest atom here is called real).
 5. The size's floor is the smallest at which, in both, the lower end of the Wilson interval of the precision
    reaches ``analysis.calibration_precision`` (the bootstrap's own sampling error allowed for); its recall (both
-   dictionaries' replicable truth pooled, a Wilson interval) is the estimated recall of ``real`` at that size. Where
+   dictionaries' replicable truth pooled) is the estimated recall of ``real`` at that size, with the prediction
+   interval of the recall one dictionary shows (``predicted_recall``). Where
    no floor reaches it, the highest is kept and the row says so.
 
 The curves (precision and recall at every floor) are kept for the report's figure. Everything is a pure function of
@@ -32,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +48,8 @@ from sae_sweep.analysis.measures.mcs import max_cosine_similarity
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.files import atomic_write_text, json_digest
+
+log = logging.getLogger(__name__)
 
 FLOORS = np.round(np.arange(0.50, 0.996, 0.01), 2)  # the cosine floors tried, 0.50 ... 0.99
 FORMAT = 2  # bump when the procedure changes: part of every calibration's key
@@ -105,7 +111,7 @@ def calibration_key(dicts: dict[Key, Dictionary], val: np.ndarray, cfg: Analysis
         for name in sorted(d.tensors):
             h.update(name.encode() + d.tensors[name].detach().cpu().contiguous().numpy().tobytes())
     h.update(np.ascontiguousarray(val[:CODE_ROWS]).tobytes())
-    read = ("seed", "fdr", "min_replications", "verdict_null", "null_rows", "recovered_cosine")
+    read = ("seed", "fdr", "min_replications", "verdict_null", "null_rows", "recovered_cosine", "calibration_truth")
     settings = {n: getattr(cfg, n) for n in (*read, "calibration_activations")}  # not the target: see ``chosen``
     h.update(json_digest(settings).encode())
     return h.hexdigest()
@@ -227,32 +233,60 @@ def floor_curve(atoms: dict, v, truth: np.ndarray, cfg: AnalysisConfig) -> list[
 
 def precision_bound(row: dict, level: float) -> float | None:
     """The smaller, over the bootstrap dictionaries, of the lower end of the Wilson interval of their precision at
-    this floor (right / called); None where neither calls anything real (nothing claimed, nothing false)."""
+    this floor (right / called); None where neither calls anything real: no evidence of precision there (below the
+    true count, say, the bootstrap's merged atoms may not replicate where the real ones do)."""
     ends = [wilson_interval(r, n, level)[0] for r, n in zip(row["right"], row["called"], strict=True) if n]
     return min(ends) if ends else None
+
+
+def predicted_recall(k: int, n: int, m: int, level: float) -> tuple[float, float]:
+    """The ``level`` prediction interval of the recall one dictionary shows on ``m`` features, from ``k`` of ``n``
+    found on the bootstrap: its rate's Jeffreys posterior Beta(k + 1/2, n - k + 1/2), then m draws (beta-binomial).
+    Wider than the rate's own interval: a dictionary's recall is a new sample of m features, not the rate itself."""
+    from scipy.stats import betabinom  # noqa: PLC0415 - scipy loads with the analysis, not with this module
+
+    law = betabinom(m, k + 0.5, n - k + 0.5)
+    return float(law.ppf((1 - level) / 2) / m), float(law.ppf((1 + level) / 2) / m)
 
 
 def choose(curve: list[dict], target: float, level: float) -> tuple[dict, bool]:
     """Step 5: the lowest floor whose precision reaches ``target`` in both bootstrap dictionaries, with the
     bootstrap's own sampling error allowed for (``precision_bound``: the lower end of its interval must reach it),
-    and its recall with a Wilson interval; else the highest floor, and False."""
+    and its recall with the prediction interval of one dictionary's (``predicted_recall``: a bootstrap dictionary's
+    share of the replicable truth); else the highest floor, and False."""
     bounds = [precision_bound(c, level) for c in curve]
-    ok = [i for i, b in enumerate(bounds) if b is None or b >= target]
+    ok = [i for i, b in enumerate(bounds) if b is not None and b >= target]  # shown, not merely not contradicted
     i = ok[0] if ok else len(curve) - 1
     row = curve[i]
     k, n = row["found"], row["replicable"]
-    recall = (k / n, *wilson_interval(k, n, level)) if n else (None, None, None)
+    recall = (k / n, *predicted_recall(k, n, n // len(row["called"]), level)) if n else (None, None, None)
     called = sum(row["called"])
     precision = sum(row["right"]) / called if called else None
     return {**row, "precision": precision, "precision_lo": bounds[i], "recall": recall}, bool(ok)
 
 
-def calibrate_size(dicts: dict[Key, Dictionary], j: int, val: np.ndarray, cfg: AnalysisConfig) -> SizeCalibration:
-    """Steps 1-5 for size ``j``: its first seed's dictionary as the truth, two SAEs on its bootstrap."""
+def truth_source(dicts: dict[Key, Dictionary], j: int, cfg: AnalysisConfig) -> Dictionary:
+    """The dictionary whose live atoms are the bootstrap's true features for size ``j``: the first seed's largest
+    (``analysis.calibration_truth=largest``: the finest structure the variant shows, so that a size too small to hold
+    it is seen merging it, and its merged atoms are not counted right) or its size-``j`` one (``own``)."""
+    first = min(s for _, s in dicts)
+    size = max(k[0] for k in dicts if k[1] == first) if cfg.calibration_truth == "largest" else j
+    return dicts[(size, first)]
+
+
+def calibrate_size(
+    dicts: dict[Key, Dictionary], j: int, val: np.ndarray, cfg: AnalysisConfig, models: dict | None = None
+) -> SizeCalibration:
+    """Steps 1-5 for size ``j``: two SAEs with its first seed's settings on the bootstrap of ``truth_source``
+    (``models``: truth models already made, by dictionary name)."""
     from sae_sweep.analysis.measures.verdicts import Atoms, verdicts  # noqa: PLC0415 - verdicts imports this module
 
     d = dicts[min(k for k in dicts if k[0] == j)]
-    data = truth_model(d, val)
+    source = truth_source(dicts, j, cfg)
+    models = {} if models is None else models
+    if source.name not in models:
+        models[source.name] = truth_model(source, val)
+    data = models[source.name]
     budget = min(cfg.calibration_activations, d.config.training.get("activations_seen") or cfg.calibration_activations)
     atoms = {}
     for s in BOOT_SEEDS:
@@ -262,7 +296,9 @@ def calibrate_size(dicts: dict[Key, Dictionary], j: int, val: np.ndarray, cfg: A
     v = verdicts(atoms, cfg, sample if cfg.verdict_null in ("auto", "moment", "rows") else None)
     curve = floor_curve(atoms, v, data.truth, cfg)
     replicable = curve[0]["replicable"] // len(BOOT_SEEDS)
-    made = SizeCalibration(j, d.name, len(data.truth), replicable, budget, 1.0, False, None, None, None, None, curve)
+    made = SizeCalibration(
+        j, source.name, len(data.truth), replicable, budget, 1.0, False, None, None, None, None, curve
+    )
     return chosen(made, cfg)
 
 
@@ -280,11 +316,21 @@ def calibrate(dicts: dict[Key, Dictionary], val: np.ndarray, cfg: AnalysisConfig
     """Every size of a variant with two or more seeds, calibrated (``calibrate_size``)."""
     track = progress or (lambda it, total, description: it)
     sizes = sorted({j for j, _ in dicts})
-    out = {j: calibrate_size(dicts, j, val, cfg) for j in track(sizes, len(sizes), "calibration (bootstrap SAEs)")}
+    models: dict = {}
+    out = {}
+    for j in track(sizes, len(sizes), "calibration (bootstrap SAEs)"):
+        start = time.perf_counter()
+        out[j] = c = calibrate_size(dicts, j, val, cfg, models)
+        log.info("calibrated %s J=%d in %.0f s: floor %.2f, estimated recall %s", variant or "the note's run", j,
+                 time.perf_counter() - start, c.floor, "n/a" if c.recall is None else f"{c.recall:.3f}")  # fmt: skip
+    truth = (
+        "the first seed's largest dictionary's" if cfg.calibration_truth == "largest" else "each size's first seed's"
+    )
     how = (
         f"per size, the smallest cosine floor (of {FLOORS[0]:.2f} ... {FLOORS[-1]:.2f}) at which the real calls on a "
-        "parametric bootstrap of the data (its first seed's atoms as the true features, the held-out codes, the "
-        "residual's covariance; two SAEs trained on it) reached the target precision in both"
+        f"parametric bootstrap of the data ({truth} live atoms as the true features, its codes of the held-out "
+        "activations, the residual's mean and covariance; two SAEs of the size trained on it) reached the target "
+        "precision in both"
     )
     return Calibration(variant, key, out, how)
 

@@ -11,10 +11,13 @@ the data does), so by default the p-value is the largest over a set of nulls, ea
   the data's geometry (random N(0, S) dictionaries reach MCS >= 0.5 for every feature here, where the isotropic null
   would call them found).
 
-A feature counts as found again in R when its match there is beyond the null and at least ``analysis.match_cosine``
-(0.95) close: significance says "not chance", the cosine says "the same direction" (on synthetic data, features of
-larger dictionaries replicate beyond the null at cosines of 0.4-0.6 by sharing some true features, without being one;
-the README gives the precision at each cosine tried). A match is beyond the null only if it beats every null: under
+A feature counts as found again in R when its match there is beyond the null and at least a cosine floor close:
+significance says "not chance", the cosine says "the same direction" (on synthetic data, features of larger
+dictionaries replicate beyond the null at cosines of 0.4-0.6 by sharing some true features, without being one). The
+floor of each size is calibrated on a parametric bootstrap of the data analysed where the variant has a calibration
+(calibration.py, ``analysis.calibrate``), else it is ``analysis.match_cosine`` (0.95).
+
+A match is beyond the null only if it beats every null: under
 whichever is the right null its p-value is valid, so the largest is too. For each, the MCS of ``analysis.null_rows``
 queries against R, below a high threshold, give the p-value themselves, and above it a tail of the exact null's family
 fitted to them (null_tail.py) reaches far below 1 / null_rows; the ``null`` column names the null that set a feature's

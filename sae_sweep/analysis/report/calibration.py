@@ -96,10 +96,13 @@ def _text(rep: ReportInput) -> str:
         )
     return (
         f"A feature is found again in another seed when its match there is beyond the null and at least a cosine floor "
-        f"close. The floor of each size was set from the data analysed: {cal.how}. Precision is the share of real "
+        f"close. The floor of each size was set from the data analysed: {cal.how} (the target: the lower end of the "
+        f"{rep.cfg.level:.0%} Wilson interval of the precision at least {rep.cfg.calibration_precision:g}, "
+        "`analysis.calibration_precision`). Precision is the share of real "
         f"calls within {rep.cfg.recovered_cosine:g} of a true feature (the bootstrap's truth: the first seed's live "
         "atoms); recall the share of the true features that both bootstrap SAEs hold within it whose nearest atom is "
-        "called real, with a Wilson interval. `calibration.csv` gives each size's floor and estimate; "
+        f"called real, with the {rep.cfg.level:.0%} prediction interval of the recall one dictionary of the size "
+        "shows (beta-binomial). `calibration.csv` gives each size's floor and estimate; "
         "`verdicts.csv` repeats them beside each dictionary's counts."
     )
 

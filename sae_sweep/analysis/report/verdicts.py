@@ -127,11 +127,17 @@ def per_size(rep: ReportInput) -> str | None:
         )
     parts = "; ".join(f"J={r['dict_size']}: {r['real']} real, {r['unreplicated']} unreplicated, {r['dead']} dead"
                       for r in counts)  # fmt: skip
+    calibrated = rep.run.measured(run_calibration) is not None
+    floors = "the calibrated floor of its size" if calibrated else f"cosine >= {rep.cfg.match_cosine:g}"
     text = (
         f"Feature by feature (seed {counts[0]['seed']}; real: found again in another seed beyond every null "
-        f"({', '.join(v.nulls)}) "
-        f"at a false discovery rate of {rep.cfg.fdr:g}): {parts}."
+        f"({', '.join(v.nulls)}) at {floors}, at a false discovery rate of {rep.cfg.fdr:g}): {parts}."
     )
+    if not calibrated:
+        text += (
+            " How many real features the unreplicated ones hide was not estimated (`python analyze.py "
+            "analysis.calibrate=true` estimates it): unreplicated is not shown to be not real."
+        )
     split = {r["dict_size"]: r for r in split_rows(v, rep.cfg) if r["seed"] == counts[0]["seed"]}
     j = rep.res.featured if rep.res.featured in split else next(iter(split), None)
     if j is not None:
