@@ -16,6 +16,7 @@ from pathlib import Path
 from sae_sweep import rules
 from sae_sweep.analysis.collect import Collection, collect_local_variants, collect_wandb, main_variant
 from sae_sweep.analysis.measures.architectures import arch_of, architecture_table, stability
+from sae_sweep.analysis.measures.calibration import attach
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
@@ -88,6 +89,13 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         rep = _measure(job, found, main_name, stores)
         rep.res.warnings.extend(left_out.get(main_name, []))  # said in the report too
         made("the main run" + (f" and {len(found) - 1} controls" if cfg.controls and len(found) > 1 else ""))
+    runs = [r for r in (rep.run, rep.synthetic) if r is not None]
+    if cfg.calibrate:  # made here, not inside the report, so that its cost has a row of its own
+        with stages("calibrate") as made:
+            made(", ".join(f"{r.variant or 'the note'}: {'calibrated' if attach(r) else 'not calibratable'}"
+                           for r in runs))  # fmt: skip
+    for r in runs:
+        attach(r)  # a calibration kept from an earlier analysis of the same dictionaries (else none)
     with stages("report") as made:  # the per-feature verdicts are measured here, by their section
         with atomic_folder(job.out, replace=True) as tmp:
             figs = write_all(rep, tmp, label=_label(main_name, dicts))

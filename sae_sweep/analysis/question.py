@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sae_sweep.analysis.collect import Collection, collect_local_variants, main_variant
+from sae_sweep.analysis.measures.calibration import attach
 from sae_sweep.analysis.measures.pairwise import compute
 from sae_sweep.analysis.measures.variant import AnalysedRun, VariantMeasures
 from sae_sweep.analysis.measures.verdicts import VERDICTS, Verdicts, feature_verdicts
@@ -57,7 +58,9 @@ def verdicts_of(found: Collection, variant: str, cfg: AnalysisConfig, cache_dir:
     """The per-feature verdicts of one variant, with nothing else of the analysis computed."""
     dicts = found[variant]
     res = compute(dicts, cfg)  # the note's pairs: MCS against the reference (and those pairs the verdicts reuse)
-    return feature_verdicts(AnalysedRun(variant, res, VariantMeasures(variant, {}), dicts, cache_dir))
+    run = AnalysedRun(variant, res, VariantMeasures(variant, {}), dicts, cache_dir)
+    attach(run)  # the floors of a calibration kept for these dictionaries, if any
+    return feature_verdicts(run)
 
 
 def feature_table(

@@ -16,9 +16,11 @@
     null_tail.py            the exact null's tail with an effective (K, M) fitted to sampled null MCS values
     verdicts.py             which features are real, one by one: matches, p, q, replications, verdicts
     verdict_checks.py       the verdicts against the truth (synthetic data) and beside the note's split
+    calibration.py          each size's match floor and estimated recall, from a parametric bootstrap
     families.py             feature families across the sizes of a seed: splits, vanished and new features
     core.py                 the stable core of a size: the features every seed found, as one dictionary
     variant.py              one variant's measures gathered (``measure_variant``, ``AnalysedRun``)
 
-Nothing here draws, writes a file or imports matplotlib; report/ does.
+Nothing here draws or imports matplotlib; report/ does. Only calibration.py writes a file: its result, into the
+cache (it costs minutes of SAE training).
 """

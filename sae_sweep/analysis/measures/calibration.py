@@ -42,9 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_sweep.analysis.measures.core import relu_codes
 from sae_sweep.analysis.measures.features import Key, decoder_rows
 from sae_sweep.analysis.measures.inference import wilson_interval
 from sae_sweep.analysis.measures.mcs import max_cosine_similarity
+from sae_sweep.analysis.measures.verdicts import Atoms, activation_cache, dictionary_table, verdicts
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.dictionary import Dictionary
 from sae_sweep.files import atomic_write_text, json_digest
@@ -160,8 +162,6 @@ class BootstrapData:
 
 def truth_model(d: Dictionary, val: np.ndarray, chunk: int = 8192) -> BootstrapData:
     """Step 1: the bootstrap's generating process from dictionary ``d`` and held-out rows ``val`` (n, d_in)."""
-    from sae_sweep.analysis.measures.core import relu_codes  # noqa: PLC0415 - torch-side helper of the cores
-
     tensors = {k: t.float() for k, t in d.tensors.items()}
     x_all = torch.from_numpy(np.asarray(val[:CODE_ROWS], dtype=np.float32))
     recon, fired = [], torch.zeros(d.dict_size, dtype=torch.bool)
@@ -207,8 +207,6 @@ def train_on(data: BootstrapData, d: Dictionary, seed: int, activations: int) ->
 def floor_curve(atoms: dict, v, truth: np.ndarray, cfg: AnalysisConfig) -> list[dict]:
     """Step 4: per floor of FLOORS, each bootstrap dictionary's real calls and how many of them are right, and the
     replicable truth found (pooled), from verdicts ``v`` made once (the floor only masks matches)."""
-    from sae_sweep.analysis.measures.verdicts import dictionary_table  # noqa: PLC0415 - verdicts imports this module
-
     keys = sorted(atoms)
     true_hit = {k: max_cosine_similarity(atoms[k].rows, truth, chunk_size=cfg.chunk_size, device=cfg.device)[0]
                 > cfg.recovered_cosine for k in keys}  # fmt: skip  # (J,) each atom: within reach of a true feature
@@ -279,8 +277,6 @@ def calibrate_size(
 ) -> SizeCalibration:
     """Steps 1-5 for size ``j``: two SAEs with its first seed's settings on the bootstrap of ``truth_source``
     (``models``: truth models already made, by dictionary name)."""
-    from sae_sweep.analysis.measures.verdicts import Atoms, verdicts  # noqa: PLC0415 - verdicts imports this module
-
     d = dicts[min(k for k in dicts if k[0] == j)]
     source = truth_source(dicts, j, cfg)
     models = {} if models is None else models
@@ -339,8 +335,6 @@ def run_calibration(run, progress=None) -> Calibration | None:
     """The calibration of an analysed variant's dictionaries: the one kept for exactly these inputs, else made now
     (and kept) when ``analysis.calibrate`` asks for it; None without one, or where it cannot be made (fewer than two
     seeds, no held-out activations, or an architecture other than the ReLU SAE the bootstrap trains)."""
-    from sae_sweep.analysis.measures.verdicts import activation_cache  # noqa: PLC0415 - it imports this module
-
     cfg: AnalysisConfig = run.results.config
     cache = activation_cache(run.dicts, run.cache_dir)
     if cache is None or len({s for _, s in run.dicts}) < 2 or not calibratable(run.dicts):
@@ -353,6 +347,14 @@ def run_calibration(run, progress=None) -> Calibration | None:
         return None
     cal = calibrate(run.dicts, cache.val, cfg, run.variant, key, progress)
     save_calibration(run.cache_dir, cal)
+    return cal
+
+
+def attach(run) -> Calibration | None:
+    """``run_calibration`` of an analysed variant, its floors set on the run for its verdicts to use: call before
+    the verdicts are first asked for."""
+    cal = run.measured(run_calibration)
+    run.floors = cal.floors() if cal else {}
     return cal
 
 

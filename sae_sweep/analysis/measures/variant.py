@@ -99,6 +99,8 @@ class AnalysedRun:
     dicts: dict[Key, Dictionary] = field(default_factory=dict)
     cache_dir: Path | None = None  # where the activation caches are (the verdicts' null reads them)
     true_features: np.ndarray | None = None  # (n_true, d_in) on synthetic data
+    floors: dict[int, float] = field(default_factory=dict)  # dict size -> its calibrated match floor (set by
+    #                                                          calibration.attach); none: analysis.match_cosine
     _measured: dict = field(default_factory=dict, repr=False)
 
     def measured(self, measure: Callable[[AnalysedRun], T]) -> T:

@@ -182,13 +182,10 @@ def independent(key: Key, keys: list[Key]) -> list[Key]:
 
 def feature_verdicts(run, progress=None) -> Verdicts:
     """The per-feature verdicts of one analysed variant (``AnalysedRun``: its dictionaries, results, config and
-    activation caches), at the match floors of its calibration where it has one (``run_calibration``)."""
-    from sae_sweep.analysis.measures.calibration import run_calibration  # noqa: PLC0415 - it imports this module
-
+    activation caches), at the match floors of its calibration where it has one (``run.floors``)."""
     cfg: AnalysisConfig = run.results.config
     acts = activations_of(run.dicts, run.cache_dir) if cfg.verdict_null in ("auto", "moment", "rows") else None
-    cal = run.measured(run_calibration)
-    return verdicts(atoms_of(run), cfg, acts, run.variant, progress, floors=cal.floors() if cal else None)
+    return verdicts(atoms_of(run), cfg, acts, run.variant, progress, floors=run.floors)
 
 
 def verdicts(

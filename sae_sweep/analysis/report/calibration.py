@@ -119,7 +119,8 @@ def estimates(rep: ReportInput) -> str | None:
     )
     return (
         f"On a parametric bootstrap of these activations, the calibrated verdicts call real this share of the features "
-        f"that two seeds both learn (precision held at {rep.cfg.calibration_precision:g} there): {parts}. "
+        "that two seeds both learn (the lower end of the precision's interval at least "
+        f"{rep.cfg.calibration_precision:g} there): {parts}. "
         "A feature called unreplicated is not thereby shown not to be real: the rest of those features are among them."
     )
 
