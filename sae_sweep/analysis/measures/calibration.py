@@ -339,6 +339,9 @@ def run_calibration(run, progress=None) -> Calibration | None:
     cache = activation_cache(run.dicts, run.cache_dir)
     if cache is None or len({s for _, s in run.dicts}) < 2 or not calibratable(run.dicts):
         return None
+    kept_here = calibration_file(run.cache_dir, run.variant, "").parent
+    if not cfg.calibrate and not any(kept_here.glob(f"{run.variant or 'note'}-*.json")):
+        return None  # nothing kept for this variant: no need to digest every tensor (on every analysis) to know it
     key = calibration_key(run.dicts, cache.val, cfg)
     kept = load_calibration(run.cache_dir, run.variant, key)
     if kept is not None:
