@@ -90,6 +90,18 @@ def log_artifact(run, artifact: Artifact, extra_aliases: tuple[str, ...] = (), d
     return run.log_artifact(art, aliases=aliases(artifact, extra_aliases))
 
 
+def end_session() -> None:
+    """Tear W&B's session in this process down now, quietly, whether its service is alive or gone: W&B's exit hook
+    then has nothing left to do (with the service gone, it would print a ConnectionResetError traceback). A later
+    run in the process starts a new session."""
+    import wandb  # noqa: PLC0415
+
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001 - a broken session has nothing more to tear down
+        pass
+
+
 def abandon_run(run) -> None:
     """Let go of a broken W&B run, so that it neither fails nor blocks anything later in this process.
 
@@ -106,10 +118,7 @@ def abandon_run(run) -> None:
         return
     except Exception:  # noqa: BLE001 - already broken: the warning has said all there is to say
         pass
-    try:
-        wandb.teardown()
-    except Exception:  # noqa: BLE001
-        pass
+    end_session()
     if wandb.run is run:
         try:
             from wandb.sdk.lib import module  # noqa: PLC0415

@@ -1,7 +1,8 @@
 """A training run's loggers: a CSV of every metric that survives resumes, and a W&B logger that never ends a run.
 
 ``build_loggers`` makes both (W&B offline when asked or when its server cannot be reached); ``finish_wandb``
-uploads the finished artifact to the run, with its summary and the feature-density histogram, and closes it.
+uploads the finished artifact to the run, with its summary and the feature-density histogram, and closes it;
+``closed_if_cut_short`` closes the run when a job ends between its training and that upload.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -19,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from sae_sweep.files import atomic_write_text
 from sae_sweep.lineage import declare_inputs
 from sae_sweep.store import Artifact
-from sae_sweep.tracking import LoggerConfig, abandon_run, log_artifact, quiet_settings, wandb_mode
+from sae_sweep.tracking import LoggerConfig, abandon_run, end_session, log_artifact, quiet_settings, wandb_mode
 from sae_sweep.wandb_records import STEP_KEY, logged_rows, run_files
 
 log = logging.getLogger(__name__)
@@ -201,10 +204,12 @@ class GuardedWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         self._guarded("finalizing", super().finalize, status)
         if status != "success" and self.failure is None and self._experiment is not None:
-            # A job stopped early (SIGTERM, a requeue, an error): close its run now. Left open, W&B's exit hook
-            # closes it, and under SLURM, which signals every process of the job, W&B's service is gone by then and
-            # the hook prints a ConnectionResetError traceback.
+            # A job stopped early (SIGTERM, a requeue, an error): close its run and W&B's session now. Left to W&B's
+            # exit hook, under SLURM, which signals every process of the job, the service is gone by then and the hook
+            # prints a ConnectionResetError traceback; closing the run alone is not enough, as the hook still talks
+            # to the service.
             abandon_run(self._experiment)
+            end_session()
             self.failure = f"the run was closed early ({status})"
 
     def _guarded(self, what: str, fn, *args, **kwargs):
@@ -259,6 +264,26 @@ class _WandbOff:
 
     def __call__(self, *args, **kwargs):
         return self
+
+
+@contextmanager
+def closed_if_cut_short(loggers: list) -> Iterator[None]:
+    """Close the W&B run if the job ends inside this block with an exception, ``SystemExit`` included.
+
+    Inside ``fit`` Lightning finalizes the loggers when a job stops early; after it (evaluating, saving, uploading)
+    nothing does. Under SLURM a time limit lands there too: submitit's handler requeues the job, SLURM then signals
+    every process of the step, W&B's service among them, and the handler exits; W&B's exit hook, finding its service
+    gone, would print a ConnectionResetError traceback into the job's log.
+    """
+    try:
+        yield
+    except BaseException:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            for lg in loggers:
+                if isinstance(lg, GuardedWandbLogger):
+                    lg.finalize("interrupted")  # closes an open run
+            end_session()  # the run may be finished already; the session (its service connection) is not
+        raise
 
 
 def finish_wandb(

@@ -24,7 +24,7 @@ from sae_sweep.train import ready_made
 from sae_sweep.train.gpt import GPT, MODEL_TYPE, write_gpt
 from sae_sweep.train.gpt_module import GPTModule, RandomBlocks, TokenDataModule
 from sae_sweep.train.jobs import PretrainConfig, PretrainJob
-from sae_sweep.train.loggers import build_loggers, finish_wandb
+from sae_sweep.train.loggers import build_loggers, closed_if_cut_short, finish_wandb
 from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
 from sae_sweep.train.tokenizer import TOKENIZER_FILE
 from sae_sweep.train.tokens import TokenData, prepare
@@ -132,7 +132,7 @@ def _pretrain_owned(job: PretrainJob, tokens: TokenData, model_cfg, rid: str, st
         made(f"{job.pretrain.max_steps} steps")
     if not trainer.is_global_zero:
         return None  # type: ignore[return-value] - only rank 0 exports
-    with stages("save") as made:
+    with stages("save") as made, closed_if_cut_short(loggers):
         art = _export(job, module.model.cpu().float(), tokens, rid, val_init, trainer.world_size, loggers, store)
         made(art.ref)
     log.info("%s", stages.table(job.name))
@@ -187,14 +187,15 @@ def _install(job: PretrainJob, shipped, tokens: TokenData, rid: str, store: Arti
     loggers = build_loggers(
         job.logger, run_dir, name=rid, group="pretrain", job_type="pretrain", config=wandb_axes(job)
     )
-    artifact = store.save(
-        job.name,
-        MODEL_TYPE,
-        lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
-        metadata,
-    )
-    finish_wandb(loggers, artifact, summary={"val/loss": val, "ready_made": True})
-    mark_finished(run_dir, artifact)
+    with closed_if_cut_short(loggers):
+        artifact = store.save(
+            job.name,
+            MODEL_TYPE,
+            lambda folder: write_gpt(folder, model, tokens.path / TOKENIZER_FILE, tokens.meta, train_info),
+            metadata,
+        )
+        finish_wandb(loggers, artifact, summary={"val/loss": val, "ready_made": True})
+        mark_finished(run_dir, artifact)
     log.info(
         "%s: took the GPT shipped with sae-sweep, made by `%s` on %s (commit %s); val loss %.3f nats/token here, as "
         "recorded; saved %s at %s. `python train.py stage=pretrain ready_made=false` trains it here instead",

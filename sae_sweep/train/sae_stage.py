@@ -32,7 +32,7 @@ from sae_sweep.train.batches import ActivationDataModule
 from sae_sweep.train.gpt import MODEL_TYPE, WEIGHTS_FILE, load_gpt
 from sae_sweep.train.harvest import harvest
 from sae_sweep.train.jobs import UNTRAINED, SAEJob
-from sae_sweep.train.loggers import build_loggers, finish_wandb
+from sae_sweep.train.loggers import build_loggers, closed_if_cut_short, finish_wandb
 from sae_sweep.train.pretrain import export_untrained
 from sae_sweep.train.runs import finished_artifact, mark_finished, owned, resolve_checkpoint
 from sae_sweep.train.sae_module import SAEModule, evaluate_sae
@@ -141,7 +141,7 @@ def run(job: SAEJob) -> Artifact:
             made(f"{trainer.global_step:,} steps")
         if not trainer.is_global_zero:
             return None  # type: ignore[return-value] - only rank 0 saves
-        with stages("evaluate, save") as made:
+        with stages("evaluate, save") as made, closed_if_cut_short(loggers):
             art = _save(job, acts, source, uses, rid, run_dir, module, loggers, store)
             made(art.ref)
     log.info("%s", stages.table(job.name))
