@@ -23,7 +23,7 @@ JOB = textwrap.dedent(
     from sae_sweep.train.loggers import build_loggers, closed_if_cut_short
 
     run_dir, how = Path(sys.argv[1]), sys.argv[2]
-    loggers = build_loggers(LoggerConfig(), run_dir, name="cut-short", group="g", job_type="train-sae")
+    loggers = build_loggers(LoggerConfig(), run_dir, name=run_dir.name, group="g", job_type="train-sae")
     run = loggers[1].experiment
     run.log({"loss": 1.0})
     if how == "finished":  # uploaded and closed, then cut short (marking the run folder finished)
@@ -47,7 +47,9 @@ JOB = textwrap.dedent(
 
 
 def run_jobs(tmp_path: Path, cases: list[str]) -> dict[str, tuple[subprocess.Popen, str]]:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    # Each job starts its own W&B service, as a SLURM job does: not the test process's (WANDB_SERVICE names it once
+    # an earlier test in this process used W&B), where the job's service would not be its child.
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline"}
     procs = {
         case: subprocess.Popen(
             [sys.executable, "-c", JOB, str(tmp_path / case.replace(" ", "-")), case],
