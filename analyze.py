@@ -33,4 +33,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, Path(__file__).resolve().parent / "conf")  # bad overrides: one line and status 2, as bad values
+    cli.run(  # bad overrides: one line and status 2, as bad values
+        main,
+        Path(__file__).resolve().parent / "conf",
+        kept=": the report folder from before, if there was one, is as it was",
+    )

@@ -42,4 +42,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, Path(__file__).resolve().parent / "conf")  # bad overrides: one line and status 2, as bad values
+    cli.run(  # bad overrides: one line and status 2, as bad values
+        main,
+        Path(__file__).resolve().parent / "conf",
+        kept="; run the same command again to go on: training resumes from its last checkpoint, and the jobs that "
+        "finished are not trained again",
+    )

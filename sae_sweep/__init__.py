@@ -7,6 +7,8 @@ Data flows one way, through products on disk::
 
 ``sae_sweep.train`` makes the products and ``sae_sweep.analysis`` reads them; they meet only through the shared
 modules beside them: ``store`` (versioned artifacts and their manifests), ``files`` (atomic builds, sha256 digests),
+``outputs`` (the output folders a command replaces whole, and the check that it never replaces what it did not
+write),
 ``dictionary`` (a dictionary folder and its config.json schema), ``dictionary_folders`` (the dictionaries under a
 folder, none left out in silence), ``written_files`` (the registry of every file a stage writes, and who reads it
 back), ``activations`` (the activation cache), ``truth``

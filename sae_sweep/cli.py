@@ -10,6 +10,7 @@ every other bad input, instead of Hydra's multi-line report and status 1.
   that ended without its result (submitit's ``UncompletedJobError``), and a folder it cannot write to (a read-only
   or another user's ``paths.root``). ``HYDRA_FULL_ERROR=1`` set by the user keeps
   Hydra's full report instead.
+* Ctrl-C ends in one line too, status 130, saying what was kept.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def job_ended(message: str) -> str:
     )
 
 
-def run(main: Callable[[], None], conf: Path) -> None:
-    """Run a ``hydra.main`` entry point so that a command line Hydra refuses ends in one line and status 2."""
+def run(main: Callable[[], None], conf: Path, kept: str = "") -> None:
+    """Run a ``hydra.main`` entry point so that a command line Hydra refuses ends in one line and status 2, and
+    Ctrl-C in one line (status 130) that says what was kept (``kept``: the entry point's own words)."""
     refuse_unknown_choices(conf)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's own, complete report
         main()
@@ -79,6 +81,10 @@ def run(main: Callable[[], None], conf: Path) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises what it would report, and it reaches the handler below
     try:
         main()
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C): nothing half-written is left, as every product is swapped in whole{kept}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     except SaeSweepError as exc:  # raised outside a job (the SLURM check refusing a request): one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -133,13 +134,31 @@ def remove_dead_temps(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself (flock on its descriptor), so no lock file is left in it; where the file
+    system refuses that (NFS locks need a file open for writing), a lock file ``.lock`` in it instead."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            with FileLock(str(folder / ".lock")):
+                yield
+            return
+        yield
+    finally:
+        os.close(fd)  # closing it releases the flock
+
+
+@contextlib.contextmanager
 def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success rename it to ``final``, on failure delete it.
 
     ``replace``: swap out an existing ``final`` (the old one is moved aside first, then deleted), so that ``final``
-    is always one whole product; the swap holds a file lock beside ``final``, so that two processes replacing it at
-    once take turns (the last to finish wins) instead of one failing between the two renames. Without ``replace``
-    ``final`` must not exist yet.
+    is always one whole product; the swap holds a lock on the folder that holds ``final`` (``folder_lock``), so that
+    two processes replacing it at once take turns (the last to finish wins) instead of one failing between the two
+    renames. Without ``replace`` ``final`` must not exist yet. Whether ``final`` may be replaced at all is the
+    caller's question (``outputs.check_output``).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(final)
@@ -151,7 +170,7 @@ def atomic_folder(final: Path, replace: bool = False) -> Iterator[Path]:
             os.replace(tmp, final)
             return
         old = temp_path(final, "old")
-        with FileLock(str(final.parent / f".{final.name}.lock")):
+        with folder_lock(final.parent):
             if final.exists():
                 os.replace(final, old)
             os.replace(tmp, final)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sae_sweep.errors import SaeSweepError
 from sae_sweep.lineage import pending_records, replay
+from sae_sweep.tracking import wandb_api
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None, api=None, uploader=upload) -> int:
     if not pending:
         print("every recorded input is linked")
         return 0
-    if api is None:
-        import wandb  # noqa: PLC0415
-
-        api = wandb.Api()
+    try:
+        api = api or wandb_api(f"linking {len(pending)} recorded inputs to their W&B runs")
+    except SaeSweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     done, failed = replay(api, root / "runs", args.entity, args.project)
     left = f"; {failed} could not be linked (named above): run this again later" if failed else ""
     print(f"linked {done} inputs{left}")

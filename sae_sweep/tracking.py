@@ -90,6 +90,19 @@ def log_artifact(run, artifact: Artifact, extra_aliases: tuple[str, ...] = (), d
     return run.log_artifact(art, aliases=aliases(artifact, extra_aliases))
 
 
+def wandb_api(why: str):
+    """``wandb.Api()``, or a ConfigError in one line when W&B has no login here (``why``: what needed it)."""
+    import wandb  # noqa: PLC0415
+
+    try:
+        return wandb.Api()
+    except wandb.errors.UsageError as exc:  # no API key: W&B's own message says so, with a traceback
+        raise ConfigError(
+            f"{why} needs a W&B login, and there is none here ({exc}): run `wandb login` (or set WANDB_API_KEY), "
+            "then run this again"
+        ) from None
+
+
 def end_session() -> None:
     """Tear W&B's session in this process down now, quietly, whether its service is alive or gone: W&B's exit hook
     then has nothing left to do (with the service gone, it would print a ConnectionResetError traceback). A later

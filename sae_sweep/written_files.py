@@ -90,8 +90,16 @@ WRITTEN: tuple[Written, ...] = (
     # W&B's own: uploaded by `wandb sync`; a resumed job's logger reads its earlier .wandb records, and on one it
     # cannot read warns and may log a row twice (the CSV and the dictionary stay right)
     Written("runs/*/wandb/**", "wandb", ("sync",), "W&B's own; handed whole to `wandb sync`"),
-    # ---- the analysis (analysis/job.py): its folder is replaced whole by each run, under this lock
-    Written(".analysis.lock", "analysis", (), _LOCK),
+    # ---- the analysis (analysis/job.py): its folder is replaced whole by each run, under a lock on paths.root itself
+    # (files.folder_lock: a .lock file there only where the file system refuses that)
+    Written(".lock", "analysis", (), _LOCK),
+    Written(
+        "analysis/.sae-sweep-output.json",
+        "analysis",
+        (),
+        "read only by the output check (outputs.py): damaged or gone, the folder is recognised by its files or "
+        "refused, never deleted",
+    ),  # fmt: skip
     Written("analysis/latent_scores.csv", "analysis", ("export",), "checked against latent_scores.json"),
     Written("analysis/latent_scores.json", "analysis", ("export",), "checked whole"),
     Written("analysis/*.csv", "analysis", (), "never read back by the analysis"),

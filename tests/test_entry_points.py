@@ -52,3 +52,21 @@ def test_a_slurm_job_that_ended_without_its_result_is_one_line_naming_it():
     line = job_ended(message)
     assert "\n" not in line and line.startswith("SLURM job 12_1 ended CANCELLED before it finished")
     assert "logs in /r/multirun/d/t/.submitit/12_1)" in line and "run the same command again" in line
+
+
+def test_ctrl_c_ends_an_entry_point_in_one_line_saying_what_was_kept(capsys, monkeypatch):
+    """What Hydra lets through on Ctrl-C (HYDRA_FULL_ERROR=1, as cli.run sets it): KeyboardInterrupt from the job."""
+    import pytest  # noqa: PLC0415
+
+    from sae_sweep import cli  # noqa: PLC0415
+
+    def main():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["analyze.py"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as ended:
+        cli.run(main, REPO / "conf", kept=": the report folder from before is as it was")
+    err = capsys.readouterr().err
+    assert ended.value.code == 130 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("interrupted (Ctrl-C): nothing half-written") and err.endswith("is as it was\n")

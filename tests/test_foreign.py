@@ -96,7 +96,7 @@ def test_orientation_mistakes_and_missing_fields_are_named(tmp_path):
 def test_grouping_by_size_and_seed_from_configs_or_the_manifest(tmp_path):
     root = tmp_path / "saes"
     sparsify_folder(root / "a")
-    sparsify_folder(root / "b")
+    sparsify_folder(root / "b", w_dec=ATOMS.flip(0))  # another SAE: other weights (the same ones are one SAE)
     with pytest.raises(DataError, match=r"several SAEs of size 6 without a seed \(.*a, .*b\)"):
         foreign.collect_foreign(root, layer=2)
     manifest = {

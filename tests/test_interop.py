@@ -122,7 +122,7 @@ def test_export_command_writes_one_folder_per_dictionary_and_converts_older_ones
     for art in [*arts, old]:
         atoms, cfg, _ = saelens.read(out / art.name)
         assert torch.equal(atoms, load_dictionary(art.path).decoder), art.name
-    assert not [p for p in out.glob(".*") if p.is_dir()]  # no temporary folder left behind (only lock files)
+    assert not list(out.glob(".*"))  # no temporary folder or lock file left behind
     assert len(export_sweep(store.root, out)) == 5  # again, over the first export: each folder replaced whole
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(a.name for a in [*arts, old])
     missing = subprocess.run(

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from sae_sweep import sync
+from sae_sweep.analysis.collect import SourceConfig, collect_wandb
+from sae_sweep.errors import ConfigError
 from sae_sweep.lineage import aliases, content_alias, declare_inputs, pending_records, record_path, reference, replay
 from sae_sweep.store import ArtifactStore
 from sae_sweep.tracking import LoggerConfig
@@ -129,6 +131,24 @@ def test_sync_uploads_the_offline_folders_then_links(tmp_path, capsys):
     assert sync.main([str(tmp_path), "--no-upload"], api=None) == 0  # nothing pending: no API needed
     assert "every recorded input is linked" in capsys.readouterr().out
     assert sync.main([str(tmp_path / "nowhere")]) == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_no_wandb_login_ends_sync_and_a_wandb_source_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no key anywhere
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    recorded(tmp_path / "runs" / "sae-a", ["gpt:sha-1"], run_id="sae-a")
+    assert sync.main([str(tmp_path), "--no-upload"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: linking 1 recorded inputs to their W&B runs needs a W&B login") and "wandb login" in err
+    )
+    assert "\n" not in err.strip() and len(pending_records(tmp_path / "runs")) == 1  # still to link, next time
+    source = SourceConfig(kind="wandb", entity="nobody")
+    with pytest.raises(
+        ConfigError, match=r"^source=wandb \(reading .* nobody/sae-sweep\) needs a W&B login.*wandb login"
+    ):
+        collect_wandb(source, 2, tmp_path / "cache")
 
 
 def logger_part(run_dir, csv_rows=None):

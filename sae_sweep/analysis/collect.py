@@ -18,6 +18,7 @@ from sae_sweep.dictionary import DICTIONARY_TYPE, Dictionary, load_dictionary
 from sae_sweep.dictionary_folders import latest_by_name, latest_dictionaries
 from sae_sweep.errors import ConfigError, DataError
 from sae_sweep.store import MANIFEST
+from sae_sweep.tracking import wandb_api
 
 SOURCES = ("local", "wandb", "foreign")
 
@@ -58,11 +59,8 @@ def collect_local(path: str | Path, layer: int, variant: str | None = None) -> d
 
 def collect_wandb(source: SourceConfig, layer: int, cache_dir: Path, api=None) -> Collection:
     """Download (once, into ``cache_dir``) the latest version of every dictionary artifact of a W&B project."""
-    if api is None:
-        import wandb  # noqa: PLC0415
-
-        api = wandb.Api()
     project = f"{source.entity}/{source.project}" if source.entity else source.project
+    api = api or wandb_api(f"source=wandb (reading the dictionaries of the W&B project {project})")
     found = []
     for collection in api.artifact_collections(project_name=project, type_name=source.artifact_type):
         for art in api.artifacts(source.artifact_type, f"{project}/{collection.name}"):

@@ -29,6 +29,7 @@ from sae_sweep.analysis.settings import AnalysisConfig, AnalyzeJob
 from sae_sweep.analysis.wandb_run import analysis_run
 from sae_sweep.errors import ConfigError, SaeSweepError
 from sae_sweep.files import atomic_folder
+from sae_sweep.outputs import check_output, mark
 from sae_sweep.stages import Stages
 from sae_sweep.store import ArtifactStore
 from sae_sweep.truth import load_true_features
@@ -100,6 +101,7 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
         with atomic_folder(job.out, replace=True) as tmp:
             figs = write_all(rep, tmp, label=_label(main_name, dicts))
             cores = write_products(rep.run, tmp)
+            mark(tmp, "report")  # what the next analysis may replace: this folder, holding these entries
         made(f"{len(figs)} figures, {len(list(job.out.glob('*.csv')))} tables, {len(cores)} stable cores")
     if job.logger.kind == "wandb":
         with stages("wandb") as made:
@@ -175,6 +177,28 @@ def check(job: AnalyzeJob) -> None:
     check_device(job.analysis.device)
     if job.analysis.only is not None:
         parse_only(job.analysis.only)  # a malformed question
+    else:
+        check_output(job.out, "report", f"out_dir={job.out}", "give out_dir a new folder", kept_folders(job),
+                     legacy=legacy_report)  # fmt: skip
+
+
+def kept_folders(job: AnalyzeJob) -> dict[str, Path]:
+    """The folders a report may not replace, hold or be written into: the data sae-sweep keeps, and the SAEs read."""
+    kept = {"the store": job.paths.store, "the caches": job.paths.cache, "the runs": job.paths.runs}
+    if job.source.kind in ("local", "foreign") and job.source.path:
+        kept["the SAEs being analysed (source.path)"] = Path(job.source.path)
+    return kept
+
+
+REPORT_SUFFIXES = (".md", ".csv", ".png", ".json", ".npz")
+
+
+def legacy_report(entries: list[Path]) -> bool:
+    """A report folder written before reports carried their marker: report.md, and only the kinds of file and the
+    stable-core folder a report writes."""
+    return any(p.name == "report.md" for p in entries) and all(
+        (p.is_file() and p.suffix in REPORT_SUFFIXES) or (p.is_dir() and p.name == "core") for p in entries
+    )
 
 
 def check_device(device: str | None) -> None:

@@ -5,7 +5,9 @@ of each name) becomes ``OUT/<name>/``, a folder ``sae_lens.SAE.load_from_disk`` 
 version already hold that folder as ``saelens/`` and it is copied; older ones (all ReLU + L1, written before the
 other architectures existed) are converted from their weights, with the GPT's context size and corpus read from the
 store when it holds the GPT. Each export is written to a temporary
-folder and renamed into place, so OUT never holds half an export; an existing ``OUT/<name>`` is replaced whole.
+folder and renamed into place, so OUT never holds half an export; an existing ``OUT/<name>`` is replaced whole, but
+only where an export wrote it (its marker lists every file in it; ``outputs.py``), and OUT may not be a file or lie
+in, or hold, the store exported: both are refused before anything is written. Nothing else is left in OUT.
 
 Per-latent scores. Where an analysis of these dictionaries is found (``--scores``, by default STORE's sibling
 ``analysis/``), each export gets ``latent_scores.csv``, its dictionary's rows of the analysis's latent_scores.csv
@@ -29,6 +31,7 @@ from sae_sweep.dictionary_folders import latest_dictionaries
 from sae_sweep.errors import DataError, SaeSweepError
 from sae_sweep.files import atomic_folder, read_json, sha256_file
 from sae_sweep.interop import saelens
+from sae_sweep.outputs import check_output, mark
 from sae_sweep.store import ArtifactStore, verify
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,28 @@ def default_scores(root: Path) -> Path | None:
     return folder if all(present) else None
 
 
+EXPORT_FILES = frozenset({"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", SCORES, SCORES_META})
+
+
+def legacy_export(entries: list[Path]) -> bool:
+    """An export folder written before exports carried their marker: the SAELens files and the scores, nothing else."""
+    return all(p.is_file() and p.name in EXPORT_FILES for p in entries)
+
+
+def check_outputs(out: Path, root: Path, chosen: dict[str, Path], scores: str | Path | None) -> None:
+    """ConfigError, before anything is written, when OUT is a file, is, holds or sits inside the store exported (or
+    its caches, runs or analysis), or when an ``OUT/<name>`` the export would replace holds what it did not write."""
+    kept = {"the store exported": root}
+    if root.name == "store":  # paths.root's layout: its caches and runs beside the store
+        kept |= {"the caches": root.parent / "cache", "the runs": root.parent / "runs"}
+    if scores is not None:
+        kept["the analysis whose scores are exported"] = Path(scores)
+    check_output(out, "export", f"OUT={out}", "give another OUT", kept, whole=False)
+    for name in chosen:
+        check_output(out / name, "export", f"the export folder {out / name}", "give another OUT", {},
+                     legacy=legacy_export)  # fmt: skip
+
+
 def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = None) -> list[Path]:
     """Write ``out/<name>/`` as a SAELens folder for every dictionary under ``root``, with its latent scores from the
     analysis folder ``scores`` where that analysed it; return the folders written."""
@@ -124,6 +149,7 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
         raise DataError(f"no dictionaries under {root}: train some first (`python train.py -m experiment=demo`)")
     by_name, meta = read_scores(Path(scores) if scores is not None else None)
     _check_rows(chosen, by_name, meta)  # before any export is written
+    check_outputs(out, root, chosen, scores)
     written, unscored = [], []
     for name, folder in chosen.items():
         d = load_dictionary(folder, verify_files=False)  # every file was checked above
@@ -139,6 +165,7 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
                 _write_scores(tmp, rows, meta)
             elif meta:
                 unscored.append(name)
+            mark(tmp, "export")  # what the next export may replace: this folder, holding these files
         written.append(out / name)
         log.info("exported %s to %s%s", name, out / name, " with its latent scores" if name in by_name else "")
     if unscored:
@@ -161,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--no-scores", action="store_true", help="export the SAEs alone, without latent scores")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    scores = None if args.no_scores else args.scores or default_scores(Path(args.store))
-    if scores is not None:
-        log.info("latent scores from %s", scores)
     try:
+        scores = None if args.no_scores else args.scores or default_scores(Path(args.store))
+        if scores is not None:
+            log.info("latent scores from %s", scores)
         written = export_sweep(args.store, args.out, scores)
     except SaeSweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # OUT not writable, a disk full: nothing half-written is left (atomic_folder)
+        print(f"error: writing the exports to {args.out} failed: {exc.strerror or exc} ({exc.filename or args.out}); "
+              "the export folders already there are as they were", file=sys.stderr)  # fmt: skip
+        return 1
     print(f"{len(written)} dictionaries exported to {args.out}")
     return 0
 

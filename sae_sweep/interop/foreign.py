@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,11 @@ class Foreign:
 
 MAIN_ARCHITECTURES = ("", "standard", "AutoEncoder", "relu")  # the libraries' plain ReLU SAEs: the main variant
 SEARCH_DEPTH = 4  # folders below source.path searched for SAEs when there is no manifest
+LAYOUT_FILES = {  # the files that make a folder an SAE of each library (detect())
+    "SAELens": ("cfg.json", "sae_weights.safetensors"),
+    "sparsify": ("cfg.json", "sae.safetensors"),
+    "dictionary_learning": ("ae.pt", "config.json"),
+}
 RUNNER_CFG_FILE = "runner_cfg.json"  # SAELens 6's training runner: the run's settings, its seed among them
 
 
@@ -91,10 +97,43 @@ def detect(path: Path) -> str | None:
 
 
 def _json(path: Path) -> dict:
+    """A JSON file that must hold an object: DataError naming the file when it is unreadable, not UTF-8, or another
+    JSON value (a list, a string)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object {{...}}, found a {type(value).__name__}")
+    return value
+
+
+def _section(cfg: dict, key: str, where: Path) -> dict:
+    """``cfg[key]`` when it is an object, {} when absent; DataError when it is something else."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: {key!r} should be an object {{...}}, found a {type(value).__name__}: {value!r:.60}")
+    return value
+
+
+def _checked(f: Foreign) -> Foreign:
+    """DataError naming the SAE's file when its atoms cannot be compared: none at all, a NaN or inf weight, or an
+    atom of zero norm (no direction)."""
+    d_in, n = f.decoder.shape
+    if n == 0 or d_in == 0:
+        raise DataError(f"{f.path}: the SAE has {n} atoms of width {d_in}: nothing to compare; leave it out")
+    bad = (~torch.isfinite(f.decoder)).any(dim=0).nonzero().flatten().tolist()
+    if bad:
+        raise DataError(f"{f.path}: {len(bad)} of its {n} atoms hold NaN or inf weights (atoms {bad[:5]}"
+                        f"{' ...' if len(bad) > 5 else ''}): a damaged or diverged SAE; leave it out")  # fmt: skip
+    zero = (f.decoder.norm(dim=0) == 0).nonzero().flatten().tolist()
+    if zero:
+        raise DataError(f"{f.path}: {len(zero)} of its {n} atoms are all zeros (atoms {zero[:5]}"
+                        f"{' ...' if len(zero) > 5 else ''}), which have no direction to compare; drop them from "
+                        "the decoder, or leave the SAE out")  # fmt: skip
+    return f
 
 
 def _atoms(matrix: torch.Tensor, rows: bool, where: str, d_in: int | None = None) -> torch.Tensor:
@@ -125,24 +164,29 @@ def _variant(architecture) -> str:
 def _read_sparsify(folder: Path, in_run: bool) -> tuple[torch.Tensor, int | None, str, str | None]:
     """sparsify's SAEs are TopK ones; a run folder holds one per hookpoint, named after it (``in_run``: the folder is
     inside another, as sparsify writes them; a folder of its own has a name its user chose)."""
-    from safetensors.torch import load_file  # noqa: PLC0415
-
     cfg = _json(folder / "cfg.json")
     d_in = _need(cfg, "d_in", folder / "cfg.json")
-    tensors = load_file(str(folder / "sae.safetensors"))
+    tensors = saelens.load_tensors(folder / "sae.safetensors")
     w_dec = _need(tensors, "W_dec", folder / "sae.safetensors")
     atoms = _atoms(w_dec, rows=True, where=str(folder / "sae.safetensors"), d_in=d_in)
+    if cfg.get("num_latents") not in (None, atoms.shape[1]):  # sparsify records it when set (else expansion_factor)
+        raise DataError(f"{folder / 'sae.safetensors'}: W_dec holds {atoms.shape[1]} atoms, cfg.json's num_latents "
+                        f"says {cfg['num_latents']}")  # fmt: skip
     return atoms, cfg.get("seed"), "", folder.name if in_run else None
 
 
 def _read_dictionary_learning(folder: Path) -> tuple[torch.Tensor, int | None, str, str | None]:
     cfg = _json(folder / "config.json")
     trainer = _need(cfg, "trainer", folder / "config.json")
+    if not isinstance(trainer, dict):
+        raise DataError(f"{folder / 'config.json'}: 'trainer' should be an object {{...}}, found {trainer!r:.60}")
     d_in = _need(trainer, "activation_dim", folder / "config.json (trainer)")
     try:
         state = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the same problem to the user
-        raise DataError(f"{folder / 'ae.pt'}: not a readable state dict ({exc})") from None
+        raise DataError(f"{folder / 'ae.pt'}: not a readable state dict ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{folder / 'ae.pt'}: expected a state dict, found a {type(state).__name__}")
     if "decoder.weight" in state:  # nn.Linear(dict_size, activation_dim): (activation_dim, dict_size)
         dec = _atoms(state["decoder.weight"], rows=False, where=str(folder / "ae.pt"), d_in=d_in)
     elif "W_dec" in state:  # (dict_size, activation_dim)
@@ -161,18 +205,10 @@ def _read_matrix(path: Path, entry: dict) -> tuple[torch.Tensor, None, None]:
             f"(got {orientation!r}): the file cannot say which side holds the features"
         )
     key = entry.get("key")
-    if path.suffix == ".npy":
-        tensors = {"": torch.from_numpy(np.load(path))}
-    elif path.suffix == ".npz":
-        with np.load(path) as z:
-            tensors = {k: torch.from_numpy(z[k]) for k in z.files}
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
-        tensors = load_file(str(path))
-    else:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        tensors = loaded if isinstance(loaded, dict) else {"": loaded}
+    try:
+        tensors = _load_matrix_file(path)
+    except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise DataError(f"{path}: not a readable {path.suffix} matrix file ({_first_line(exc)})") from None
     if key is None and len(tensors) == 1:
         key = next(iter(tensors))
     if key not in tensors:
@@ -180,6 +216,24 @@ def _read_matrix(path: Path, entry: dict) -> tuple[torch.Tensor, None, None]:
         raise DataError(f'{path}: name the matrix as "key" in its {MANIFEST_FILE} entry (found {found})')
     where = f"{path} [{key or 'array'}]"
     return _atoms(tensors[key], rows=orientation == "rows", where=where, d_in=entry.get("d_in")), None, None
+
+
+def _load_matrix_file(path: Path) -> dict:
+    """The tensors of a plain matrix file, by name ("" for a file of one unnamed array)."""
+    if path.suffix == ".npy":
+        return {"": torch.from_numpy(np.load(path))}
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            return {k: torch.from_numpy(z[k]) for k in z.files}
+    if path.suffix == ".safetensors":
+        return saelens.load_tensors(path)
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    return loaded if isinstance(loaded, dict) else {"": loaded}
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library's error message, first line only: the DataError that quotes it stays one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_entry(root: Path, entry: dict) -> Foreign:
@@ -201,7 +255,7 @@ def read_entry(root: Path, entry: dict) -> Foreign:
     variant, synthetic, encoder, hook = "", False, None, None
     if fmt == "saelens":
         decoder, cfg, rates = saelens.read(path)
-        meta, encoder = cfg.get("metadata") or {}, cfg.get("_encoder")
+        meta, encoder = _section(cfg, "metadata", path / saelens.CFG_FILE), cfg.get("_encoder")
         seed, variant = _saelens_seed(path, cfg), _variant(cfg.get("architecture"))
         hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
         synthetic = str(meta.get("model_name", "")).startswith("synthetic")
@@ -219,7 +273,9 @@ def read_entry(root: Path, entry: dict) -> Foreign:
         raise DataError(f"{path}: seed must be an integer, got {seed!r}")
     name = entry.get("name") or str(entry["path"]).replace("/", "_")
     variant = str(entry.get("variant", variant))
-    return Foreign(name, fmt, decoder, seed, variant, rates, path, synthetic, encoder, entry.get("hook", hook))
+    return _checked(
+        Foreign(name, fmt, decoder, seed, variant, rates, path, synthetic, encoder, entry.get("hook", hook))
+    )
 
 
 def _saelens_seed(folder: Path, cfg: dict) -> int | None:
@@ -240,16 +296,35 @@ def read_folder(root: str | Path) -> list[Foreign]:
         if not isinstance(entries, list) or not entries:
             raise DataError(f'{manifest}: expected {{"dictionaries": [{{"path": ...}}, ...]}}')
     else:
-        entries = [{"path": p.relative_to(root).as_posix()} for p in _search(root, SEARCH_DEPTH)]
+        skipped: list[str] = []
+        entries = [{"path": p.relative_to(root).as_posix()} for p in _search(root, SEARCH_DEPTH, skipped)]
         if not entries:
+            why = f" (skipped {'; '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''})" if skipped else ""
             raise DataError(
-                f"no SAEs found in {root}: expected folders in SAELens, sparsify or dictionary_learning layout, or "
-                f"a {MANIFEST_FILE} listing them (plain matrices need one)"
+                f"no SAEs found in {root}{why}: expected folders in SAELens, sparsify or dictionary_learning layout, "
+                f"or a {MANIFEST_FILE} listing them (plain matrices need one)"
             )
     return [read_entry(root, e if isinstance(e, dict) else {"path": e}) for e in entries]
 
 
-def _search(folder: Path, depth: int) -> list[Path]:
+def _distinct(saes: list[Foreign]) -> list[Foreign]:
+    """One entry per set of weights among SAEs of one size and variant: a second entry with the same atoms (a
+    symbolic link back into the folder, or a copy) is the same SAE, which counted as another seed would fake a
+    replication; it is named and read once."""
+    import hashlib  # noqa: PLC0415
+
+    first: dict[str, Foreign] = {}
+    for f in saes:
+        digest = hashlib.sha256(f.decoder.contiguous().numpy().tobytes()).hexdigest()
+        if digest in first:
+            log.warning("%s holds the same weights as %s (a link or a copy): one SAE, read once", f.path,
+                        first[digest].path)  # fmt: skip
+            continue
+        first[digest] = f
+    return list(first.values())
+
+
+def _search(folder: Path, depth: int, skipped: list[str]) -> list[Path]:
     """The SAEs under ``folder`` (not itself), depth-first in name order; an SAE's own folder is not searched
     further. What is neither an SAE nor a folder holding one is skipped with a line saying why; hidden entries (a
     leading dot: lock files, .DS_Store) are passed over."""
@@ -259,10 +334,11 @@ def _search(folder: Path, depth: int) -> list[Path]:
             continue
         if detect(p) is not None and (p.is_dir() or depth == SEARCH_DEPTH):  # plain matrices need a manifest below
             found.append(p)
-        elif p.is_dir() and depth > 1 and (inside := _search(p, depth - 1)):
+        elif p.is_dir() and depth > 1 and (inside := _search(p, depth - 1, skipped)):
             found += inside
         else:
-            log.warning("skipped %s: %s", p, _why_not(p, depth))
+            log.warning("skipped %s: %s", p, why := _why_not(p, depth))
+            skipped.append(f"{p}: {why}")
     return found
 
 
@@ -273,6 +349,15 @@ def _why_not(p: Path, depth: int) -> str:
         if p.suffix in MATRIX_SUFFIXES:
             return f"a plain matrix outside the top folder needs an entry in {MANIFEST_FILE}"
         return "a file, not an SAE folder"
+    halves = {  # part of a layout's files: say which are missing (a deleted or misnamed file)
+        layout: [f for f in files if not (p / f).is_file()]
+        for layout, files in LAYOUT_FILES.items()
+        if any((p / f).is_file() for f in files)
+    }
+    if halves:
+        held = sorted({f for files in LAYOUT_FILES.values() for f in files if (p / f).is_file()})
+        lacks = " or ".join(f"{', '.join(missing)} ({layout})" for layout, missing in halves.items())
+        return f"holds {', '.join(held)} but not {lacks}, which that layout needs too"
     if depth <= 1:
         return f"deeper than {SEARCH_DEPTH} folders below source.path; list it in {MANIFEST_FILE}"
     return (
@@ -337,6 +422,7 @@ def collect_foreign(
     for f in _one_hook(read_folder(root), hook, Path(root)):
         groups.setdefault((f.variant, f.decoder.shape[1]), []).append(f)
     for (variant, J), members in sorted(groups.items()):
+        members = _distinct(members)
         unseeded = [f for f in members if f.seed is None]
         if len(unseeded) > 1:
             names = ", ".join(str(f.path) for f in unseeded)

@@ -144,24 +144,22 @@ def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:
     DataError names the file and the field for a missing file, a missing field, an architecture whose decoder rows
     are not atoms, or a W_dec whose shape is not (d_sae, d_in) (a transposed export).
     """
-    from safetensors import SafetensorError  # noqa: PLC0415
-    from safetensors.torch import load_file  # noqa: PLC0415
-
     cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
     try:
         cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{cfg_path}: not a readable SAELens cfg.json ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(
+            f"{cfg_path}: expected a JSON object {{...}} as SAELens writes it, found a {type(cfg).__name__}"
+        )
     missing = [k for k in ("d_in", "d_sae") if not isinstance(cfg.get(k), int)]
     if missing:
         raise DataError(f"{cfg_path}: no integer field {', '.join(missing)}; SAELens' cfg.json gives d_in and d_sae")
     arch = cfg.get("architecture", "standard")
     if arch not in ATOM_ROWS:
         raise DataError(f"{cfg_path}: architecture {arch!r} is not one whose decoder rows are atoms ({ATOM_ROWS})")
-    try:
-        tensors = load_file(str(weights_path))
-    except (OSError, SafetensorError) as exc:
-        raise DataError(f"{weights_path}: unreadable ({exc})") from None
+    tensors = load_tensors(weights_path)
     if "W_dec" not in tensors:
         raise DataError(f"{weights_path}: no tensor 'W_dec' (found {sorted(tensors)})")
     w_dec, shape = tensors["W_dec"], (cfg["d_sae"], cfg["d_in"])
@@ -172,11 +170,30 @@ def read(folder: Path) -> tuple[torch.Tensor, dict, np.ndarray | None]:
         )
     rates = None
     if (folder / SPARSITY_FILE).exists():
-        log_rates = load_file(str(folder / SPARSITY_FILE)).get("sparsity")
+        log_rates = load_tensors(folder / SPARSITY_FILE).get("sparsity")
+        if log_rates is not None and tuple(log_rates.shape) != (cfg["d_sae"],):
+            raise DataError(
+                f"{folder / SPARSITY_FILE}: 'sparsity' has shape {tuple(log_rates.shape)}, one value per latent "
+                f"would be ({cfg['d_sae']},); delete it to analyse without firing rates"
+            )
         rates = None if log_rates is None else np.power(10.0, log_rates.double().numpy())
+        if rates is not None and not ((rates >= 0) & (rates <= 1)).all():  # NaN, or a log10 rate above 0
+            raise DataError(f"{folder / SPARSITY_FILE}: 'sparsity' holds values that are no log10 firing rate (NaN, "
+                            "or above 0); delete it to analyse without firing rates")  # fmt: skip
     if "W_enc" in tensors and tuple(tensors["W_enc"].shape) == shape[::-1]:
         cfg = {**cfg, "_encoder": tensors["W_enc"].t().float().contiguous()}
     return w_dec.t().float().contiguous(), cfg, rates
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; DataError naming the file when it is missing, truncated or not safetensors."""
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def is_saelens_folder(folder: Path) -> bool:

@@ -86,3 +86,16 @@ def test_cutoff_follows_the_threshold_unless_set():
     assert AnalysisConfig(threshold=0.7).cutoff == 0.7
     assert AnalysisConfig(threshold=0.7, cutoff=0.5).cutoff == 0.5
     assert AnalysisConfig().cutoff == AnalysisConfig().threshold == 0.5
+
+
+def test_a_cutoff_below_every_mcs_draws_a_panel_that_says_so_instead_of_failing(tmp_path):
+    """analysis.cutoff=0.01 (or a threshold it follows): no MCS lies below it, so figure 4 has no bin to draw."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from sae_sweep.analysis.report.reproduction_figures import fig_low_vs_random  # noqa: PLC0415
+
+    learned, rand = np.array([0.31, 0.6, 0.9]), np.array([0.12, 0.2])
+    res = SimpleNamespace(config=AnalysisConfig(cutoff=0.01), featured=16, reference=32, random={16: [rand]},
+                          vs_reference=lambda j, seed: learned)  # fmt: skip
+    path = fig_low_vs_random(res, 0, tmp_path / "fig04.png")
+    assert path.is_file() and path.stat().st_size > 0

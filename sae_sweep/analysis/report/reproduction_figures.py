@@ -62,6 +62,11 @@ def _low_hist(ax, res: Results, j: int, seed: int) -> None:
     learned = res.vs_reference(j, seed)
     rand = res.random[j][0]
     lo = min(learned.min(), rand.min())
+    if lo >= cut:  # analysis.cutoff (or the threshold it follows) below every MCS: no bin to draw, said in the panel
+        ax.text(0.5, 0.5, f"no MCS below {cut}\n(the lowest, learned or random, is {lo:.3f})", ha="center",
+                va="center", transform=ax.transAxes)  # fmt: skip
+        ax.set(title=f"J={j} vs J={res.reference} (MCS < {cut})", xlabel="MCS", ylabel="features")
+        return
     edges = np.linspace(lo, cut, res.config.bins // 2 + 1)
     ax.hist(learned[learned < cut], bins=edges, color=LEARNED, alpha=0.7, label="learned")
     ax.hist(rand[rand < cut], bins=edges, color=RANDOM, alpha=0.5, label="random N(0,1)")
