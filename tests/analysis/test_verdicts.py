@@ -1,6 +1,7 @@
 """Which features are real, one by one (measures/null_tail.py, verdicts.py, verdict_checks.py): exact values on
 hand-made dictionaries, and the calibration the FDR promises on null dictionaries."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -183,11 +184,18 @@ def test_one_dictionary_or_one_feature_is_asked_from_the_command_line(tmp_path):
     assert not (tmp_path / "analysis").exists()  # no report: only the question
     one = run_analyze(["logger=none", "analysis.only=sae-L2-J12-s1:0"], tmp_path)
     assert one.returncode == 0 and "sae-L2-J12-s1:0: " in one.stdout and "in J=24 seed 0: feature" in one.stdout
+    # Refusals, in process (the command line's one line and status 2 for a refused analysis: test_cli_fuzz.py)
+    from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415
+    from sae_sweep.analysis.job import AnalyzeJob, run  # noqa: PLC0415
+    from sae_sweep.errors import SaeSweepError  # noqa: PLC0415
+    from sae_sweep.store import Paths  # noqa: PLC0415
+    from sae_sweep.tracking import LoggerConfig  # noqa: PLC0415
+
     bad = {"sae-L2-J99-s0": "no dictionary named 'sae-L2-J99-s0' here", "a b": "give a dictionary's name"}
     for only, says in bad.items():
-        refused = run_analyze(["logger=none", f"analysis.only='{only}'"], tmp_path)
-        said = refused.stdout + refused.stderr
-        assert refused.returncode == 2 and says in said and "Traceback" not in said, said
+        job = AnalyzeJob(AnalysisConfig(only=only), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path))
+        with pytest.raises(SaeSweepError, match=re.escape(says)):
+            run(job)
 
 
 def test_the_python_question_returns_every_feature_of_the_variant(tmp_path):
