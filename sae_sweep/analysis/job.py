@@ -20,7 +20,7 @@ from sae_sweep.analysis.measures.calibration import attach
 from sae_sweep.analysis.measures.controls import control_rows
 from sae_sweep.analysis.measures.pairwise import Results, check_sizes, compute, counts, learned_name, random_name
 from sae_sweep.analysis.measures.variant import AnalysedRun, measure_variant
-from sae_sweep.analysis.partial import keep_comparable
+from sae_sweep.analysis.partial import check_one_source, keep_comparable
 from sae_sweep.analysis.products import write_products
 from sae_sweep.analysis.question import answer, parse_only, variant_of, verdicts_of
 from sae_sweep.analysis.report.document import write_all
@@ -73,10 +73,13 @@ def run(job: AnalyzeJob, api=None) -> Path | None:
     stages = Stages()
     with stages("collect") as made:
         found, stores, where = _collect(job, api)
+        check_one_source(found)  # a dictionary trained on other activations is never compared as one of the sweep
         made(f"{sum(len(d) for d in found.values())} dictionaries in {len(found)} variants")
     if cfg.only is not None:
-        variant = variant_of(found, parse_only(cfg.only)[0])
-        answer(verdicts_of(found, variant, _sizes_of(cfg, found[variant], variant), job.paths.cache), cfg.only)
+        name = parse_only(cfg.only)[0]
+        variant = variant_of(found, name)
+        sizes = _sizes_of(cfg, found[variant], variant)
+        answer(verdicts_of(found, variant, sizes, job.paths.cache, asked=name), cfg.only)
         return None
     main_name = main_variant(found, cfg.variant, where)
     _warn_unconverged([found[v] for v in sorted(found) if v == main_name or cfg.controls])

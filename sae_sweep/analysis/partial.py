@@ -58,3 +58,34 @@ def _why(key: tuple[int, int], keys: set[tuple[int, int]], ref: int) -> str:
     if size > ref:
         return f"J={size} is above the reference size J={ref}"
     return f"seed {seed} has no size below the reference J={ref}"
+
+
+def source_of(d) -> tuple[str | None, str | None]:
+    """What a dictionary was trained on: its GPT artifact and its activation cache's key (which holds the layer, the
+    token count and the GPT's digest); (None, None) for an imported SAE, which does not say."""
+    gpt = (d.config.gpt or {}).get("artifact") if isinstance(d.config.gpt, dict) else None
+    return gpt, (d.config.activations or {}).get("key")
+
+
+def check_one_source(found: Collection) -> None:
+    """DataError when a variant's dictionaries were trained on different activations (another GPT, another
+    ``harvest.n_tokens``): compared as one sweep, their differences would read as the dictionary size's. Both are
+    named, with what each was trained on."""
+    from sae_sweep.errors import DataError  # noqa: PLC0415
+
+    for variant, dicts in found.items():
+        by_source: dict[tuple, list] = {}
+        for _, d in sorted(dicts.items()):
+            if source_of(d) != (None, None):
+                by_source.setdefault(source_of(d), []).append(d)
+        if len(by_source) < 2:
+            continue
+        (first, a), (second, b) = list(by_source.items())[:2]
+        label = f"variant {variant!r}" if variant else "the main run"
+        raise DataError(
+            f"the dictionaries of {label} were trained on different activations: {a[0].name} (and "
+            f"{len(a) - 1} more) on {first[1]} of {first[0] or 'synthetic data'}, {b[0].name} (and {len(b) - 1} "
+            f"more) on {second[1]} of {second[0] or 'synthetic data'}. One sweep is compared on one set of "
+            "activations: train the odd ones again with the others' gpt= and harvest settings (force=true), or "
+            "analyse the two sets from separate stores (source.path=...)"
+        )

@@ -28,35 +28,48 @@ from sae_sweep.analysis.measures.calibration import attach
 from sae_sweep.analysis.measures.pairwise import compute
 from sae_sweep.analysis.measures.variant import AnalysedRun, VariantMeasures
 from sae_sweep.analysis.measures.verdicts import VERDICTS, Verdicts, feature_verdicts
+from sae_sweep.analysis.partial import check_one_source, keep_comparable
 from sae_sweep.analysis.settings import AnalysisConfig
 from sae_sweep.errors import ConfigError
 
-_ONLY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?::(?P<feature>\d+))?$")
+# Any name a dictionary can have (imported SAEs' folders may hold spaces or "+"), then an optional ":<feature>"
+_ONLY = re.compile(r"^(?P<name>\S(?:.*\S)?)(?::(?P<feature>\d+))$|^(?P<whole>\S(?:.*\S)?)$")
 
 
 def parse_only(only: str) -> tuple[str, int | None]:
     """``name`` or ``name:index`` -> (name, index or None); ConfigError for anything else."""
-    m = _ONLY.match(only)
+    m = _ONLY.match(only) if isinstance(only, str) else None
     if m is None:
         raise ConfigError(
             f"analysis.only={only!r}: give a dictionary's name (sae-L2-J1024-s0) or a feature (sae-L2-J1024-s0:17)"
         )
-    return m["name"], None if m["feature"] is None else int(m["feature"])
+    if m["whole"] is not None:
+        return m["whole"], None
+    return m["name"], int(m["feature"])
 
 
-def variant_of(found: Collection, name: str) -> str:
-    """The variant whose dictionaries include ``name``; ConfigError naming some of the names there are."""
+def variant_of(found: Collection, name: str, asked_as: str = "analysis.only") -> str:
+    """The variant whose dictionaries include ``name``; ConfigError naming some of the names there are (``asked_as``:
+    how the caller gave the name, a command-line key or a Python argument)."""
     for variant, dicts in found.items():
         if any(d.name == name for d in dicts.values()):
             return variant
     names = sorted(d.name for dicts in found.values() for d in dicts.values())
     shown = ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
-    raise ConfigError(f"analysis.only: no dictionary named {name!r} here; there are {shown or 'none'}")
+    raise ConfigError(f"{asked_as}: no dictionary named {name!r} here; there are {shown or 'none'}")
 
 
-def verdicts_of(found: Collection, variant: str, cfg: AnalysisConfig, cache_dir: Path | None) -> Verdicts:
-    """The per-feature verdicts of one variant, with nothing else of the analysis computed."""
-    dicts = found[variant]
+def verdicts_of(
+    found: Collection, variant: str, cfg: AnalysisConfig, cache_dir: Path | None, asked: str | None = None
+) -> Verdicts:
+    """The per-feature verdicts of one variant, with nothing else of the analysis computed: of the dictionaries the
+    report compares (``partial.keep_comparable``), so the numbers are features.csv's; ConfigError when the dictionary
+    ``asked`` is one the report leaves out, saying why."""
+    kept, notes = keep_comparable({variant: found[variant]}, cfg.reference)
+    if asked is not None and not any(d.name == asked for d in kept[variant].values()):
+        why = next((line for line in notes.get(variant, []) if line.startswith(f"{asked} ")), f"{asked} is left out")
+        raise ConfigError(f"{why}; the report (features.csv) has no rows for it either")
+    dicts = kept[variant]
     res = compute(dicts, cfg)  # the note's pairs: MCS against the reference (and those pairs the verdicts reuse)
     run = AnalysedRun(variant, res, VariantMeasures(variant, {}), dicts, cache_dir)
     attach(run)  # the floors of a calibration kept for these dictionaries, if any
@@ -70,9 +83,11 @@ def feature_table(
     ``store``; ``cache_dir``: where the activation caches are (paths.root/cache; None: the store's sibling)."""
     cfg = cfg or AnalysisConfig()
     found = collect_local_variants(store, cfg.layer)
-    variant = main_variant(found, cfg.variant, str(store)) if name is None else variant_of(found, name)
+    check_one_source(found)
+    asked_as = f"feature_table(name={name!r})"
+    variant = main_variant(found, cfg.variant, str(store)) if name is None else variant_of(found, name, asked_as)
     cache = Path(cache_dir) if cache_dir is not None else Path(store).parent / "cache"
-    return verdicts_of(found, variant, cfg, cache).table
+    return verdicts_of(found, variant, cfg, cache, asked=name).table
 
 
 def answer(v: Verdicts, only: str, out=sys.stdout) -> None:

@@ -191,7 +191,7 @@ def test_one_dictionary_or_one_feature_is_asked_from_the_command_line(tmp_path):
     from sae_sweep.store import Paths  # noqa: PLC0415
     from sae_sweep.tracking import LoggerConfig  # noqa: PLC0415
 
-    bad = {"sae-L2-J99-s0": "no dictionary named 'sae-L2-J99-s0' here", "a b": "give a dictionary's name"}
+    bad = {"sae-L2-J99-s0": "analysis.only: no dictionary named 'sae-L2-J99-s0' here", " ": "give a dictionary's name"}
     for only, says in bad.items():
         job = AnalyzeJob(AnalysisConfig(only=only), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path))
         with pytest.raises(SaeSweepError, match=re.escape(says)):
@@ -206,6 +206,52 @@ def test_the_python_question_returns_every_feature_of_the_variant(tmp_path):
     assert len(t) == 2 * (12 + 24) and set(t["name"]) == {f"sae-L2-J{j}-s{s}" for j in (12, 24) for s in (0, 1)}
     mine = t[t["name"] == "sae-L2-J12-s0"]
     assert (mine["verdict"] == "real").sum() == 6 and (mine["match_in"] == "sae-L2-J12-s1").all()
+
+
+def test_the_python_question_answers_from_the_reports_dictionaries_and_says_which_it_leaves_out(tmp_path):
+    """A dictionary the report leaves out (here seed 2, which has no J=24 to compare with) is named with the reason,
+    never answered from a comparison the report does not make; an unknown name names the Python argument."""
+    from sae_sweep.analysis.question import feature_table  # noqa: PLC0415
+
+    from ..conftest import save_dict  # noqa: PLC0415
+
+    store = _planted_store(tmp_path)
+    whole = feature_table(store.root, "sae-L2-J12-s0")
+    save_dict(store, 12, 2, d_in=16)
+    again = feature_table(store.root, "sae-L2-J12-s0")
+    assert again.tobytes() == whole.tobytes()  # the same rows, bit for bit (NaN where no match): seed 2 not in them
+    with pytest.raises(ConfigError, match=r"^sae-L2-J12-s2 is left out: seed 2 has no J=24, .*no rows for it either$"):
+        feature_table(store.root, "sae-L2-J12-s2")
+    with pytest.raises(ConfigError, match=r"^feature_table\(name='nope'\): no dictionary named 'nope' here"):
+        feature_table(store.root, "nope")
+
+
+def test_dictionaries_trained_on_other_activations_are_never_one_sweep(tmp_path):
+    """Another GPT, or another harvest.n_tokens, under the same names: refused with both named, before any work."""
+    from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415
+    from sae_sweep.analysis.job import AnalyzeJob, run  # noqa: PLC0415
+    from sae_sweep.analysis.question import feature_table  # noqa: PLC0415
+    from sae_sweep.errors import DataError  # noqa: PLC0415
+    from sae_sweep.store import ArtifactStore, Paths  # noqa: PLC0415
+    from sae_sweep.tracking import LoggerConfig  # noqa: PLC0415
+
+    from ..conftest import save_dict  # noqa: PLC0415
+
+    store = ArtifactStore(tmp_path / "store")
+    for j in (8, 16):
+        save_dict(store, j, 0)
+    other = {"gpt": {"artifact": "gpt-embedded-s1:v0", "digest": "1" * 64, "val_loss": 4.0},
+             "activations": {"key": "L2-N1000-other", "digest": "1" * 64, "n_tokens": 1000}}  # fmt: skip
+    save_dict(store, 16, 1, extra=other)
+    says = (r"the dictionaries of the main run were trained on different activations: sae-L2-J8-s0 \(and 1 more\) "
+            r"on L2-N1000-test of gpt-embedded-s0:v0, sae-L2-J16-s1 \(and 0 more\) on L2-N1000-other of "
+            r"gpt-embedded-s1:v0")  # fmt: skip
+    job = AnalyzeJob(AnalysisConfig(), SourceConfig(), LoggerConfig(kind="none"), Paths(tmp_path), tmp_path / "out")
+    with pytest.raises(DataError, match=says):
+        run(job)
+    with pytest.raises(DataError, match=says):
+        feature_table(store.root)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path):
