@@ -170,8 +170,23 @@ def _data(cfg: DictConfig):
 
     node, synthetic = _section(cfg, "data"), _synthetic(cfg)
     corpus = _get(node, "corpus", where="data.corpus") if isinstance(node, (DictConfig, dict)) else None
-    hint = f" (the keys of data.corpus={corpus!r}: pick the data with data=<option>)"
+    experiment = _experiment()
+    hint = (
+        f" (the keys of data.corpus={corpus!r}: experiment={experiment} sets data keys for its own data, which "
+        "this data does not take: drop the experiment, or the data=<option>)"
+        if experiment
+        else f" (the keys of data.corpus={corpus!r}: pick the data with data=<option>)"
+    )
     return build(SyntheticConfig if synthetic else DataConfig, node, "data", hint)
+
+
+def _experiment() -> str | None:
+    """The experiment=<option> of the Hydra run composing the config, if any (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415 - only set inside a Hydra run
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("experiment")
 
 
 def pretrain_job(cfg: DictConfig):

@@ -84,11 +84,19 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def remake(path: Path, kind: str | None) -> str:
+    """How to make a damaged version of a ``kind`` artifact again: stable cores are written by analyze.py, the rest
+    are trained."""
+    if kind == "sae-core":
+        return f"Run analyze.py again, which writes the stable cores anew (or delete {path})."
+    return f"Delete that version folder ({path}), or train it again."
+
+
 def verify(path: Path) -> dict:
     """Read ``path/artifact.json`` and check every file's sha256 against it; return the manifest. A file of the
     folder that the manifest does not list is refused too: an edited manifest must not leave a file unchecked."""
     manifest = read_manifest(path)
-    fix = f"Delete that version folder ({path}), or train it again."
+    fix = remake(path, manifest.get("type"))
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {MANIFEST}
     if unlisted := sorted(present - set(manifest["files"])):
         raise DataError(f"artifact {manifest['name']}: {path / MANIFEST} lists no sha256 for {unlisted[:3]}: files "

@@ -67,6 +67,13 @@ class CheckEveryJob(Callback):
         except Exception:  # noqa: BLE001 - what Hydra cannot expand or compose, Hydra itself reports
             return
         here = runs_here(config)
+        seen: dict[tuple[str, ...], int] = {}
+        for number, (overrides, _) in enumerate(jobs):  # one job twice: the second would find the first's run folder
+            again = seen.setdefault(tuple(sorted(overrides)), number)
+            if again != number:
+                print(f"error: jobs #{again} and #{number} of the sweep are the same job ({' '.join(overrides)}): a "
+                      "value is listed twice; list each once", file=sys.stderr)  # fmt: skip
+                raise SystemExit(2)
         for number, (overrides, cfg) in enumerate(jobs):
             try:
                 check_job(cfg, machine=here)

@@ -86,4 +86,11 @@ def main(argv: list[str] | None = None, api=None, uploader=upload) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(
+            "interrupted (Ctrl-C): what was uploaded and linked so far stays on W&B; run it again to do the rest",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -216,7 +216,11 @@ def test_the_libraries_own_layouts_are_found_and_a_hook_is_picked(tmp_path, capl
     assert "notes: no SAE in it" in caplog.text
     with pytest.raises(DataError, match=r"read 3 different activations \(blocks.2.mlp.hook_post, layers.2.mlp, "):
         foreign.collect_foreign(root, layer=2)
-    found = foreign.collect_foreign(root, layer=2, hook="layers.3.mlp")
+    unhooked = {"dict_class": "AutoEncoder", "activation_dim": D_IN, "dict_size": J}  # no submodule_name, no layer
+    dictionary_learning_folder(root / "dl-run" / "trainer_0", {"decoder.weight": ATOMS.t().contiguous()}, unhooked)
+    with caplog.at_level("WARNING", logger="sae_sweep.interop.foreign"):
+        found = foreign.collect_foreign(root, layer=2, hook="layers.3.mlp")
     assert [d.path.name for d in found[""].values()] == ["layers.3.mlp"]
+    assert "left out 1 SAEs that record no hook, so may or may not read source.hook=layers.3.mlp" in caplog.text
     with pytest.raises(DataError, match=r"no SAE .* source.hook='layers.9'; its SAEs read \["):
         foreign.collect_foreign(root, layer=2, hook="layers.9")

@@ -45,6 +45,27 @@ _NAME = re.compile(r"^sae-L(?P<layer>\d+)-J(?P<size>\d+)-s(?P<seed>\d+)(?:-(?P<v
 Collection = dict[str, dict[tuple[int, int], Dictionary]]  # variant ("" = the note's setup) -> (size, seed) -> dict
 
 
+def what_else(folder: Path) -> str:
+    """A sentence on what ``folder`` holds instead of dictionaries, when it is something sae-sweep knows: SAEs of
+    other libraries (SAELens exports among them), or stable cores; "" otherwise."""
+    from sae_sweep.interop.foreign import detect  # noqa: PLC0415
+
+    # two levels: a folder of exports, or one of SAELens trainer runs (<name>/final_<N>/)
+    children = [p for p in folder.iterdir() if p.is_dir()]
+    inside = [folder, *children, *(q for p in children for q in p.iterdir() if q.is_dir())]
+    if any(p.name.startswith("sae-core-") for p in inside):
+        return (
+            " It holds stable cores (analyze.py's analysis/core): each version already has its SAELens folder "
+            "(<core>/vN/saelens); to analyse them as SAEs, use source=foreign source.path=<that folder>."
+        )
+    if any(detect(p) is not None for p in inside):
+        return (
+            " It holds SAEs of other libraries (SAELens, sparsify or dictionary_learning folders): analyse them "
+            f"with source=foreign source.path={folder}."
+        )
+    return ""
+
+
 def collect_local_variants(path: str | Path, layer: int) -> Collection:
     """Every dictionary of ``layer`` under ``path`` (a store, or any folder of dictionary folders), by variant: the
     version each name's ``latest`` names, none left out in silence (``dictionary_folders.latest_dictionaries``)."""
@@ -99,8 +120,8 @@ def _group(chosen: dict[str, Path], layer: int, where: str) -> Collection:
         found.setdefault(m["variant"] or "", {})[(d.dict_size, int(m["seed"]))] = d
     if not found:
         raise DataError(
-            f"no layer-{layer} dictionaries found in {where}. Train some first "
-            "(`python train.py -m experiment=demo`), or point source.path / source.project at them."
+            f"no layer-{layer} dictionaries found in {where}.{what_else(Path(where)) if Path(where).is_dir() else ''} "
+            "Train some first (`python train.py -m experiment=demo`), or point source.path / source.project at them."
         )
     for dicts in found.values():
         widths = {d.d_in: d.name for d in dicts.values()}

@@ -20,6 +20,7 @@ from sae_sweep.analysis.measures.families import families_of
 from sae_sweep.analysis.measures.verdicts import feature_verdicts
 from sae_sweep.analysis.report.tables import write_csv
 from sae_sweep.analysis.stable_core import RULE, CoreConfig, core_name, save_core
+from sae_sweep.dictionary import SAE_WEIGHTS_FILE
 from sae_sweep.files import sha256_file
 from sae_sweep.store import ArtifactStore
 
@@ -97,8 +98,13 @@ def write_products(run, out: Path) -> list[str]:
         "match_cosine": cfg.match_cosine,
         "min_replications": cfg.min_replications,
         "columns": list(rows[0]) if rows else [],
+        "weights_sha256": {
+            d.name: sha256_file(d.path / SAE_WEIGHTS_FILE)
+            for d in run.dicts.values()
+            if (d.path / SAE_WEIGHTS_FILE).is_file()
+        },  # the export checks its version's against it
         "csv_sha256": sha256_file(out / SCORES),
-    }  # fmt: skip - the export refuses a CSV edited since
+    }  # fmt: skip - the export refuses a CSV edited since, and scores of another version of a dictionary
     (out / SCORES_META).write_text(json.dumps(meta, indent=2) + "\n")
     names = []
     store = ArtifactStore(out / CORE_DIR)

@@ -26,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sae_sweep.dictionary import load_dictionary
+from sae_sweep.dictionary import SAE_WEIGHTS_FILE, load_dictionary
 from sae_sweep.dictionary_folders import latest_dictionaries
 from sae_sweep.errors import DataError, SaeSweepError
 from sae_sweep.files import atomic_folder, read_json, sha256_file
@@ -105,13 +105,35 @@ def _check_rows(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: d
 
 
 def default_scores(root: Path) -> Path | None:
-    """STORE's sibling ``analysis/`` when it holds latent scores (the layout train.py and analyze.py share)."""
-    folder = root.parent / "analysis"
-    present = [(folder / name).is_file() for name in (SCORES, SCORES_META)]
-    if any(present) and not all(present):  # an analysis wrote both: one alone is what damage left
-        raise DataError(f"{folder} holds only one of {SCORES} and {SCORES_META} (the other was deleted): run "
-                        "analyze.py again, or export without the scores (--no-scores)")  # fmt: skip
-    return folder if all(present) else None
+    """The ``analysis/`` holding latent scores beside STORE (the layout train.py and analyze.py share), or inside it
+    when STORE is paths.root itself; None (and a line saying where it looked) when there is none."""
+    looked = [root.parent / "analysis", root / "analysis"]
+    for folder in looked:
+        present = [(folder / name).is_file() for name in (SCORES, SCORES_META)]
+        if any(present) and not all(present):  # an analysis wrote both: one alone is what damage left
+            raise DataError(f"{folder} holds only one of {SCORES} and {SCORES_META} (the other was deleted): run "
+                            "analyze.py again, or export without the scores (--no-scores)")  # fmt: skip
+        if all(present):
+            return folder
+    log.warning("no latent scores found (looked in %s): the SAEs are exported without them; --scores ANALYSIS adds "
+                "an analysis's", " and ".join(str(f) for f in looked))  # fmt: skip
+    return None
+
+
+def stale_scores(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: dict) -> dict[str, str]:
+    """The dictionaries whose scores were computed from other weights (another version, another store): name ->
+    why, by the weights' sha256 the analysis recorded. An analysis that recorded none is matched by name only."""
+    recorded = meta.get("weights_sha256")
+    if recorded is None:
+        return {}
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise DataError(f"{meta['analysis']}/{SCORES_META}: 'weights_sha256' is not a table of digests. Run "
+                        "analyze.py again, or leave out the scores (--no-scores)")  # fmt: skip
+    stale = {}
+    for name, folder in chosen.items():
+        if name in by_name and recorded.get(name) != sha256_file(folder / SAE_WEIGHTS_FILE):
+            stale[name] = "its weights are not the ones analysed (another version, or another store's)"
+    return stale
 
 
 EXPORT_FILES = frozenset({"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", SCORES, SCORES_META})
@@ -125,9 +147,10 @@ def legacy_export(entries: list[Path]) -> bool:
 def check_outputs(out: Path, root: Path, chosen: dict[str, Path], scores: str | Path | None) -> None:
     """ConfigError, before anything is written, when OUT is a file, is, holds or sits inside the store exported (or
     its caches, runs or analysis), or when an ``OUT/<name>`` the export would replace holds what it did not write."""
-    kept = {"the store exported": root}
-    if root.name == "store":  # paths.root's layout: its caches and runs beside the store
-        kept |= {"the caches": root.parent / "cache", "the runs": root.parent / "runs"}
+    base = root if (root / "store").is_dir() else root.parent if root.name == "store" else None  # paths.root
+    kept = {"the store exported": root / "store" if base == root else root}
+    if base is not None:  # paths.root's layout: its caches and runs beside the store
+        kept |= {"the caches": base / "cache", "the runs": base / "runs"}
     if scores is not None:
         kept["the analysis whose scores are exported"] = Path(scores)
     check_output(out, "export", f"OUT={out}", "give another OUT", kept, whole=False)
@@ -146,9 +169,17 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
     for folder in chosen.values():
         verify(folder)  # every file against its sha256, before a row is counted or an export written
     if not chosen:
+        if any(p.name.startswith("sae-core-") for p in root.iterdir()):
+            raise DataError(f"{root} holds stable cores, not dictionaries: each core version already holds its "
+                            "SAELens folder (<core>/vN/saelens), which SAE.load_from_disk opens as it is")  # fmt: skip
         raise DataError(f"no dictionaries under {root}: train some first (`python train.py -m experiment=demo`)")
     by_name, meta = read_scores(Path(scores) if scores is not None else None)
+    stale = stale_scores(chosen, by_name, meta)
+    by_name = {name: rows for name, rows in by_name.items() if name not in stale}
     _check_rows(chosen, by_name, meta)  # before any export is written
+    for name, why in stale.items():
+        log.warning("%s is exported without latent scores: the analysis at %s scored it, but %s; run analyze.py "
+                    "again to score this version", name, meta["analysis"], why)  # fmt: skip
     check_outputs(out, root, chosen, scores)
     written, unscored = [], []
     for name, folder in chosen.items():
@@ -163,7 +194,7 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
             rows = by_name.get(name)
             if rows is not None:
                 _write_scores(tmp, rows, meta)
-            elif meta:
+            elif meta and name not in stale:
                 unscored.append(name)
             mark(tmp, "export")  # what the next export may replace: this folder, holding these files
         written.append(out / name)
@@ -205,4 +236,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(
+            "interrupted (Ctrl-C): each export folder is written whole before it is swapped in, so those already "
+            "there are whole; run it again to go on",
+            file=sys.stderr,
+        )
+        sys.exit(130)

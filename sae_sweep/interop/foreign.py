@@ -373,6 +373,17 @@ def _one_hook(saes: list[Foreign], hook: str | None, root: Path) -> list[Foreign
         chosen = [f for f in saes if f.hook == hook]
         if not chosen:
             raise DataError(f"no SAE in {root} was trained on source.hook={hook!r}; its SAEs read {hooks}")
+        if unhooked := [str(f.path) for f in saes if f.hook is None]:  # maybe of the hook asked: never dropped unsaid
+            log.warning(
+                'left out %d SAEs that record no hook, so may or may not read source.hook=%s: %s; give each a "hook" '
+                "in %s to include it",
+                len(unhooked),
+                hook,
+                ", ".join(unhooked),
+                MANIFEST_FILE,
+            )
+        if others := sorted({f.hook for f in saes if f.hook not in (None, hook)}):
+            log.info("left out the SAEs of the other hooks %s (source.hook=%s)", others, hook)
         return chosen
     if len(hooks) > 1:
         raise DataError(

@@ -201,7 +201,23 @@ def _install(job: PretrainJob, shipped, tokens: TokenData, rid: str, store: Arti
         "recorded; saved %s at %s. `python train.py stage=pretrain ready_made=false` trains it here instead",
         job.name, made["command"], made["made"], made["commit"][:10], val, artifact.ref, artifact.path,
     )  # fmt: skip
+    _say_recipe_differs(job, config["train"].get("trainer"))
     return artifact
+
+
+def _say_recipe_differs(job: PretrainJob, recorded) -> None:
+    """A warning when the training settings asked for (the ones the run id leaves out, as they do not change what a
+    GPT is: precision, compilation) differ from those the shipped GPT was made with: they were not applied."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    mine = asdict(job.trainer)
+    differ = [k for k in ("precision", "compile") if k in recorded and recorded[k] != mine[k]]
+    if differ:
+        log.warning(
+            "the shipped GPT was made with %s, not the %s asked for, which was not applied (no training ran); "
+            "`ready_made=false` trains the GPT with it",
+            ", ".join(f"trainer.{k}={recorded[k]}" for k in differ),
+            ", ".join(f"trainer.{k}={mine[k]}" for k in differ),
+        )
 
 
 def export_untrained(job: PretrainJob) -> Artifact:

@@ -176,7 +176,7 @@ def test_the_core_saelens_folder_encodes_to_our_codes_with_sae_lens(tmp_path):
         torch.testing.assert_close(loaded.encode(x), relu_codes(tensors, x))
 
 
-def test_the_analysis_writes_cores_and_latent_scores_and_the_export_carries_each_dictionarys_rows(tmp_path):
+def test_the_analysis_writes_cores_and_latent_scores_and_the_export_carries_each_dictionarys_rows(tmp_path, caplog):
     from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415
     from sae_sweep.analysis.job import AnalyzeJob, run  # noqa: PLC0415
     from sae_sweep.interop.export import main as export_main  # noqa: PLC0415
@@ -202,6 +202,17 @@ def test_the_analysis_writes_cores_and_latent_scores_and_the_export_carries_each
     assert len(meta["analysed"]) == 4 and meta["analysis"] == str(out.resolve())
     assert export_main([str(store.root), str(tmp_path / "bare"), "--no-scores"]) == 0
     assert not (tmp_path / "bare" / "sae-L2-J24-s1" / "latent_scores.csv").exists()
+    from ..conftest import save_dict  # noqa: PLC0415
+
+    save_dict(store, 24, 1, d_in=16)  # sae-L2-J24-s1:v1, trained again: not the weights the analysis scored
+    with caplog.at_level("WARNING"):
+        assert export_main([str(store.root), str(tmp_path / "stale")]) == 0
+    assert not (tmp_path / "stale" / "sae-L2-J24-s1" / "latent_scores.csv").exists()  # never v0's scores on v1
+    assert (tmp_path / "stale" / "sae-L2-J24-s0" / "latent_scores.csv").exists()
+    assert "sae-L2-J24-s1 is exported without latent scores: the analysis at" in caplog.text
+    assert "its weights are not the ones analysed" in caplog.text
+    assert export_main([str(tmp_path), str(tmp_path / "exports")]) == 0  # STORE given as paths.root: its analysis/
+    assert (tmp_path / "exports" / "sae-L2-J24-s0" / "latent_scores.csv").exists()
     lines = (out / "latent_scores.csv").read_text().splitlines()
     (out / "latent_scores.csv").write_text("\n".join(lines[:-1]) + "\n")  # one latent short: another analysis
     assert export_main([str(store.root), str(tmp_path / "again")]) == 2

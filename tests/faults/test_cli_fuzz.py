@@ -33,12 +33,14 @@ TRAIN = {  # a sample of each kind of bad input, one process each
     "too large to fit in memory (synthetic data)": ["data=synthetic", "sae.dict_size=1000000000"],  # before generating
     "processes the strategy would re-launch": ["trainer.devices=2"],
     "top-k of more codes than features": ["sae.arch=topk", "sae.dict_size=16"],
+    "an experiment's keys for other data": ["experiment=smoke", "data=synthetic"],
 }
 SAYS = {  # what the one line must say, where another refusal (no GPT in the store) would also exit 2
     "too large to fit in memory": "sae.dict_size=1000000000 at sae.batch_size=256 needs at least",
     "too large to fit in memory (synthetic data)": "d_in=128 from data.d_in",
     "processes the strategy would re-launch": "re-launches this script",
     "top-k of more codes than features": "sae.k=20 codes per input of sae.dict_size=16",
+    "an experiment's keys for other data": "experiment=smoke sets data keys for its own data",
 }
 ANALYZE = {
     "wrong type": ["analysis.n_boot=many"],
@@ -131,3 +133,7 @@ def test_a_bad_value_late_in_a_sweep_is_refused_before_the_first_job_runs(gpt_ro
     assert_refused(proc)
     assert "job #1 (" in proc.stderr and "sae.dict_size must be a positive integer, got 0" in proc.stderr
     assert files(root) == before  # job #0 did not run: no activations, no run folder, no dictionary
+    twice = run("train.py", ["-m", "experiment=smoke", "sae.dict_size=24", "sae.seed=0,0"], root)
+    assert_refused(twice)  # before: the first trained, the second found its run folder in use and the sweep failed
+    assert "jobs #0 and #1 of the sweep are the same job (" in twice.stderr and "listed twice" in twice.stderr
+    assert files(root) == before

@@ -19,6 +19,8 @@ from sae_sweep import DataError
 from sae_sweep.interop import foreign
 from tests.test_foreign import ATOMS, D_IN, J, dictionary_learning_folder, saelens_folder, sparsify_folder
 
+pytestmark = pytest.mark.faults
+
 
 def saelens_root(root):
     folder = saelens_folder(root / "sae", runner_seed=1)

@@ -13,7 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.faults]  # three processes, each starting W&B and signalling its service
 
 JOB = textwrap.dedent(
     """

@@ -102,6 +102,17 @@ def test_stage_pretrain_installs_it_as_training_would_have_saved_it_and_reuses_i
 
 
 @WHOLE_STAGE
+def test_a_recipe_the_shipped_gpt_was_not_made_with_is_said_to_be_unapplied(fresh, caplog):
+    """The run id leaves out how training runs (precision, compilation): the shipped GPT is installed, and a line
+    says the asked-for precision was not applied, and how to have it."""
+    job, _ = fresh
+    with caplog.at_level(logging.WARNING):
+        pretrain.run(replace(job, trainer=replace(job.trainer, precision="bf16-mixed")))
+    assert ("the shipped GPT was made with trainer.precision=32-true, not the trainer.precision=bf16-mixed asked for, "
+            "which was not applied (no training ran); `ready_made=false` trains") in caplog.text  # fmt: skip
+
+
+@WHOLE_STAGE
 def test_ready_made_false_trains_even_where_the_shipped_one_is_installed(fresh):
     job, _ = fresh
     pretrain.run(job)
