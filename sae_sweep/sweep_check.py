@@ -25,13 +25,14 @@ def job_overrides(config: DictConfig) -> list[tuple[str, ...]]:
 
     params = config.hydra.sweeper.get("params") or {}
     given = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    lists = []
+    by_key: dict[str, list[str]] = {}  # as the sweeper keys them: a later override of a key replaces an earlier one
     for o in OverridesParser.create().parse_overrides(given):
+        key = o.get_key_element()
         if o.is_sweep_override():
-            lists.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            by_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
         else:
-            lists.append([o.input_line or f"{o.get_key_element()}={o.get_value_element_as_str()}"])
-    return list(itertools.product(*lists))
+            by_key[key] = [o.input_line or f"{key}={o.get_value_element_as_str()}"]
+    return list(itertools.product(*by_key.values()))
 
 
 def check_job(cfg: DictConfig, machine: bool = True) -> None:

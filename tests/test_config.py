@@ -188,3 +188,23 @@ def test_the_sae_trains_in_fp32_under_the_gpu_preset_unless_asked():
     )
     with pytest.raises(ConfigError, match="sae.precision must be one of"):
         config.sae_job(compose(["sae.precision=fp64"]))
+
+
+def test_a_sweeps_jobs_are_listed_as_the_sweeper_runs_them():
+    """A key given on the command line replaces the experiment's sweep of it (Hydra's BasicSweeper keys overrides by
+    name): ``experiment=demo sae.dict_size=256`` is one size per seed, not the demo's sizes again; a value listed
+    twice is two identical jobs (which the sweep check refuses)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from sae_sweep.sweep_check import job_overrides  # noqa: PLC0415
+
+    def jobs(params: dict, task: list[str]):
+        return job_overrides(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}))
+
+    demo = {"sae.dict_size": "256,512,1024", "sae.seed": "0,1"}
+    assert jobs(demo, ["sae.dict_size=256"]) == [
+        ("sae.dict_size=256", "sae.seed=0"),
+        ("sae.dict_size=256", "sae.seed=1"),
+    ]
+    assert len(jobs(demo, [])) == 6
+    assert jobs({}, ["sae.dict_size=24", "sae.seed=0,0"]) == [("sae.dict_size=24", "sae.seed=0")] * 2
