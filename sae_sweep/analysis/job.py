@@ -295,7 +295,12 @@ def print_summary(res: Results, findings: Path | None = None) -> None:
         f"M={M}: mean {res.null_mean[M]:.3f}, 99.9% {res.null_q999[M]:.3f}" for M in sorted(res.null_mean)
     )
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI are not 80 columns wide
-    console.print(table)
-    console.print(f"analytic null (K={res.d_in}): {means}")
+    if table.row_count:
+        console.print(table)
+    else:  # one dictionary size: nothing was compared, so say that instead of drawing an empty table
+        console.print(f"no MCS table: one dictionary size only (J={', '.join(map(str, res.sizes))}); the pairwise "
+                      "MCS, EMD and counts need two sizes of a seed")  # fmt: skip
+    if means:
+        console.print(f"analytic null (K={res.d_in}): {means}")
     if findings is not None and findings.exists():
         console.print(Markdown(findings.read_text()))

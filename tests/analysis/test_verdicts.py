@@ -254,7 +254,7 @@ def test_dictionaries_trained_on_other_activations_are_never_one_sweep(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path):
+def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path, capsys):
     from sae_sweep.analysis.collect import SourceConfig  # noqa: PLC0415
     from sae_sweep.analysis.job import AnalyzeJob, run  # noqa: PLC0415
     from sae_sweep.store import ArtifactStore, Paths  # noqa: PLC0415
@@ -268,4 +268,7 @@ def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path):
         report = run(job)
     counts = (report.parent / "verdicts.csv").read_text().splitlines()
     assert counts[1].startswith("sae-L2-J16-s0,16,0,16,0,0,0,16,")  # 16 features, every one no_reference
+    printed = capsys.readouterr().out  # what there is, not an empty table and an empty "analytic null" line
+    assert "no MCS table: one dictionary size only (J=16)" in printed and "\u250f" not in printed
+    assert "analytic null" not in printed
     assert "No feature is called real: each dictionary has fewer other seeds" in report.read_text()
