@@ -21,7 +21,9 @@ from .checks import check_entry, compose_config
 from .conftest import REPO
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-PROGRAM = re.compile(r"(?:^|[\s/])(?:python3?|\.venv/bin/python)\s+((?:train|analyze)\.py|-m\s+sae_sweep[\w.]*)(.*)$")
+PROGRAM = re.compile(  # the program (train.py, analyze.py, -m sae_sweep.<module>), then its arguments
+    r"(?:^|[\s/])(?:python3?|\.venv/bin/python)\s+((?:train|analyze)\.py|-m\s+sae_sweep(?:\.\w+)+)(.*)$"
+)
 PLACEHOLDERS = {  # what a placeholder stands for, in a command that would otherwise not parse
     "<sweep>": "sae.dict_size=256,512",
     "<name>": "demo",
