@@ -18,7 +18,8 @@ went) and ``errors``.
 ``rules`` lists every rule that relates two or more config keys (each with an example that breaks it) and ``memory``
 estimates what an SAE run needs against what the machine has; ``config`` turns a Hydra config into either side's job,
 and ``sweep_check`` builds and checks every job of a multirun before the first one starts;
-``cli`` refuses a bad command line in one line before Hydra runs.
+``cli`` refuses a bad command line in one line before Hydra runs; ``config_docs`` writes the configuration reference
+(docs/configuration.md) from ``conf/``.
 ``sync`` uploads offline runs and links their recorded inputs (``python -m sae_sweep.sync``).
 ``interop`` writes dictionaries as SAELens folders and reads other libraries' SAEs for the analysis.
 """

@@ -117,3 +117,25 @@ def test_a_command_altered_to_a_wrong_key_fails_the_check():
         compose_config("train", overrides("-m sae.dict_sise=256,512 sae.seed=0,1")[0])
     with pytest.raises(ConfigError, match="sae.dict_size"):
         check_entry("train", compose_config("train", overrides("-m sae.dict_size=0,512")[0]), machine=False)
+
+
+def test_the_configuration_reference_is_the_configuration():
+    """docs/configuration.md is what sae_sweep.config_docs writes now, and every key of the composed default configs
+    (and of every option of the groups they compose) has an entry there, with its default."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from sae_sweep.config_docs import entries, render  # noqa: PLC0415
+
+    items = list(entries())
+    page = REPO / "docs" / "configuration.md"
+    assert page.read_text() == render(items), "regenerate it: python -m sae_sweep.config_docs > docs/configuration.md"
+    documented = {e.key for e in items}
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    for name in ("train", "analyze"):
+        composed = OmegaConf.to_container(compose_config(name, []), resolve=False)
+        missing = sorted(set(leaves(composed)) - documented)
+        assert not missing, f"{name}: keys with no entry in the reference: {missing}"
