@@ -272,3 +272,15 @@ def test_a_single_dictionary_is_reported_with_nothing_claimed(tmp_path, capsys):
     assert "no MCS table: one dictionary size only (J=16)" in printed and "\u250f" not in printed
     assert "analytic null" not in printed
     assert "No feature is called real: each dictionary has fewer other seeds" in report.read_text()
+
+
+def test_any_name_a_dictionary_can_have_can_be_asked_about():
+    """Imported SAEs keep their folders' names, spaces and "+" included: each can be asked about, alone or with a
+    feature; only an empty name is refused."""
+    from sae_sweep.analysis.question import parse_only  # noqa: PLC0415
+
+    assert parse_only("my sae+16_s0") == ("my sae+16_s0", None)
+    assert parse_only("my sae+16_s0:17") == ("my sae+16_s0", 17)
+    assert parse_only("sae-L2-J1024-s0:x") == ("sae-L2-J1024-s0:x", None)  # not a feature: a name with a colon
+    with pytest.raises(ConfigError, match="give a dictionary's name"):
+        parse_only("  ")
