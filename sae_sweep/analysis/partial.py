@@ -9,6 +9,7 @@ whole sweep, the largest size), the others are left out, and each one left out i
 from __future__ import annotations
 
 from sae_sweep.analysis.collect import Collection
+from sae_sweep.errors import DataError
 
 
 def usable(keys: set[tuple[int, int]], reference: int) -> set[tuple[int, int]]:
@@ -71,8 +72,6 @@ def check_one_source(found: Collection) -> None:
     """DataError when a variant's dictionaries were trained on different activations (another GPT, another
     ``harvest.n_tokens``): compared as one sweep, their differences would read as the dictionary size's. Both are
     named, with what each was trained on."""
-    from sae_sweep.errors import DataError  # noqa: PLC0415
-
     for variant, dicts in found.items():
         by_source: dict[tuple, list] = {}
         for _, d in sorted(dicts.items()):

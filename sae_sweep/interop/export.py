@@ -120,7 +120,7 @@ def default_scores(root: Path) -> Path | None:
     return None
 
 
-def stale_scores(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: dict) -> dict[str, str]:
+def stale_scores(weights: dict[str, str | None], by_name: dict[str, list[dict]], meta: dict) -> dict[str, str]:
     """The dictionaries whose scores were computed from other weights (another version, another store): name ->
     why, by the weights' sha256 the analysis recorded. An analysis that recorded none is matched by name only."""
     recorded = meta.get("weights_sha256")
@@ -130,8 +130,8 @@ def stale_scores(chosen: dict[str, Path], by_name: dict[str, list[dict]], meta: 
         raise DataError(f"{meta['analysis']}/{SCORES_META}: 'weights_sha256' is not a table of digests. Run "
                         "analyze.py again, or leave out the scores (--no-scores)")  # fmt: skip
     stale = {}
-    for name, folder in chosen.items():
-        if name in by_name and recorded.get(name) != sha256_file(folder / SAE_WEIGHTS_FILE):
+    for name, digest in weights.items():  # the weights' sha256 each dictionary's manifest records (verified)
+        if name in by_name and recorded.get(name) != digest:
             stale[name] = "its weights are not the ones analysed (another version, or another store's)"
     return stale
 
@@ -166,15 +166,15 @@ def export_sweep(root: str | Path, out: str | Path, scores: str | Path | None = 
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: give the store (paths.root/store) or a folder of dictionaries")
     chosen = latest_dictionaries(root)
-    for folder in chosen.values():
-        verify(folder)  # every file against its sha256, before a row is counted or an export written
+    # every file against its sha256, before a row is counted or an export written; the digests are kept
+    weights = {name: verify(folder)["files"].get(SAE_WEIGHTS_FILE) for name, folder in chosen.items()}
     if not chosen:
         if any(p.name.startswith("sae-core-") for p in root.iterdir()):
             raise DataError(f"{root} holds stable cores, not dictionaries: each core version already holds its "
                             "SAELens folder (<core>/vN/saelens), which SAE.load_from_disk opens as it is")  # fmt: skip
         raise DataError(f"no dictionaries under {root}: train some first (`python train.py -m experiment=demo`)")
     by_name, meta = read_scores(Path(scores) if scores is not None else None)
-    stale = stale_scores(chosen, by_name, meta)
+    stale = stale_scores(weights, by_name, meta)
     by_name = {name: rows for name, rows in by_name.items() if name not in stale}
     _check_rows(chosen, by_name, meta)  # before any export is written
     for name, why in stale.items():
