@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -31,13 +32,17 @@ CONF = REPO / "conf"
 
 
 def pytest_configure(config) -> None:
-    """Byte-compile the package once per test run. The tests start train.py and analyze.py in subprocesses hundreds
-    of times, and where PYTHONDONTWRITEBYTECODE is set (as on this project's machines and CI) each start would
-    compile sae_sweep's sources anew: 1.2 s of the 5.8 s that importing its training and analysis modules takes
-    (measured on the 2-core machine, 2026-12-07). In the main process only: pytest-xdist starts its workers after
-    it, and they find the files written."""
+    """Byte-compile the package and the installed stack once per test run, on every core. The tests start train.py
+    and analyze.py in subprocesses hundreds of times, and where PYTHONDONTWRITEBYTECODE is set (as on this project's
+    machines and CI) each start would compile what it imports anew: 1.2 s of the 5.8 s that importing sae_sweep's
+    training and analysis modules takes (measured on the 2-core machine, 2026-12-07). The README's test command
+    installs with ``pip --no-compile``: pip compiles site-packages on one core (about 65 s of its 94 s set-up here,
+    2026-12-08), this on all of them (about 18 s; a second run only compares timestamps). In the main process only:
+    pytest-xdist starts its workers after it, and they find the files written."""
     if not hasattr(config, "workerinput"):  # an xdist worker has it
         compileall.compile_dir(REPO / "sae_sweep", quiet=1)
+        # quiet=2: a few files of the stack are for newer Pythons (torch's py312_intrinsics) and never imported here
+        compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
 
 
 # A small real text with repetition (so BPE learns merges) and non-ASCII characters (so round trips are tested).
