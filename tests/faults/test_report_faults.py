@@ -45,7 +45,8 @@ def test_two_processes_replacing_one_folder_at_once_leave_one_whole_folder(tmp_p
     final = tmp_path / "analysis"
     final.mkdir()
     (final / "part0.txt").write_text("old")
-    ctx = multiprocessing.get_context("fork")  # file operations only; a spawned child imports torch and lightning again (6 s)
+    # fork: the children only move files; a spawned one would import torch and lightning again (6 s each)
+    ctx = multiprocessing.get_context("fork")
     for attempt in range(2):  # the swaps meet at a barrier; twice, so that their order can vary
         barrier = ctx.Barrier(2)
         procs = [ctx.Process(target=_replace_at_the_same_time, args=(str(final), barrier, n)) for n in "AB"]

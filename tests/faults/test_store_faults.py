@@ -68,7 +68,9 @@ def _save_at_the_same_time(root: str, barrier, seed: int) -> None:
 
 def test_two_processes_saving_one_name_at_once_get_two_verified_versions(tmp_path):
     root = tmp_path / "store"
-    ctx = multiprocessing.get_context("fork")  # a store of tiny tensors: no torch thread pool runs in it; a spawned child imports torch and lightning again (6 s)
+    # fork: the children save tiny tensors (no torch thread pool runs); spawned ones would import torch and
+    # lightning again (6 s each)
+    ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_save_at_the_same_time, args=(str(root), barrier, k)) for k in range(2)]
     for p in procs:
