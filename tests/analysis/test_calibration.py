@@ -17,6 +17,8 @@ from sae_sweep.analysis.measures.calibration import (
     chosen,
     load_calibration,
     save_calibration,
+    train_on,
+    train_pair,
     truth_model,
 )
 from sae_sweep.analysis.measures.inference import wilson_interval
@@ -162,3 +164,20 @@ def test_a_whole_size_calibrated_on_clean_data_finds_its_features_and_is_kept_un
     save_calibration(tmp_path, cal)
     assert load_calibration(tmp_path, "v", "k" * 64) == cal
     assert load_calibration(tmp_path, "v", "j" * 64) is None  # other inputs: not this calibration
+
+
+def test_the_two_bootstrap_saes_trained_side_by_side_are_those_trained_one_after_the_other():
+    # threads share torch's global state (its thread count, its default generator): each seed's SAE must still be a
+    # function of its seed alone, bit for bit, and the process's thread count is restored after
+    rng = np.random.default_rng(0)
+    val = np.abs(rng.standard_normal((512, 16))).astype(np.float32)
+    sae = SAEConfig(dict_size=32, l1_coeff=1e-3, batch_size=64).to_dict()
+    d = _dictionary(np.linalg.qr(rng.standard_normal((16, 16)))[0][:, [*range(16)] * 2], np.zeros(32), sae=sae)
+    data = truth_model(d, val)
+    threads = torch.get_num_threads()
+    side_by_side = train_pair(data, d, 6_400)
+    assert torch.get_num_threads() == threads
+    one_by_one = [train_on(data, d, 1_000 + s, 6_400) for s in (0, 1)]
+    for (a, fa), (b, fb) in zip(side_by_side, one_by_one, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(fa, fb)
+    assert not np.array_equal(side_by_side[0][0], side_by_side[1][0])  # two seeds, two SAEs

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,19 @@ def train_on(data: BootstrapData, d: Dictionary, seed: int, activations: int) ->
     return sae.decoder.detach().T.contiguous().numpy().copy(), (fired / MOMENT_ROWS).numpy()
 
 
+def train_pair(data: BootstrapData, d: Dictionary, activations: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``train_on`` for each of BOOT_SEEDS at once, a thread each with one torch thread (torch's kernels release the
+    GIL, so the two use two cores as the sweep's two jobs do; with the process's threads shared between them instead,
+    they would wait on each other's small kernels)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(BOOT_SEEDS)) as pool:
+            return list(pool.map(lambda s: train_on(data, d, 1_000 + s, activations), BOOT_SEEDS))
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------ the floors
 
 
@@ -284,10 +298,9 @@ def calibrate_size(
         models[source.name] = truth_model(source, val)
     data = models[source.name]
     budget = min(cfg.calibration_activations, d.config.training.get("activations_seen") or cfg.calibration_activations)
-    atoms = {}
-    for s in BOOT_SEEDS:
-        rows, firing = train_on(data, d, 1_000 + s, budget)
-        atoms[(j, s)] = Atoms(f"bootstrap-J{j}-s{s}", rows, firing)
+    trained = train_pair(data, d, budget)
+    pairs = zip(BOOT_SEEDS, trained, strict=True)
+    atoms = {(j, s): Atoms(f"bootstrap-J{j}-s{s}", rows, firing) for s, (rows, firing) in pairs}
     sample = data.rows(MOMENT_ROWS, torch.Generator().manual_seed(cfg.seed)).numpy()
     v = verdicts(atoms, cfg, sample if cfg.verdict_null in ("auto", "moment", "rows") else None)
     curve = floor_curve(atoms, v, data.truth, cfg)
