@@ -181,3 +181,23 @@ def test_the_two_bootstrap_saes_trained_side_by_side_are_those_trained_one_after
     for (a, fa), (b, fb) in zip(side_by_side, one_by_one, strict=True):
         assert np.array_equal(a, b) and np.array_equal(fa, fb)
     assert not np.array_equal(side_by_side[0][0], side_by_side[1][0])  # two seeds, two SAEs
+
+
+def test_where_no_floor_reached_the_target_the_finding_gives_the_fixed_floors_precision_on_the_bootstrap():
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from sae_sweep.analysis.report.calibration import estimates  # noqa: PLC0415
+    from sae_sweep.analysis.report.section import ReportInput  # noqa: PLC0415
+
+    def size(j: int, right: list[int], called: list[int]) -> SizeCalibration:
+        curve = [{"floor": f, "called": called, "right": right, "found": 5, "replicable": 10} for f in (0.9, 0.95)]
+        return chosen(SizeCalibration(j, "d", 20, 5, 1000, 1.0, False, None, None, None, None, curve), CFG)
+
+    cal = Calibration("", "k", {8: size(8, [40, 38], [50, 50]), 16: size(16, [300, 300], [300, 300])}, "how")
+    run = SimpleNamespace(measured=lambda f: cal, results=SimpleNamespace(config=CFG))
+    text = estimates(ReportInput(run=run))
+    # J=8: 78 of 100 right at 0.95, the highest floor kept (not reached); J=16 reached it and is not repeated
+    assert "J=8: floor 0.95, recall 50.0%" in text and "(no floor reached the target precision)" in text
+    lo, hi = wilson_interval(78, 100, CFG.level)
+    assert f"J=8: 78 of 100 (78.0%, 95% interval [{lo:.1%}, {hi:.1%}])" in text
+    assert "J=16: 600 of 600" not in text and text.count(" of 100 (") == 1

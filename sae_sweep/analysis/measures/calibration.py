@@ -251,6 +251,13 @@ def precision_bound(row: dict, level: float) -> float | None:
     return min(ends) if ends else None
 
 
+def precision_at(c: SizeCalibration, floor: float) -> tuple[int, int] | None:
+    """The bootstrap dictionaries' real calls at ``floor`` that were right, and all of them (pooled): what a fixed
+    floor (``analysis.match_cosine``) would give on these data. None where the floor is not one of the curve's."""
+    row = next((r for r in c.curve if abs(r["floor"] - floor) < 1e-9), None)
+    return None if row is None else (sum(row["right"]), sum(row["called"]))
+
+
 def predicted_recall(k: int, n: int, m: int, level: float) -> tuple[float, float]:
     """The ``level`` prediction interval of the recall one dictionary shows on ``m`` features, from ``k`` of ``n``
     found on the bootstrap: its rate's Jeffreys posterior Beta(k + 1/2, n - k + 1/2), then m draws (beta-binomial).

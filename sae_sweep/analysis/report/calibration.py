@@ -11,7 +11,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from sae_sweep.analysis.measures.calibration import Calibration, precision_bound, run_calibration
+from sae_sweep.analysis.measures.calibration import Calibration, precision_at, precision_bound, run_calibration
+from sae_sweep.analysis.measures.inference import wilson_interval
 from sae_sweep.analysis.measures.verdict_checks import replicable_rows
 from sae_sweep.analysis.measures.verdicts import atoms_of, feature_verdicts
 from sae_sweep.analysis.report.plots import save
@@ -122,6 +123,27 @@ def estimates(rep: ReportInput) -> str | None:
         "that two seeds both learn (the lower end of the precision's interval at least "
         f"{rep.cfg.calibration_precision:g} there): {parts}. "
         "A feature called unreplicated is not thereby shown not to be real: the rest of those features are among them."
+        + _fixed_floor(rep)
+    )
+
+
+def _fixed_floor(rep: ReportInput) -> str:
+    """Where no floor reached the target: how precise the fixed floor's real calls were on the same bootstrap, so
+    that a reader knows what the uncalibrated verdicts would have claimed on these data."""
+    cal, floor = calibration_of(rep.run), rep.cfg.match_cosine
+    shown = [(j, precision_at(c, floor)) for j, c in cal.sizes.items() if not c.reached]
+    shown = [(j, rc) for j, rc in shown if rc is not None and rc[1]]
+    if not shown:
+        return ""
+    parts = "; ".join(
+        f"J={j}: {right} of {called} ({pct(right / called)}, {rep.cfg.level:.0%} interval "
+        f"[{pct(wilson_interval(right, called, rep.cfg.level)[0])}, "
+        f"{pct(wilson_interval(right, called, rep.cfg.level)[1])}])"
+        for j, (right, called) in shown
+    )
+    return (
+        f" Where no floor reached it, the fixed floor analysis.match_cosine = {floor:g} called real on the bootstrap "
+        f"this many features within {rep.cfg.recovered_cosine:g} of a true one, of all it called: {parts}."
     )
 
 
