@@ -49,8 +49,8 @@ class AnalysisConfig:
     calibration_truth: str = "largest"  # the bootstrap's true features: the first seed's largest dictionary's atoms,
     #                                     or (own) each size's own first-seed dictionary's
     calibration_precision: float = 0.95  # the floor chosen: the lowest whose real calls were this precise on it
-    calibration_activations: int = 1_000_000  # bootstrap rows each of its SAEs trains on, at most (capped by the
-    #                                           analysed dictionary's own activations seen)
+    calibration_activations: int | None = None  # bootstrap rows each of its SAEs trains on: None, as many as the
+    #                                             analysed dictionary saw (1M where it says not); else at most this
     only: str | None = None  # a dictionary (name) or one feature (name:index): print its rows, write no report
 
     def __post_init__(self) -> None:
@@ -71,6 +71,8 @@ class AnalysisConfig:
         )
         for name in ints:
             value = getattr(self, name)
+            if value is None and name == "calibration_activations":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"analysis.{name} must be a positive integer, got {value!r}")
         if not 0 <= self.seed < 2**63:  # numpy's seed: a negative one fails inside the measures

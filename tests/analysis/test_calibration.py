@@ -10,8 +10,10 @@ import torch
 from sae_sweep import ConfigError
 from sae_sweep.analysis.measures.calibration import (
     FLOORS,
+    UNKNOWN_BUDGET,
     Calibration,
     SizeCalibration,
+    bootstrap_budget,
     calibrate_size,
     choose,
     chosen,
@@ -201,3 +203,13 @@ def test_where_no_floor_reached_the_target_the_finding_gives_the_fixed_floors_pr
     lo, hi = wilson_interval(78, 100, CFG.level)
     assert f"J=8: 78 of 100 (78.0%, 95% interval [{lo:.1%}, {hi:.1%}])" in text
     assert "J=16: 600 of 600" not in text and text.count(" of 100 (") == 1
+
+
+def test_each_bootstrap_sae_sees_as_many_activations_as_the_analysed_one_unless_capped():
+    seen = _dictionary(np.eye(2), np.zeros(2), training={"activations_seen": 3_200_000})
+    silent = _dictionary(np.eye(2), np.zeros(2), training={})  # trained elsewhere: its budget is not recorded
+    assert bootstrap_budget(seen, AnalysisConfig()) == 3_200_000  # the run's own budget, by default
+    assert bootstrap_budget(seen, AnalysisConfig(calibration_activations=1_000_000)) == 1_000_000  # a cap
+    assert bootstrap_budget(seen, AnalysisConfig(calibration_activations=5_000_000)) == 3_200_000  # never more
+    assert bootstrap_budget(silent, AnalysisConfig()) == UNKNOWN_BUDGET == 1_000_000
+    assert bootstrap_budget(silent, AnalysisConfig(calibration_activations=64)) == 64

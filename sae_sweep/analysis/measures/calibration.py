@@ -13,7 +13,8 @@ whose truth is known and which is made to look like the data analysed:
    encodes real data: their sparsity, magnitudes and co-occurrence) and e ~ N(mean(r), cov(r)) (the real data's
    unexplained part, its size and its shape).
 3. Two SAEs are trained on x* (``train_on``) with the analysed dictionary's own settings (architecture, l1, lr,
-   batch, initialisation) for ``analysis.calibration_activations`` activations at most.
+   batch, initialisation) on as many activations as the analysed one saw (``bootstrap_budget``; at most
+   ``analysis.calibration_activations`` where that is set).
 4. The verdicts are made for the pair exactly as for real dictionaries (the same nulls, BH and partial conjunction),
    at every cosine floor of ``FLOORS``. At each, per bootstrap dictionary, the precision of ``real`` (its real calls
    within ``analysis.recovered_cosine`` of a true feature) and the recall of the *replicable* truth (true features
@@ -58,6 +59,7 @@ FLOORS = np.round(np.arange(0.50, 0.996, 0.01), 2)  # the cosine floors tried, 0
 FORMAT = 2  # bump when the procedure changes: part of every calibration's key
 CODE_ROWS = 65_536  # held-out rows encoded at most: the bootstrap's pool of codes
 MOMENT_ROWS = 65_536  # bootstrap rows the moment null and the firing counts read
+UNKNOWN_BUDGET = 1_000_000  # bootstrap activations for a dictionary that does not record its own, without a cap
 BOOT_SEEDS = (0, 1)  # the two bootstrap SAEs' seeds (their initialisation and their batches)
 
 
@@ -304,7 +306,7 @@ def calibrate_size(
     if source.name not in models:
         models[source.name] = truth_model(source, val)
     data = models[source.name]
-    budget = min(cfg.calibration_activations, d.config.training.get("activations_seen") or cfg.calibration_activations)
+    budget = bootstrap_budget(d, cfg)
     trained = train_pair(data, d, budget)
     pairs = zip(BOOT_SEEDS, trained, strict=True)
     atoms = {(j, s): Atoms(f"bootstrap-J{j}-s{s}", rows, firing) for s, (rows, firing) in pairs}
@@ -316,6 +318,15 @@ def calibrate_size(
         j, source.name, len(data.truth), replicable, budget, 1.0, False, None, None, None, None, curve
     )
     return chosen(made, cfg)
+
+
+def bootstrap_budget(d: Dictionary, cfg: AnalysisConfig) -> int:
+    """Activations each bootstrap SAE of ``d``'s size trains on: as many as ``d`` saw (the run's own budget, so that
+    the bootstrap's seeds converge as far as the analysed ones did), at most ``analysis.calibration_activations``;
+    UNKNOWN_BUDGET for a dictionary that does not say (one trained elsewhere) and no cap given."""
+    seen = d.config.training.get("activations_seen") or None
+    cap = cfg.calibration_activations
+    return min(x for x in (seen, cap) if x is not None) if (seen or cap) else UNKNOWN_BUDGET
 
 
 def chosen(c: SizeCalibration, cfg: AnalysisConfig) -> SizeCalibration:
