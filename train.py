@@ -1,4 +1,4 @@
-"""Train sae-sweep's models. `python train.py --help` lists the config groups; README.md explains them."""
+"""Train sae-sweep's models. `python train.py --help` lists the config groups; the docs (docs/) explain them."""
 
 import logging
 import sys
