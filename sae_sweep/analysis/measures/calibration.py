@@ -324,9 +324,10 @@ def bootstrap_budget(d: Dictionary, cfg: AnalysisConfig) -> int:
     """Activations each bootstrap SAE of ``d``'s size trains on: as many as ``d`` saw (the run's own budget, so that
     the bootstrap's seeds converge as far as the analysed ones did), at most ``analysis.calibration_activations``;
     UNKNOWN_BUDGET for a dictionary that does not say (one trained elsewhere) and no cap given."""
-    seen = d.config.training.get("activations_seen") or None
-    cap = cfg.calibration_activations
-    return min(x for x in (seen, cap) if x is not None) if (seen or cap) else UNKNOWN_BUDGET
+    seen, cap = d.config.training.get("activations_seen") or None, cfg.calibration_activations
+    if seen is None:
+        return cap or UNKNOWN_BUDGET
+    return seen if cap is None else min(seen, cap)
 
 
 def chosen(c: SizeCalibration, cfg: AnalysisConfig) -> SizeCalibration:

@@ -135,15 +135,14 @@ def _fixed_floor(rep: ReportInput) -> str:
     shown = [(j, rc) for j, rc in shown if rc is not None and rc[1]]
     if not shown:
         return ""
-    parts = "; ".join(
-        f"J={j}: {right} of {called} ({pct(right / called)}, {rep.cfg.level:.0%} interval "
-        f"[{pct(wilson_interval(right, called, rep.cfg.level)[0])}, "
-        f"{pct(wilson_interval(right, called, rep.cfg.level)[1])}])"
-        for j, (right, called) in shown
-    )
+    parts = []
+    for j, (right, called) in shown:
+        lo, hi = wilson_interval(right, called, rep.cfg.level)
+        parts.append(f"J={j}: {right} of {called} ({pct(right / called)}, {rep.cfg.level:.0%} interval "
+                     f"[{pct(lo)}, {pct(hi)}])")  # fmt: skip
     return (
         f" Where no floor reached it, the fixed floor analysis.match_cosine = {floor:g} called real on the bootstrap "
-        f"this many features within {rep.cfg.recovered_cosine:g} of a true one, of all it called: {parts}."
+        f"this many features within {rep.cfg.recovered_cosine:g} of a true one, of all it called: {'; '.join(parts)}."
     )
 
 
