@@ -15,6 +15,8 @@ from sae_sweep.tracking import LoggerConfig
 from sae_sweep.train.loggers import build_loggers
 from sae_sweep.wandb_records import logged_rows, run_files
 
+from .conftest import exit_recorded
+
 
 def save(store: ArtifactStore, name: str, text: str):
     return store.save(name, "model", lambda d: (d / "w.txt").write_text(text))
@@ -162,7 +164,8 @@ def logger_part(run_dir, csv_rows=None):
 
 
 def steps_of(run_dir) -> list[list[int]]:
-    return [[s for s, keys in logged_rows(f) if "train/loss" in keys] for f in run_files(run_dir / "wandb", "job-1")]
+    parts = exit_recorded(run_files(run_dir / "wandb", "job-1"))  # both parts finished: read them when written
+    return [[s for s, keys in logged_rows(f) if "train/loss" in keys] for f in parts]
 
 
 @pytest.mark.parametrize(

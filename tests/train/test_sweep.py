@@ -18,7 +18,16 @@ from sae_sweep.store import ArtifactStore
 from sae_sweep.sync import main as sync_main
 from sae_sweep.wandb_records import item_key, logged_rows, records, run_files, run_record
 
-from ..conftest import REPO, SMOKE, LinkingApi, fresh_root, kill_at_first_checkpoint, run_train, run_train_on_a_terminal
+from ..conftest import (
+    REPO,
+    SMOKE,
+    LinkingApi,
+    exit_recorded,
+    fresh_root,
+    kill_at_first_checkpoint,
+    run_train,
+    run_train_on_a_terminal,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -243,6 +252,7 @@ def test_killed_job_resumes_in_the_same_wandb_run_and_rerun_of_finished_job_reus
     (run_dir,) = root.glob("runs/sae-*")
     # One folder per start (the killed one may have no record file yet on a loaded machine), all of one run id.
     parts = run_files(run_dir / "wandb", run_dir.name)  # oldest first
+    exit_recorded(parts[-1:])  # the resumed part finished: read it once wandb-core has written all of it
     assert 1 <= len(parts) <= 2 and run_record(parts[-1]).run_id == run_dir.name, parts
     # What each part logged, as (step, metric) pairs: together, every row of the CSV once, and nothing else.
     pairs = [(step, key) for path in parts for step, keys in logged_rows(path) for key in keys]
