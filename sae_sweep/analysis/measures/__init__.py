@@ -17,6 +17,7 @@
     verdicts.py             which features are real, one by one: matches, p, q, replications, verdicts
     verdict_checks.py       the verdicts against the truth (synthetic data) and beside the note's split
     calibration.py          each size's match floor and estimated recall, from a parametric bootstrap
+    row_null.py             the verdicts on dictionaries of random activation rows, beside the learned ones'
     families.py             feature families across the sizes of a seed: splits, vanished and new features
     core.py                 the stable core of a size: the features every seed found, as one dictionary
     variant.py              one variant's measures gathered (``measure_variant``, ``AnalysedRun``)

@@ -56,6 +56,7 @@ READING_ORDER = (
     split.bimodality,
     verdicts.per_size,
     calibration.estimates,
+    verdicts.rows_beaten,
     families.splitting,
     core.carried,
     budget.training_budget,

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sae_sweep.analysis.measures.calibration import run_calibration
+from sae_sweep.analysis.measures.row_null import row_null
 from sae_sweep.analysis.measures.verdict_checks import budget_truth_rows, split_rows, table_names, truth_rows
 from sae_sweep.analysis.measures.verdicts import VERDICTS, Verdicts, activations_of, atoms_of, feature_verdicts
 from sae_sweep.analysis.report.plots import save
@@ -174,6 +175,48 @@ def truth(rep: ReportInput) -> str | None:
     )
 
 
+def row_null_rows(rep: ReportInput) -> list[dict]:
+    """row_null.csv: per size, the real calls on dictionaries of random activation rows beside the learned ones'."""
+    return [
+        {"dict_size": r.dict_size, "floor": r.floor, "learned_live": r.learned_features, "learned_real": r.learned_real,
+         "learned_share": r.learned_share, "row_features": r.row_features, "row_real": r.row_real,
+         "row_share": r.row_share, "difference": r.difference, "difference_lo": r.lo, "difference_hi": r.hi}
+        for r in rep.run.measured(row_null)
+    ]  # fmt: skip
+
+
+def rows_beaten(rep: ReportInput) -> str | None:
+    """Whether ``real`` beats dictionaries of random activation rows, size by size (the difference's interval)."""
+    rows = rep.run.measured(row_null)
+    if not rows:
+        return None
+    parts = "; ".join(
+        f"J={r.dict_size}: {pct(r.learned_share)} of learned live features vs {pct(r.row_share)} of rows, "
+        f"difference {100 * r.difference:+.1f} points [{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
+        for r in rows
+    )
+    short = [r for r in rows if not r.beats]
+    head = (
+        f"Dictionaries of random activation rows, judged like the learned ones (as many seeds, the same nulls and "
+        f"match floors), have this share of their features called real, beside the learned dictionaries' "
+        f"({rep.cfg.level:.0%} interval of the difference, features counted as independent): {parts}."
+    )
+    if not short:
+        return head + " At every size learned features are called real more often than rows (the lower end above 0)."
+    below = [r.dict_size for r in short if r.hi < 0]
+    same = [r.dict_size for r in short if r.hi >= 0]
+    says = []
+    if below:
+        says.append(f"rows are called real more often than learned features at J={', '.join(map(str, below))}")
+    if same:
+        says.append(f"the two shares are not told apart at J={', '.join(map(str, same))}")
+    return (
+        f"{head} `real` does not beat random activation rows where {' and '.join(says)}: there a real call shows "
+        "that a direction recurs across seeds, which random activation rows do as often, not that it is more than a "
+        "typical activation."
+    )
+
+
 def _text(rep: ReportInput) -> str:
     v, cfg = _verdicts(rep), rep.cfg
     return (
@@ -202,7 +245,8 @@ SECTION = Section(
             lambda rep: _truth_of(rep)[1],
             optional=True,
         ),
+        Table("real calls on random activation rows", "row_null.csv", row_null_rows, optional=True),
         Table("every feature", "features.csv", feature_rows, markdown=False),
     ),
-    findings=(per_size, truth),
+    findings=(per_size, truth, rows_beaten),
 )
