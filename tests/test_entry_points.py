@@ -1,6 +1,8 @@
 """train.py and analyze.py as a user runs them: documented overrides work, and a value that conflicts with another
 is refused before any work, with one line naming the keys and the fix, exit status 2, and nothing written."""
 
+import pytest
+
 from sae_sweep.store import ArtifactStore
 
 from .conftest import REPO, run_analyze, run_train, save_dict
@@ -32,6 +34,7 @@ def test_analyze_documented_overrides_compose():
     assert "n_boot: 100" in proc.stdout and "controls: false" in proc.stdout
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_analyze_refuses_a_reference_size_that_is_not_there_and_writes_no_report(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     for J in (8, 16):
@@ -56,8 +59,6 @@ def test_a_slurm_job_that_ended_without_its_result_is_one_line_naming_it():
 
 def test_ctrl_c_ends_an_entry_point_in_one_line_saying_what_was_kept(capsys, monkeypatch):
     """What Hydra lets through on Ctrl-C (HYDRA_FULL_ERROR=1, as cli.run sets it): KeyboardInterrupt from the job."""
-    import pytest  # noqa: PLC0415
-
     from sae_sweep import cli  # noqa: PLC0415
 
     def main():

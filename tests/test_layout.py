@@ -148,6 +148,7 @@ def test_a_refused_job_never_loads_lightning(tmp_path, bad):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_analysis_loads_neither_lightning_nor_the_training_side(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     for J in (8, 16):

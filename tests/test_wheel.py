@@ -7,10 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 from .import_graph import modules
 
 
+@pytest.mark.slow  # builds and installs a wheel in subprocesses: out of the inner loop
 def test_the_wheel_holds_every_module_and_each_imports_from_it(tmp_path):
     src = tmp_path / "src"  # a copy, so that the build leaves nothing (build/, *.egg-info) in the repository
     src.mkdir()

@@ -77,6 +77,7 @@ def _plant(store: ArtifactStore, arch: str, variant: str, n_true: int = 8, d_in:
                       extra={"sae": sae})  # fmt: skip
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_report_sets_the_architectures_side_by_side(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     _plant(store, "relu", "")

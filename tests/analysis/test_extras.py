@@ -263,6 +263,7 @@ def test_low_mode_verdict_follows_the_permutation_tests():
     )
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_findings_change_when_the_numbers_change(store, tmp_path):
     planted(store, variant="", seed=0)
     job = AnalyzeJob(
@@ -284,6 +285,7 @@ def _findings_section(text: str) -> str:
     return re.search(r"## Findings\n(.*?)\n## ", text, re.S).group(1)
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_report_has_every_new_section_and_links_exist(store, tmp_path):
     planted(store, variant="")
     planted(store, variant="untrained", seed=0)

@@ -174,6 +174,7 @@ def _planted_store(tmp_path):
     return store
 
 
+@pytest.mark.slow  # a whole analysis (in process or a subprocess): out of the inner loop
 def test_one_dictionary_or_one_feature_is_asked_from_the_command_line(tmp_path):
     from ..conftest import run_analyze  # noqa: PLC0415
 
