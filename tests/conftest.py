@@ -62,6 +62,15 @@ def one_core_per_process(config) -> None:
     os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(workers)))
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service(monkeypatch) -> None:
+    """Every process a test starts runs its own W&B service, as a user's command does. A test that used W&B in this
+    process leaves its service's address in WANDB_SERVICE (W&B sets it for child processes to share the service),
+    and a train.py started later would hand its run to that service, which writes the run's file when it pleases:
+    seen 60 s after the job had exited, on a file a test then read (2026-12-08)."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 def exit_recorded(paths: list[Path], timeout: float = 60.0) -> list[Path]:
     """``paths`` (W&B ``.wandb`` files), once each holds its run's exit record. wandb-core writes the file in a
     process of its own, in blocks, and may still be writing it when the run has finished, or even when the process
