@@ -40,26 +40,9 @@ def pytest_configure(config) -> None:
     2026-12-08), this on all of them (about 18 s; a second run only compares timestamps). In the main process only:
     pytest-xdist starts its workers after it, and they find the files written."""
     if not hasattr(config, "workerinput"):  # an xdist worker has it
-        one_core_per_process(config)
         compileall.compile_dir(REPO / "sae_sweep", quiet=1)
         # quiet=2: a few files of the stack are for newer Pythons (torch's py312_intrinsics) and never imported here
         compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)
-
-
-def one_core_per_process(config) -> None:
-    """Give each test process (and each train.py / analyze.py it starts, which inherit the environment) an equal
-    share of the cores as its OpenMP threads, unless the caller set OMP_NUM_THREADS: one each under ``-n auto``.
-    torch would take every core in every process, and with two workers each running a job, the threads outnumber
-    the cores and OpenMP's waiting threads spin on cores another process needs. Measured on the 2-core machine on
-    2026-12-08, the whole suite: 1,157 CPU-s in 10 min 8 s wall with torch's default, 935 CPU-s in 8 min 10 s with
-    one thread (the tests' results the same: none depends on the thread count)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    workers = getattr(config.option, "numprocesses", None) or 1  # pytest-xdist's -n (0 or absent: this process)
-    cores = os.cpu_count() or 1
-    if workers in ("auto", "logical"):
-        workers = cores
-    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(workers)))
 
 
 @pytest.fixture(autouse=True)
