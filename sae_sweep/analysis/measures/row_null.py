@@ -69,8 +69,9 @@ def compare(learned: Verdicts, rows: Verdicts, j: int, floor: float, level: floa
 
 
 def row_null(run) -> list[RowNull]:
-    """Per size of an analysed variant with two or more seeds there: the row dictionaries' verdicts beside the
-    learned ones'. Nothing without the activation cache (the rows to draw)."""
+    """Per size of an analysed variant with more seeds than analysis.min_replications (so that its features have
+    enough references to be called real): the row dictionaries' verdicts beside the learned ones'. Nothing without
+    the activation cache (the rows to draw)."""
     cfg = run.results.config
     acts = activations_of(run.dicts, run.cache_dir)
     learned = run.measured(feature_verdicts)
@@ -81,7 +82,7 @@ def row_null(run) -> list[RowNull]:
     out = []
     for j in sorted({k[0] for k in run.dicts}):
         seeds = sum(1 for k in run.dicts if k[0] == j)
-        if seeds < max(2, cfg.min_replications + 1):
+        if seeds <= cfg.min_replications:  # min_replications >= 1 (AnalysisConfig): two seeds at least
             continue
         floor = learned.floor(j, cfg)
         rows = verdicts(row_dictionaries(drawn, j, seeds, cfg.seed), cfg, nulls, floors={j: floor})
